@@ -1,0 +1,3 @@
+from unlearning.cli import entry
+
+entry()

@@ -1,0 +1,81 @@
+"""Reading network weights from user files safely (``weights_only=True``), with errors that name the mismatch.
+
+This is the ``net`` contract's only door: a Lightning checkpoint of any task here (its state
+dict keys start with ``net.``) or a bare ``state_dict`` of the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unlearning.errors import UsageError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and unsafe-global errors all mean "not a weights file we accept"
+        raise UsageError(f"cannot read {path} as a weights-only checkpoint: {err}") from err
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
+    return obj
+
+
+def net_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The network's weights from a Lightning checkpoint (``net.*`` keys) or a bare state dict."""
+    obj = read_checkpoint(path)
+    if "state_dict" in obj:
+        state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+        if not state:
+            raise UsageError(f"checkpoint {path} has no 'net.' weights; was it written by an unlearning task?")
+        return state
+    return obj
+
+
+def load_net_weights(net: nn.Module, path: str | Path) -> None:
+    """Copy weights from ``path`` into ``net``, failing with the exact keys and shapes that do not match."""
+    state = net_state_dict(path)
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs net {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"missing {missing}")
+        if unexpected:
+            problems.append(f"unexpected {unexpected}")
+        if wrong_shape:
+            problems.append(f"shape mismatch {wrong_shape}")
+        raise UsageError(f"weights in {path} do not fit {type(net).__name__}: " + "; ".join(problems))
+    net.load_state_dict(state)
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def task_hparams(path: str | Path) -> dict[str, Any]:
+    """The hyperparameters LightningCLI stored in a task checkpoint (classes, head mode, the net's config)."""
+    obj = read_checkpoint(path)
+    hparams = obj.get("hyper_parameters")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("net"), dict):
+        raise UsageError(f"{path} is not a task checkpoint written by the unlearning CLI (no net config in its hyperparameters)")
+    return hparams
+
+
+def build_net(path: str | Path) -> nn.Module:
+    """Rebuild the network a task checkpoint describes and load its weights, in eval mode."""
+    config = task_hparams(path)["net"]
+    net = _import(config["class_path"])(**config.get("init_args", {}))
+    load_net_weights(net, path)
+    return net.eval()

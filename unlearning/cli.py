@@ -1,0 +1,44 @@
+"""The composition root: ``unlearning fit|validate|test|... -c config.yaml`` and ``unlearning evaluate``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from unlearning.data.mnist import MNISTDataModule
+from unlearning.errors import UsageError
+from unlearning.tasks.base import BaseTask
+
+
+class UnlearningCLI(LightningCLI):
+    """LightningCLI whose task reads the classes from the datamodule, so a user states them once."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("forget_classes", "new_classes", "forget_fraction"):
+            parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> Any:
+    """Run one command. Tests call ``main([...])``; it returns the CLI object (trainer, model, datamodule)."""
+    return UnlearningCLI(
+        BaseTask,
+        MNISTDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def entry() -> None:
+    """Console entry: user errors become one line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except UsageError as err:
+        print(f"unlearning: error: {err}", file=sys.stderr)
+        sys.exit(2)

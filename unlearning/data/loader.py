@@ -1,0 +1,79 @@
+"""A batch loader that serves slices of tensors already in memory (or on the GPU).
+
+MNIST fits in memory, so a ``DataLoader`` that builds every sample through a transform and
+collates it again is pure overhead. This loader indexes the normalised tensors directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class ShardedOrder:
+    """The order in which one rank visits ``n`` samples in one epoch.
+
+    The shuffle is seeded by ``(seed, epoch, pass)``, so it changes every epoch and every time a
+    shorter stream is cycled, yet is the same on every machine. With ``pad=True`` (training) the
+    order is padded by wrapping around, as ``DistributedSampler`` does, so every rank gets the same
+    number of samples and therefore of batches; evaluation uses ``pad=False`` so no sample counts twice.
+    Lightning calls :meth:`set_epoch` on the loader's ``sampler`` at the start of every epoch.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+        self.passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.passes = epoch, 0
+
+    def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+    def next_pass(self) -> Tensor:
+        """Indices for the next pass over the data on this rank."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.passes)) % 2**63)
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        self.passes += 1
+        if self.pad:
+            total = len(self) * self.world_size
+            order = order.repeat(math.ceil(total / self.n))[:total]
+        return order[self.rank :: self.world_size]
+
+
+class TensorBatchLoader:
+    """Yields ``(x, y)`` batches of ``x[order]``, ``y[order]`` for tensors that already live on the target device.
+
+    ``sampler`` is public because Lightning calls ``sampler.set_epoch`` each epoch; ``batch_sampler``
+    is ``None`` because Lightning inspects it to tell whether a loader shuffles.
+    """
+
+    batch_sampler = None
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, sampler: ShardedOrder):
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.x, self.y, self.batch_size, self.sampler = x, y, batch_size, sampler
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.sampler.next_pass().to(self.x.device, non_blocking=True)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]

@@ -1,0 +1,199 @@
+"""MNIST from the bundled IDX files, normalised once into tensors, served by split name."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torchvision.datasets import MNIST
+
+from unlearning.errors import UsageError
+from unlearning.data.loader import ShardedOrder, TensorBatchLoader
+from unlearning.data.splits import build_splits, check_classes
+
+MEAN, STD = 0.1307, 0.3081
+
+#: md5 of the *unpacked* IDX files (the canonical MNIST checksums).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+class DataError(UsageError):
+    """The MNIST files are missing, unreachable or corrupt."""
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prepare_mnist(data_dir: str | Path) -> Path:
+    """Make ``data_dir/MNIST/raw`` hold the four unpacked, md5-verified IDX files.
+
+    Bundled ``.gz`` files are unpacked once; where neither the files nor the archives are
+    present, torchvision's own download is tried. Returns the raw folder.
+    """
+    root = Path(data_dir)
+    raw = root / "MNIST" / "raw"
+    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in MNIST_MD5):
+        try:
+            MNIST(root, train=True, download=True)
+            MNIST(root, train=False, download=True)
+        except Exception as err:  # torchvision raises RuntimeError or URLError depending on the failure
+            raise DataError(
+                f"MNIST is not in {raw.resolve()} and torchvision could not download it ({err}). "
+                f"Copy the four MNIST IDX files (.gz or unpacked) there, or point data_dir at a folder that has them."
+            ) from err
+    for name, expected in MNIST_MD5.items():
+        target = raw / name
+        if not target.exists():
+            tmp = target.with_suffix(".part")
+            try:
+                with gzip.open(raw / f"{name}.gz", "rb") as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot unpack {raw / (name + '.gz')}: {err}") from err
+            tmp.replace(target)
+        actual = _md5(target)
+        if actual != expected:
+            raise DataError(
+                f"{target} is corrupt: md5 {actual}, expected {expected}. Delete it (and its .gz if that is "
+                f"damaged too) and restore the original MNIST file."
+            )
+    return raw
+
+
+def load_mnist(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Normalised ``(N, 1, 28, 28)`` float images and int64 labels, read through torchvision."""
+    prepare_mnist(data_dir)
+    dataset = MNIST(Path(data_dir), train=train, download=False)
+    x = dataset.data.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
+    return x, dataset.targets.long()
+
+
+class MNISTDataModule(LightningDataModule):
+    """Serves MNIST's ``retain``, ``forget``, ``new``, ``val`` and ``test`` splits from memory.
+
+    A task declares which splits it trains on through ``train_streams``, a mapping from stream
+    name to the splits concatenated into it, e.g. ``{"train": ("retain", "forget")}`` for
+    pretraining or ``{"forget": ("forget",), "retain": ("retain",)}`` for unlearning. Every
+    training batch is then a dict ``{stream: (x, y)}``; shorter streams cycle with a fresh shuffle.
+
+    Args:
+        forget_classes: classes to forget (class mode).
+        new_classes: classes held out of pretraining and learned later (class replacement).
+        forget_fraction: forget this random fraction of the non-new training samples instead
+            of whole classes (random mode); ``forget_classes`` must then be empty.
+        val_size: training samples held out for validation, all classes, fixed by ``seed``.
+        batch_size: samples per stream per batch, per device.
+        seed: fixes the split and the shuffles.
+        data_dir: folder with ``MNIST/raw``; the bundled files live in ``data``.
+        eval_batch_size: batch size for validation and test.
+    """
+
+    def __init__(
+        self,
+        forget_classes: list[int] = [9],  # noqa: B006 - jsonargparse needs the literal default
+        new_classes: list[int] = [],  # noqa: B006
+        forget_fraction: float | None = None,
+        val_size: int = 5000,
+        batch_size: int = 200,
+        seed: int = 0,
+        data_dir: str = "data",
+        eval_batch_size: int = 2000,
+    ):
+        super().__init__()
+        check_classes(forget_classes, new_classes)
+        if batch_size < 1 or eval_batch_size < 1:
+            raise UsageError(f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        self.save_hyperparameters()
+        self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
+        self.forget_fraction, self.val_size = forget_fraction, val_size
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.data_dir = data_dir
+        self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
+        self.split_index: dict[str, Tensor] = {}
+        self._device = torch.device("cpu")
+
+    def prepare_data(self) -> None:
+        prepare_mnist(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._tensors:
+            return
+        train_x, train_y = load_mnist(self.data_dir, train=True)
+        test_x, test_y = load_mnist(self.data_dir, train=False)
+        self.split_index = build_splits(
+            train_y, self.forget_classes, self.new_classes, self.forget_fraction, self.val_size, self.seed
+        )
+        self._tensors = {"train": (train_x, train_y), "test": (test_x, test_y)}
+        self.split_index["test"] = torch.arange(len(test_y))
+
+    # -- where batches come from -----------------------------------------------------------
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def split_tensors(self, *splits: str) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of the named splits, concatenated, on the trainer's device (moved there once)."""
+        if not self._tensors:
+            self.setup()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device != self._device:
+            self._tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self._tensors.items()}
+            self._device = device
+        unknown = [s for s in splits if s not in self.split_index]
+        if unknown:
+            raise KeyError(f"unknown split {unknown}; the splits are {sorted(self.split_index)}")
+        source = "test" if splits == ("test",) else "train"
+        if "test" in splits and source != "test":
+            raise ValueError("the test split cannot be mixed with training splits")
+        x, y = self._tensors[source]
+        idx = torch.cat([self.split_index[s] for s in splits]).to(device)
+        return x[idx], y[idx]
+
+    def loader(self, *splits: str, train: bool = False, shard: bool = True) -> TensorBatchLoader:
+        """A loader over the named splits: shuffled and padded for training, in order for evaluation.
+
+        ``shard=False`` gives every rank the whole split (e.g. to compute a saliency mask that
+        must be identical on all ranks).
+        """
+        x, y = self.split_tensors(*splits)
+        if len(y) == 0:
+            raise UsageError(f"split {'+'.join(splits)} is empty")
+        rank, world = self._rank_and_world() if shard else (0, 1)
+        order = ShardedOrder(len(y), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
+        return TensorBatchLoader(x, y, self.batch_size if train else self.eval_batch_size, order)
+
+    def train_dataloader(self) -> CombinedLoader:
+        streams: Mapping[str, Sequence[str]] = self.trainer.lightning_module.train_streams
+        loaders = {name: self.loader(*splits, train=True) for name, splits in streams.items()}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def eval_dataloaders(self, main: str) -> list[TensorBatchLoader]:
+        """``main`` (val or test) first; in random mode the forget samples follow, as their accuracy is the forget metric."""
+        loaders = [self.loader(main)]
+        if self.forget_fraction is not None:
+            loaders.append(self.loader("forget"))
+        return loaders
+
+    def val_dataloader(self) -> list[TensorBatchLoader]:
+        return self.eval_dataloaders("val")
+
+    def test_dataloader(self) -> list[TensorBatchLoader]:
+        return self.eval_dataloaders("test")

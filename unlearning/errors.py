@@ -1,0 +1,5 @@
+"""Errors a user causes and can fix: the CLI prints them as one line and exits with status 2."""
+
+
+class UsageError(ValueError):
+    """Bad input: a class out of range, an empty split, a missing or mismatched checkpoint, corrupt data."""

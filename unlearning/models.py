@@ -1,0 +1,68 @@
+"""The networks. Each maps a normalised ``(N, 1, 28, 28)`` batch to ``(N, 10)`` logits.
+
+Every network is ``head(features(x))`` with ``head`` its last ``nn.Linear``: the evaluation
+suite probes ``features`` and the head-masking baseline edits ``head``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Classifier(nn.Module):
+    """``features`` (everything up to the penultimate activations) followed by a linear ``head``."""
+
+    features: nn.Module
+    head: nn.Linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i > 0 and dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class SeedMLP(Classifier):
+    """The original notebook's MLP: 784-50-40-30-20-10 with ReLU."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = _mlp([784, 50, 40, 30, 20])
+        self.head = nn.Linear(20, num_classes)
+
+
+class RetrainMLP(Classifier):
+    """The retrain notebook's MLP: 784-256-128-64-10 with ReLU and dropout 0.3 after the first two layers."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        self.features = _mlp([784, 256, 128, 64], dropout)
+        self.head = nn.Linear(64, num_classes)
+
+
+class LeNet(Classifier):
+    """A small LeNet-style CNN: two 5x5 conv blocks and a 128-unit layer (about 99% in a few epochs)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 5 * 5, 128), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(128, num_classes)
+
+
+class LogisticRegression(Classifier):
+    """Multinomial logistic regression 784 -> 10, the original notebook's first experiment; its features are the pixels."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Flatten()
+        self.head = nn.Linear(784, num_classes)

@@ -1,0 +1,4 @@
+from unlearning.tasks.base import BaseTask
+from unlearning.tasks.pretrain import PretrainTask
+
+__all__ = ["BaseTask", "PretrainTask"]

@@ -1,0 +1,201 @@
+"""``BaseTask``: what every stage shares (network, optimizer, per-class metrics, figures, safe weight loading).
+
+Subclasses declare the data they train on (``train_streams``) and their loss (``training_step``);
+they never touch the metric or logging plumbing. The hooks follow torchgeo's trainers:
+``configure_models``, ``configure_losses`` and ``configure_metrics`` run from ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.wrappers import ClasswiseWrapper
+
+from unlearning.checkpoints import load_net_weights
+from unlearning.data.splits import NUM_CLASSES, check_classes
+from unlearning.figures import confusion_figure, first_layer_weights
+from unlearning.metrics import accuracy_summaries
+
+Batch = Mapping[str, tuple[Tensor, Tensor]]
+
+
+class BaseTask(LightningModule):
+    """A classifier ``net`` trained on named data streams and evaluated per class on val and test.
+
+    Args:
+        net: the network; any ``nn.Module`` mapping ``(N, 1, 28, 28)`` to ``(N, 10)`` logits.
+        optimizer: optimizer factory, e.g. ``torch.optim.Adam`` with its ``init_args`` in YAML.
+        lr_scheduler: optional scheduler factory; ``ReduceLROnPlateau`` monitors ``monitor``.
+        forget_classes, new_classes, forget_fraction: linked from the datamodule by the CLI, so
+            they are stated once and stored in the checkpoint for the evaluation suite.
+        weights: a checkpoint or state dict to start ``net`` from (read with ``weights_only=True``).
+            It is not a hyperparameter; use the trainer's ``ckpt_path`` to resume a run instead.
+        log_figures: log confusion matrices and weight images to TensorBoard.
+    """
+
+    #: metric that picks the best checkpoint, and whether higher is better
+    monitor = "val/acc"
+    mode = "max"
+    #: stream name -> splits concatenated into it; set per task (see ``MNISTDataModule``)
+    train_streams: Mapping[str, Sequence[str]] = {}
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        forget_classes: list[int] = [9],  # noqa: B006 - jsonargparse needs the literal default
+        new_classes: list[int] = [],  # noqa: B006
+        forget_fraction: float | None = None,
+        weights: str | None = None,
+        log_figures: bool = True,
+    ):
+        super().__init__()
+        check_classes(forget_classes, new_classes)
+        self.save_hyperparameters(ignore=["weights", "net", "optimizer", "lr_scheduler"] if not _from_cli(self) else ["weights"])
+        self.net = net
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
+        self.forget_fraction, self.log_figures = forget_fraction, log_figures
+        self.configure_models()
+        if weights is not None:
+            load_net_weights(self.net, weights)
+        self.configure_losses()
+        self.configure_metrics()
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Build or wrap networks beyond ``net`` (e.g. a frozen teacher). Runs before weights are loaded."""
+
+    def configure_losses(self) -> None:
+        self.criterion = nn.CrossEntropyLoss()
+
+    def configure_metrics(self) -> None:
+        """Per-class accuracy and a confusion matrix for val and test; summaries derive from the matrix."""
+        labels = [str(c) for c in range(NUM_CLASSES)]
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: MetricCollection(
+                    {
+                        "class_acc": ClasswiseWrapper(MulticlassAccuracy(NUM_CLASSES, average=None), labels, prefix=f"{stage}_class_acc/"),
+                        "confmat": MulticlassConfusionMatrix(NUM_CLASSES),
+                    },
+                    compute_groups=False,
+                )
+                for stage in ("val", "test")
+            }
+        )
+        # random-sample forgetting: the forget metric is the accuracy on the forget samples themselves
+        self.forget_set_acc = nn.ModuleDict({stage: MulticlassAccuracy(NUM_CLASSES, average="micro") for stage in ("val", "test")})
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the optimizer sees; methods that train only part of ``net`` narrow this."""
+        return self.net.parameters()
+
+    def predict_labels(self, logits: Tensor) -> Tensor:
+        """Class labels from logits (a task whose units were remapped overrides this)."""
+        return logits.argmax(dim=1)
+
+    # -- Lightning ------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.trainable_parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": self.monitor}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [ModelCheckpoint(monitor=self.monitor, mode=self.mode, save_last=True, filename="best-{epoch}-{step}", auto_insert_metric_name=False)]
+
+    def cross_entropy_step(self, batch: Batch, stream: str) -> Tensor:
+        x, y = batch[stream]
+        return self.criterion(self.net(x), y)
+
+    def log_loss(self, name: str, value: Tensor, batch_size: int) -> None:
+        self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def on_train_start(self) -> None:
+        if self.log_figures:
+            self.log_image("weights/first_layer", first_layer_weights(self.net))
+
+    # -- evaluation plumbing --------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, dataloader_idx: int) -> None:
+        x, y = batch
+        preds = self.predict_labels(self.net(x))
+        if dataloader_idx == 0:
+            self.eval_metrics[stage].update(preds, y)
+        else:
+            self.forget_set_acc[stage].update(preds, y)
+
+    def eval_summaries(self, confmat: Tensor, stage: str) -> dict[str, Tensor]:
+        """``acc``, ``forget_acc``, ``retain_acc``, ``new_acc`` from one synced confusion matrix; tasks add their own."""
+        summary = accuracy_summaries(confmat, self.forget_classes, self.new_classes)
+        if self.forget_fraction is not None:
+            summary["forget_acc"] = self.forget_set_acc[stage].compute()
+        return summary
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results = self.eval_metrics[stage].compute()  # torchmetrics syncs the states across ranks here
+        confmat = results.pop("confmat")
+        summary = {f"{stage}/{k}": v for k, v in self.eval_summaries(confmat, stage).items()}
+        values = {**summary, **results}
+        self.eval_metrics[stage].reset()
+        self.forget_set_acc[stage].reset()
+        if self.trainer.sanity_checking:
+            # Lightning drops what is logged in the sanity check; a full one is the pre-training (step 0) evaluation
+            if self.trainer.num_sanity_val_steps == float("inf") and self.logger is not None and self.trainer.is_global_zero:
+                self.logger.log_metrics({k: float(v) for k, v in values.items()}, step=0)
+            return
+        self.log_dict(values, sync_dist=False)  # already reduced across ranks by torchmetrics
+        if self.log_figures:
+            self.log_figure(f"{stage}/confusion_matrix", confusion_figure(confmat, f"{stage}, step {self.global_step}"))
+            if stage == "val":
+                self.log_image("weights/first_layer", first_layer_weights(self.net))
+
+    # -- TensorBoard helpers ---------------------------------------------------------------
+    def _tensorboard(self) -> Any:
+        if not self.trainer.is_global_zero:
+            return None
+        return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def log_figure(self, tag: str, figure: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        if (board := self._tensorboard()) is not None:
+            board.add_figure(tag, figure, global_step=self.global_step)
+        plt.close(figure)
+
+    def log_image(self, tag: str, image: Tensor | None) -> None:
+        if image is not None and (board := self._tensorboard()) is not None:
+            board.add_image(tag, image, global_step=self.global_step)
+
+
+def _from_cli(module: LightningModule) -> bool:
+    """Whether LightningCLI is instantiating this module, so hparams hold its config rather than live objects."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
