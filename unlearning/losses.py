@@ -1,0 +1,50 @@
+"""Forget objectives and distillation. Pure torch: logits and labels in, a scalar loss out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ForgetObjective = Literal["random_label", "bounded_ascent", "uniform_kl"]
+
+
+def random_labels(y: Tensor, allowed: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random label from ``allowed`` for every sample (SalUn's RL relabelling)."""
+    pick = torch.randint(len(allowed), y.shape, generator=generator, device="cpu").to(y.device)
+    return allowed.to(y.device)[pick]
+
+
+def bounded_ascent(logits: Tensor, y: Tensor, bound: float) -> Tensor:
+    """Gradient ascent on cross-entropy that stops pushing a sample once its loss reaches ``bound``.
+
+    Unbounded ascent diverges and drags every class with it; the hinge keeps it finite.
+    """
+    return F.relu(bound - F.cross_entropy(logits, y, reduction="none")).mean()
+
+
+def uniform_kl(logits: Tensor, allowed: Tensor) -> Tensor:
+    """KL(u || softmax(logits)) for u uniform over ``allowed``: the forget class gets probability zero."""
+    log_probs = F.log_softmax(logits, dim=1)[:, allowed.to(logits.device)]
+    return -log_probs.mean(dim=1).mean() - torch.log(torch.tensor(float(len(allowed)), device=logits.device))
+
+
+def forget_loss(
+    objective: ForgetObjective, logits: Tensor, y: Tensor, allowed: Tensor, bound: float = 5.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """The chosen forget objective on a batch of forget samples; ``allowed`` are the classes they may go to."""
+    if objective == "random_label":
+        return F.cross_entropy(logits, random_labels(y, allowed, generator))
+    if objective == "bounded_ascent":
+        return bounded_ascent(logits, y, bound)
+    if objective == "uniform_kl":
+        return uniform_kl(logits, allowed)
+    raise ValueError(f"unknown forget objective {objective!r}; choose random_label, bounded_ascent or uniform_kl")
+
+
+def distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(teacher || student) on temperature-softened outputs, scaled by T² as in Hinton et al."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), log_target=True, reduction="batchmean") * t * t
