@@ -23,16 +23,31 @@ class UnlearningCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> Any:
     """Run one command. Tests call ``main([...])``; it returns the CLI object (trainer, model, datamodule)."""
-    return UnlearningCLI(
-        BaseTask,
-        MNISTDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    try:
+        return UnlearningCLI(
+            BaseTask,
+            MNISTDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    except Exception as err:
+        usage = _usage_error(err)
+        if usage is None:
+            raise
+        raise usage from None
+
+
+def _usage_error(err: BaseException | None) -> UsageError | None:
+    """The user's mistake behind an error, if any: jsonargparse wraps errors raised while instantiating classes."""
+    while err is not None:
+        if isinstance(err, UsageError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def entry() -> None:

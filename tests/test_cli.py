@@ -1,0 +1,121 @@
+"""The user's commands, through ``main([...])`` exactly as the console script runs them."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from tests.conftest import CONFIGS, ROOT, TINY, fit
+from unlearning.cli import main
+from unlearning.errors import UsageError
+from unlearning.tasks import PretrainTask
+
+
+class LabelRecorder(Callback):
+    def __init__(self):
+        self.labels: set[int] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for _, y in batch.values():
+            self.labels |= set(y.tolist())
+
+
+def _fit_recording_labels(config, tmp_path, *overrides):
+    cli = main(["-c", str(config), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", *overrides], run=False)
+    recorder = LabelRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli, recorder.labels
+
+
+def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_arguments(tmp_path):
+    cli, labels = _fit_recording_labels(CONFIGS / "pretrain.yaml", tmp_path, "--data.init_args.new_classes=[3]")
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert 3 not in labels and 9 in labels  # pretraining sees retain and forget, never new
+    model = PretrainTask.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert model.forget_classes == [9] and model.new_classes == [3]
+    assert model.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_oracle_never_sees_the_forget_class(tmp_path):
+    _, labels = _fit_recording_labels(CONFIGS / "oracle.yaml", tmp_path)
+    assert labels == set(range(9))
+
+
+def test_oracle_with_new_classes_trains_on_retain_and_new(tmp_path):
+    _, labels = _fit_recording_labels(CONFIGS / "oracle.yaml", tmp_path, "--data.init_args.forget_classes=[6]", "--data.init_args.new_classes=[3]")
+    assert labels == set(range(10)) - {6}
+
+
+def test_test_command_reports_per_class_accuracy_equal_to_a_direct_computation(pretrained_ckpt, tmp_path):
+    cli = main(
+        ["test", "-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), "--trainer.limit_test_batches=1.0", f"--trainer.default_root_dir={tmp_path}", "--ckpt_path", str(pretrained_ckpt)]
+    )
+    metrics = cli.trainer.callback_metrics
+    net = PretrainTask.load_from_checkpoint(pretrained_ckpt).net.eval()
+    x, y = cli.datamodule.split_tensors("test")
+    with torch.no_grad():
+        preds = net(x).argmax(1)
+    for c in range(10):
+        expected = (preds[y == c] == c).float().mean()
+        assert torch.isclose(metrics[f"test_class_acc/{c}"], expected), c
+    assert torch.isclose(metrics["test/acc"], (preds == y).float().mean())
+    assert torch.isclose(metrics["test/forget_acc"], (preds[y == 9] == 9).float().mean())
+    assert torch.isclose(metrics["test/retain_acc"], (preds[y != 9] == y[y != 9]).float().mean())
+
+
+def test_random_forgetting_mode_reports_accuracy_on_the_forget_samples(tmp_path):
+    cli = fit(CONFIGS / "retrain" / "oracle.yaml", tmp_path, "--trainer.limit_val_batches=1.0", "--data.init_args.batch_size=200")
+    metrics = cli.trainer.callback_metrics
+    assert {"val/forget_acc", "val/retain_acc", "val/acc"} <= set(metrics)
+    assert len(cli.datamodule.split_index["forget"]) == round(0.9 * 55000)
+
+
+def test_print_config_shows_the_linked_classes_once(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config", "-c", str(CONFIGS / "pretrain.yaml")])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "unlearning.models.SeedMLP" in printed and printed.count("forget_classes") == 1
+
+
+def test_a_misspelled_config_key_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(CONFIGS / "pretrain.yaml"), "--model.init_args.lerning_rate=0.1"])
+    assert exit_info.value.code != 0
+    assert "lerning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--data.init_args.forget_classes=[10]", "0..9"),
+        ("--data.init_args.new_classes=[9]", "both forget_classes and new_classes"),
+        ("--data.init_args.forget_fraction=1.5", r"\(0, 1\)"),
+        ("--data.init_args.val_size=60000", "val_size"),
+    ],
+)
+def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
+    with pytest.raises(UsageError, match=message):
+        fit(CONFIGS / "pretrain.yaml", tmp_path, override, "--data.init_args.forget_fraction=null" if "fraction" not in override else "--data.init_args.forget_classes=[]")
+
+
+def test_console_entry_prints_one_error_line_and_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "unlearning", "fit", "-c", str(CONFIGS / "pretrain.yaml"), "--data.init_args.forget_classes=[11]", f"--trainer.default_root_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["unlearning: error: forget_classes must hold class indices in 0..9, got 11"]
+    assert "Traceback" not in result.stderr
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    runs = [fit(CONFIGS / "pretrain.yaml", tmp_path / str(i), "--model.init_args.log_figures=false").trainer.callback_metrics for i in range(2)]
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

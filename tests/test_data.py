@@ -1,0 +1,100 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearning.data.loader import ShardedOrder, TensorBatchLoader
+from unlearning.data.mnist import MEAN, STD, MNIST_MD5, DataError, load_mnist, prepare_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data_copy(tmp_path: Path) -> Path:
+    """The bundled .gz files in a scratch folder, so tests may damage them."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_MD5:
+        shutil.copy(ROOT / "data" / "MNIST" / "raw" / f"{name}.gz", raw)
+    return tmp_path
+
+
+def test_bundled_files_unpack_verify_and_load_normalised(data_copy: Path):
+    raw = prepare_mnist(data_copy)
+    assert all((raw / name).exists() for name in MNIST_MD5)
+    x, y = load_mnist(data_copy, train=False)
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.isclose(x.min(), torch.tensor(-MEAN / STD))
+    assert torch.bincount(y).tolist()[:3] == [980, 1135, 1032]  # the official test set's class counts
+
+
+def test_a_corrupt_file_names_the_file_and_its_expected_md5(data_copy: Path):
+    raw = prepare_mnist(data_copy)
+    target = raw / "t10k-labels-idx1-ubyte"
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte is corrupt.*expected {MNIST_MD5['t10k-labels-idx1-ubyte']}"):
+        prepare_mnist(data_copy)
+
+
+def test_a_truncated_archive_is_reported(data_copy: Path):
+    archive = data_copy / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])
+    with pytest.raises(DataError, match="cannot unpack .*train-labels-idx1-ubyte.gz"):
+        prepare_mnist(data_copy)
+
+
+def test_a_missing_data_dir_without_network_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr("unlearning.data.mnist.MNIST", offline)
+    with pytest.raises(DataError, match="MNIST is not in .* could not download it"):
+        prepare_mnist(tmp_path / "nowhere")
+
+
+def test_an_unpacked_copy_is_used_without_its_archive(data_copy: Path):
+    raw = prepare_mnist(data_copy)
+    for name in MNIST_MD5:
+        (raw / f"{name}.gz").unlink()
+    assert load_mnist(data_copy, train=False)[0].shape[0] == 10000
+
+
+def test_gzip_member_matches_the_canonical_md5():
+    import hashlib
+
+    with gzip.open(ROOT / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz") as f:
+        assert hashlib.md5(f.read()).hexdigest() == MNIST_MD5["t10k-labels-idx1-ubyte"]
+
+
+def test_shards_are_disjoint_equal_sized_and_cover_everything():
+    orders = [ShardedOrder(10, shuffle=True, seed=3, rank=r, world_size=3) for r in range(3)]
+    shards = [o.next_pass() for o in orders]
+    assert [len(s) for s in shards] == [4, 4, 4]  # padded by wrapping around, like DistributedSampler
+    assert set(torch.cat(shards).tolist()) == set(range(10))
+    unpadded = [ShardedOrder(10, shuffle=False, rank=r, world_size=3, pad=False).next_pass() for r in range(3)]
+    assert sorted(torch.cat(unpadded).tolist()) == list(range(10))
+
+
+def test_shuffle_is_seeded_and_changes_every_epoch_and_pass():
+    a, b = ShardedOrder(50, shuffle=True, seed=0), ShardedOrder(50, shuffle=True, seed=0)
+    first = a.next_pass()
+    assert torch.equal(first, b.next_pass())
+    assert not torch.equal(first, a.next_pass())  # a shorter stream cycled within an epoch gets a new order
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert torch.equal(a.next_pass(), b.next_pass())
+    assert not torch.equal(first, b.next_pass())
+
+
+def test_loader_batches_are_indexed_slices():
+    x = torch.arange(10).float().view(10, 1)
+    y = torch.arange(10)
+    loader = TensorBatchLoader(x, y, batch_size=4, sampler=ShardedOrder(10, shuffle=False))
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert torch.equal(batches[0][0].squeeze(1), batches[0][1].float())
