@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -22,7 +23,12 @@ class UnlearningCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> Any:
-    """Run one command. Tests call ``main([...])``; it returns the CLI object (trainer, model, datamodule)."""
+    """Run one command. Tests call ``main([...])``; it returns the CLI object (trainer, model, datamodule).
+
+    The progress bar redraws every 10 steps unless ``TQDM_MINITERS`` says otherwise: redrawing it
+    every step costs a small model a tenth of its training time.
+    """
+    os.environ.setdefault("TQDM_MINITERS", "10")
     try:
         return UnlearningCLI(
             BaseTask,

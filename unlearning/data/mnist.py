@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,6 +59,11 @@ def prepare_mnist(data_dir: str | Path) -> Path:
                 f"MNIST is not in {raw.resolve()} and torchvision could not download it ({err}). "
                 f"Copy the four MNIST IDX files (.gz or unpacked) there, or point data_dir at a folder that has them."
             ) from err
+    stamp_path = raw / ".verified.json"
+    try:
+        stamps = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamps = {}
     for name, expected in MNIST_MD5.items():
         target = raw / name
         if not target.exists():
@@ -69,12 +75,21 @@ def prepare_mnist(data_dir: str | Path) -> Path:
                 tmp.unlink(missing_ok=True)
                 raise DataError(f"cannot unpack {raw / (name + '.gz')}: {err}") from err
             tmp.replace(target)
+        stat = target.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns, expected]
+        if stamps.get(name) == stamp:
+            continue  # verified before and untouched since: skip re-hashing 55 MB on every run
         actual = _md5(target)
         if actual != expected:
             raise DataError(
                 f"{target} is corrupt: md5 {actual}, expected {expected}. Delete it (and its .gz if that is "
                 f"damaged too) and restore the original MNIST file."
             )
+        stamps[name] = stamp
+    try:
+        stamp_path.write_text(json.dumps(stamps))
+    except OSError:
+        pass  # a read-only data folder is fine: the files are simply hashed again next time
     return raw
 
 

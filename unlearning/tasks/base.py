@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -23,7 +22,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from unlearning.checkpoints import load_net_weights
 from unlearning.data.splits import NUM_CLASSES, check_classes
-from unlearning.figures import confusion_figure, first_layer_weights
+from unlearning.figures import confusion_image, first_layer_weights
 from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
@@ -73,6 +72,14 @@ class BaseTask(LightningModule):
         self.configure_losses()
         self.configure_metrics()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` around every hook, ~45 times per step; nn.Module's
+        # type checks on each made that a tenth of a small model's training time.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # -- hooks for subclasses -------------------------------------------------------------
     def configure_models(self) -> None:
         """Build or wrap networks beyond ``net`` (e.g. a frozen teacher). Runs before weights are loaded."""
@@ -110,6 +117,13 @@ class BaseTask(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Skip Lightning's per-step walk over the batch when the loader already serves tensors on ``device``."""
+        first = batch[0] if isinstance(batch, (tuple, list)) else next(iter(batch.values()))[0]
+        if first.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.trainable_parameters())
         if self.lr_scheduler is None:
@@ -124,7 +138,9 @@ class BaseTask(LightningModule):
         return self.criterion(self.net(x), y)
 
     def log_loss(self, name: str, value: Tensor, batch_size: int) -> None:
-        self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
+        """Log a training loss on the trainer's logging steps only: ``self.log`` costs as much as a small model's step."""
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val", dataloader_idx)
@@ -172,7 +188,7 @@ class BaseTask(LightningModule):
             return
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by torchmetrics
         if self.log_figures:
-            self.log_figure(f"{stage}/confusion_matrix", confusion_figure(confmat, f"{stage}, step {self.global_step}"))
+            self.log_image(f"{stage}/confusion_matrix", confusion_image(confmat))
             if stage == "val":
                 self.log_image("weights/first_layer", first_layer_weights(self.net))
 
@@ -182,14 +198,8 @@ class BaseTask(LightningModule):
             return None
         return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def log_figure(self, tag: str, figure: Any) -> None:
-        import matplotlib.pyplot as plt
-
-        if (board := self._tensorboard()) is not None:
-            board.add_figure(tag, figure, global_step=self.global_step)
-        plt.close(figure)
-
     def log_image(self, tag: str, image: Tensor | None) -> None:
+        """An image to TensorBoard, from rank 0 only (skipped when there is no TensorBoard logger)."""
         if image is not None and (board := self._tensorboard()) is not None:
             board.add_image(tag, image, global_step=self.global_step)
 

@@ -1,0 +1,81 @@
+"""Lightning ``fit`` against a plain torch loop doing the same work, side by side in one process.
+
+Both train SeedMLP with Adam 1e-3 on the same normalised tensors (retain ∪ forget, batch 200,
+5 epochs), validate on the same held-out split after every epoch and save the weights each epoch.
+The Lightning run is the project's own ``configs/pretrain.yaml`` through the CLI, progress bar on,
+with its per-class metrics, confusion-matrix figures and TensorBoard logging. Prints both wall
+times and their ratio (target: ≤ 1.3 on a 2-core CPU).
+
+    python benchmarks/speed.py [--epochs 5] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unlearning.cli import main
+from unlearning.data.mnist import MNISTDataModule
+from unlearning.models import SeedMLP
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_torch(dm: MNISTDataModule, epochs: int, out: Path) -> float:
+    """The same training as configs/pretrain.yaml, hand-written: the floor Lightning is measured against."""
+    x, y = dm.split_tensors("retain", "forget")
+    val_x, val_y = dm.split_tensors("val")
+    torch.manual_seed(0)
+    net = SeedMLP()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(order), dm.batch_size):
+            idx = order[i : i + dm.batch_size]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            preds = torch.cat([net(val_x[i : i + dm.eval_batch_size]).argmax(1) for i in range(0, len(val_y), dm.eval_batch_size)])
+            per_class = torch.stack([(preds[val_y == c] == c).float().mean() for c in range(10)])
+        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "per_class": per_class}, out / "plain.pt")
+    return time.perf_counter() - start
+
+
+def lightning_fit(epochs: int, out: Path) -> tuple[float, MNISTDataModule]:
+    cli = main(["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}"], run=False)
+    cli.datamodule.setup()
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return time.perf_counter() - start, cli.datamodule
+
+
+def main_(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="alternate the two runs this many times and keep each one's best")
+    args = parser.parse_args(argv)
+    plain_times, lightning_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            seconds, dm = lightning_fit(args.epochs, Path(tmp))
+            lightning_times.append(seconds)
+            plain_times.append(plain_torch(dm, args.epochs, Path(tmp)))
+    plain, lightning = min(plain_times), min(lightning_times)
+    print(f"\nplain torch loop : {plain:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in plain_times)})")
+    print(f"lightning fit    : {lightning:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in lightning_times)})")
+    print(f"ratio            : {lightning / plain:6.2f}  (target ≤ 1.30)")
+    return lightning / plain
+
+
+if __name__ == "__main__":
+    main_()
