@@ -47,4 +47,5 @@ def forget_loss(
 def distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """KL(teacher || student) on temperature-softened outputs, scaled by T² as in Hinton et al."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), log_target=True, reduction="batchmean") * t * t
+    student, teacher = F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t

@@ -6,7 +6,7 @@ rank of a DDP job that scores the same data with the same weights selects the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -19,29 +19,44 @@ Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def saliency_scores(
-    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], score: Score = "abs_grad", loss_fn: LossFn | None = None
-) -> dict[str, Tensor]:
-    """Per-weight saliency of ``loss_fn`` over *all* ``batches``, with ``net`` in eval mode.
+def batch_gradients(
+    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None
+) -> Iterator[dict[str, Tensor]]:
+    """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter, ``net`` in eval mode.
 
-    ``abs_grad`` is SalUn's ``|sum_b grad_b|`` (the gradient of the summed loss); ``fisher`` is the
-    diagonal empirical Fisher ``sum_b grad_b**2`` over batches, as SSD computes it.
+    Eval mode because saliency describes the pretrained model itself, not a dropout-thinned copy of it.
     """
-    if score not in ("abs_grad", "fisher"):
-        raise ValueError(f"score must be 'abs_grad' or 'fisher', got {score!r}")
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
     params = {name: p for name, p in net.named_parameters() if p.requires_grad}
-    totals = {name: torch.zeros_like(p) for name, p in params.items()}
     was_training = net.training
     net.eval()
     try:
         for x, y in batches:
             grads = torch.autograd.grad(loss_fn(net(x), y), list(params.values()), allow_unused=True)
-            for (name, total), grad in zip(totals.items(), grads):
-                if grad is not None:
-                    total.add_(grad if score == "abs_grad" else grad.pow(2))
+            yield {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
     finally:
         net.train(was_training)
+
+
+def saliency_scores(
+    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], score: Score = "abs_grad", loss_fn: LossFn | None = None
+) -> dict[str, Tensor]:
+    """Per-weight saliency of ``loss_fn`` over *all* ``batches``, with ``net`` in eval mode.
+
+    ``abs_grad`` is SalUn's ``|sum_b grad_b|``, the gradient of the loss summed over every sample, so
+    it does not depend on how the samples are batched. ``fisher`` is the diagonal empirical Fisher
+    ``sum_b grad_b**2``: it counts a weight that many batches pull in opposite directions, which
+    ``abs_grad`` cancels out; the batches set its granularity (batches of one give the per-sample Fisher).
+    """
+    if score not in ("abs_grad", "fisher"):
+        raise ValueError(f"score must be 'abs_grad' or 'fisher', got {score!r}")
+    totals: dict[str, Tensor] = {}
+    for grads in batch_gradients(net, batches, loss_fn):
+        for name, grad in grads.items():
+            term = grad if score == "abs_grad" else grad.pow(2)
+            totals[name] = totals[name] + term if name in totals else term
+    if not totals:
+        raise ValueError("no batches to measure saliency on")
     return {name: total.abs() for name, total in totals.items()}
 
 
@@ -84,6 +99,29 @@ def saliency_mask(
 ) -> dict[str, Tensor]:
     """The weights most involved in the forget data: ``top_fraction_mask(saliency_scores(...))``."""
     return top_fraction_mask(saliency_scores(net, forget_batches, score, loss_fn), fraction, scope)
+
+
+def diagonal_fisher(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """SSD's importance of every weight: the squared gradient of each batch's *mean* cross-entropy, averaged over batches.
+
+    Means, not sums, so the importance on a small forget set and on the whole training set are on
+    one scale and can be compared weight by weight.
+    """
+    batches = list(batches)
+    scores = saliency_scores(net, batches, "fisher", lambda logits, y: F.cross_entropy(logits, y))
+    return {name: s / len(batches) for name, s in scores.items()}
+
+
+def ssd_dampening(forget: dict[str, Tensor], full: dict[str, Tensor], alpha: float, lam: float) -> dict[str, Tensor]:
+    """SSD's factor for every weight: ``min(lam * I_D / I_f, 1)`` where ``I_f > alpha * I_D``, else 1.
+
+    A weight far more important to the forget data (``I_f``) than to all training data (``I_D``) is
+    shrunk in proportion; every other weight is left exactly as it is.
+    """
+    return {
+        name: torch.where(i_f > alpha * full[name], (lam * full[name] / i_f).clamp(max=1.0), torch.ones_like(i_f))
+        for name, i_f in forget.items()
+    }
 
 
 def mask_summary(masks: dict[str, Tensor]) -> dict[str, float]:

@@ -1,0 +1,211 @@
+"""Every unlearning method through the real CLI, from a real pretrained checkpoint, in a few steps each."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import CONFIGS
+from unlearning.checkpoints import net_state_dict, read_checkpoint
+from unlearning.cli import main
+from unlearning.data import MNISTDataModule
+from unlearning.errors import UsageError
+from unlearning.saliency import diagonal_fisher, ssd_dampening
+from unlearning.tasks.forget import HeadMask, check_trained_on, split_batches
+
+UNLEARN = CONFIGS / "unlearn"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1"]
+COARSE_FISHER = "--model.init_args.fisher_batch_size=1000"  # SSD's Fisher over 56 batches instead of 1700: same code, a tenth of the time
+
+
+def unlearn(config: Path, weights: Path, root: Path, *overrides: str, run: bool = True):
+    """``unlearning fit -c config --model.init_args.weights weights`` for two steps (unless overridden) under ``root``."""
+    args = ["-c", str(config), "--model.init_args.weights", str(weights), "--trainer.max_steps=2", f"--trainer.default_root_dir={root}"]
+    args += [*QUIET, *overrides]
+    return main(["fit", *args] if run else args, run=run)
+
+
+def last_checkpoint(cli) -> dict:
+    return read_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {name for name, value in after.items() if not torch.equal(value, before[name])}
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory):
+    """A bare state dict of a freshly initialised network, by class path: weights for any architecture in a second."""
+
+    def save(class_path: str) -> Path:
+        module, _, name = class_path.rpartition(".")
+        path = tmp_path_factory.mktemp("untrained") / f"{name}.pt"
+        torch.save(getattr(importlib.import_module(module), name)().state_dict(), path)
+        return path
+
+    return save
+
+
+@pytest.mark.parametrize("config", sorted(UNLEARN.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_unlearning_config_runs_through_the_cli(config, pretrained_ckpt, untrained_weights, tmp_path):
+    net = yaml.safe_load(config.read_text())["model"]["init_args"]["net"]["class_path"]
+    weights = pretrained_ckpt if net == "unlearning.models.SeedMLP" else untrained_weights(net)
+    cli = unlearn(config, weights, tmp_path, *([COARSE_FISHER] if config.stem == "ssd" else []))
+    one_shot = config.stem in ("ssd", "head_mask")
+    assert cli.trainer.global_step == (1 if one_shot else 2)  # a one-shot edit stops the fit after its step
+    checkpoint = last_checkpoint(cli)
+    assert (checkpoint["optimizer_states"][0]["state"] == {}) == one_shot  # and takes no optimizer step
+    assert changed(net_state_dict(weights), net_state_dict(cli.trainer.checkpoint_callback.last_model_path))
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        ["--model.init_args.optimizer.init_args.weight_decay=0.1"],
+        ["--model.init_args.optimizer=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1",
+         "--model.init_args.optimizer.init_args.momentum=0.9", "--model.init_args.optimizer.init_args.weight_decay=0.1"],
+    ],
+    ids=["adam_weight_decay", "sgd_momentum"],
+)  # fmt: skip
+def test_selective_gradient_moves_only_masked_weights_and_logs_the_mask(optimizer, pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", *optimizer)
+    masks = last_checkpoint(cli)["weight_masks"]
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    assert set(masks) == set(before)  # biases are masked too
+    assert sum(m.sum() for m in masks.values()) == round(0.5 * sum(m.numel() for m in masks.values()))
+    for name, mask in masks.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+    assert changed(before, after) == {name for name, mask in masks.items() if mask.any()}
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"images": 0}).Reload()
+    assert "mask/first_layer" in events.Tags()["images"]
+    assert {"mask_kept/all", "mask_kept/features.1.weight", "val/forget_acc"} <= set(events.Tags()["scalars"])  # val/*: step 0
+
+
+def test_a_resumed_run_reuses_the_saved_mask(pretrained_ckpt, tmp_path):
+    first = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path)
+    saved = last_checkpoint(first)["weight_masks"]
+    # a different fraction on resume must not change the mask the run started with
+    resumed = unlearn(
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--model.init_args.mask_fraction=0.1",
+        "--ckpt_path", first.trainer.checkpoint_callback.last_model_path,
+    )  # fmt: skip
+    assert resumed.trainer.global_step == 4
+    for name, mask in saved.items():
+        assert torch.equal(resumed.model.weight_masks[name].cpu(), mask), name
+        assert torch.equal(last_checkpoint(resumed)["weight_masks"][name], mask), name
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(resumed.trainer.checkpoint_callback.last_model_path)
+    for name, mask in saved.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+
+
+def test_layer_freeze_moves_exactly_its_last_layers(pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "layer_freeze_2.yaml", pretrained_ckpt, tmp_path)
+    after = net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    assert changed(net_state_dict(pretrained_ckpt), after) == {"features.7.weight", "features.7.bias", "head.weight", "head.bias"}
+
+
+class LabelRecorder(Callback):
+    def __init__(self):
+        self.labels: dict[str, set[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for stream, (_, y) in batch.items():
+            self.labels.setdefault(stream, set()).update(y.tolist())
+
+
+def test_finetune_sees_only_retain_batches_and_the_others_see_both(pretrained_ckpt, tmp_path):
+    seen = {}
+    for name in ("finetune", "neggrad_plus"):
+        cli = unlearn(UNLEARN / f"{name}.yaml", pretrained_ckpt, tmp_path, run=False)
+        recorder = LabelRecorder()
+        cli.trainer.callbacks.append(recorder)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        seen[name] = recorder.labels
+    assert seen["finetune"] == {"retain": set(range(9))}
+    assert seen["neggrad_plus"] == {"forget": {9}, "retain": set(range(9))}
+
+
+def test_head_mask_only_suppresses_the_forget_logit(pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "head_mask.yaml", pretrained_ckpt, tmp_path)
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    assert changed(before, after) == {"head.bias"}
+    assert after["head.bias"][9] == HeadMask.suppression and torch.equal(after["head.bias"][:9], before["head.bias"][:9])
+    assert cli.trainer.callback_metrics["val/forget_acc"] == 0.0
+
+
+def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "ssd.yaml", pretrained_ckpt, tmp_path, "--model.init_args.selection_weighting=3", COARSE_FISHER)
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    net = type(cli.model.net)()
+    net.load_state_dict(before)
+    data = MNISTDataModule()
+    forget = diagonal_fisher(net, split_batches(data, "forget", size=1000))
+    full = diagonal_fisher(net, split_batches(data, "retain", "forget", size=1000))
+    factors = ssd_dampening(forget, full, alpha=3.0, lam=1.0)
+    assert 0 < sum((f < 1).sum() for f in factors.values()) < sum(f.numel() for f in factors.values())  # some weights dampened, some not
+    for name, factor in factors.items():
+        assert torch.allclose(after[name], before[name] * factor), name
+
+
+@pytest.mark.parametrize(
+    ("config", "weights", "override", "message"),
+    [
+        ("selective_gradient", "missing", [], "does not exist"),
+        ("selective_gradient", "lenet", [], r"do not fit SeedMLP: missing \['features.1.bias'"),
+        ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=0"], r"mask_fraction must lie in \(0, 1\], got 0"),
+        ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=1.5"], r"mask_fraction must lie in \(0, 1\], got 1.5"),
+        ("random_label", "oracle", [], r"oracle run that never trained on class \[9\]"),
+        ("layer_freeze_1", "pretrained", ["--model.init_args.layers=6"], r"layers must lie in 1..5 for SeedMLP, got 6"),
+        ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
+    ],
+)
+def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, override, message, request, untrained_weights, tmp_path):
+    if weights == "missing":
+        path = tmp_path / "nowhere.ckpt"
+    elif weights == "lenet":
+        path = untrained_weights("unlearning.models.LeNet")
+    else:
+        path = request.getfixturevalue(f"{weights}_ckpt")
+    with pytest.raises(UsageError, match=message):
+        unlearn(UNLEARN / f"{config}.yaml", path, tmp_path, *override)
+
+
+def test_weights_without_a_training_record_are_trusted(pretrained_ckpt, oracle_ckpt, tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.save(net_state_dict(oracle_ckpt), bare)
+    check_trained_on(str(bare), [9])  # a bare state dict says nothing about its classes
+    check_trained_on(str(pretrained_ckpt), [9])
+    with pytest.raises(UsageError):
+        check_trained_on(str(oracle_ckpt), [9])
+
+
+class MaskDump(Callback):
+    """Saves each rank's mask as the fit starts, so the parent process can compare the ranks."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module):
+        torch.save({k: v.cpu() for k, v in pl_module.weight_masks.items()}, self.folder / f"mask_{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(300)
+def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretrained_ckpt, tmp_path):
+    cli = unlearn(
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.strategy=ddp_spawn", "--model.init_args.log_figures=false", "--trainer.num_sanity_val_steps=0", run=False,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(MaskDump(tmp_path))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    ranks = [torch.load(tmp_path / f"mask_{rank}.pt") for rank in (0, 1)]
+    (last,) = tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt")  # the parent's callback never saw the children's path
+    saved = read_checkpoint(last)["weight_masks"]
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last)
+    for name, mask in saved.items():
+        assert torch.equal(ranks[0][name], mask) and torch.equal(ranks[1][name], mask), name
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+    assert changed(before, after)

@@ -1,0 +1,54 @@
+"""Forget objectives and distillation against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from unlearning.losses import bounded_ascent, distillation, forget_loss, random_labels, uniform_kl
+
+ALLOWED = torch.arange(9)  # forget class 9
+
+
+def test_random_labels_are_uniform_over_the_allowed_classes_only():
+    labels = random_labels(torch.full((9000,), 9), ALLOWED, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels, minlength=10)
+    assert counts[9] == 0
+    assert ((counts[:9] - 1000).abs() < 150).all()
+
+
+def test_bounded_ascent_pushes_until_the_bound_and_then_stops():
+    logits = torch.zeros(2, 2, requires_grad=True)  # cross-entropy ln 2 for both samples
+    y = torch.tensor([0, 1])
+    loss = bounded_ascent(logits, y, bound=2.0)
+    assert math.isclose(loss.item(), 2.0 - math.log(2), rel_tol=1e-6)
+    loss.backward()
+    assert logits.grad[0, 0] > 0  # descending this loss lowers the true class's logit
+    assert bounded_ascent(logits, y, bound=0.5).item() == 0.0
+
+
+def test_uniform_kl_is_zero_at_the_uniform_over_allowed_and_log_ten_ninths_at_the_full_uniform():
+    suppressed = torch.zeros(1, 10)
+    suppressed[0, 9] = -1e4
+    assert abs(uniform_kl(suppressed, ALLOWED).item()) < 1e-6
+    assert math.isclose(uniform_kl(torch.zeros(1, 10), ALLOWED).item(), math.log(10 / 9), rel_tol=1e-5)
+
+
+def test_forget_loss_dispatches_each_objective_and_rejects_unknown_ones():
+    logits, y = torch.randn(4, 10), torch.full((4,), 9)
+    assert torch.equal(forget_loss("bounded_ascent", logits, y, ALLOWED, 3.0), bounded_ascent(logits, y, 3.0))
+    assert torch.equal(forget_loss("uniform_kl", logits, y, ALLOWED), uniform_kl(logits, ALLOWED))
+    relabelled = random_labels(y, ALLOWED, torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.cross_entropy(logits, relabelled)
+    assert torch.equal(forget_loss("random_label", logits, y, ALLOWED, generator=torch.Generator().manual_seed(1)), expected)
+    with pytest.raises(ValueError, match="unknown forget objective 'ascent'"):
+        forget_loss("ascent", logits, y, ALLOWED)  # type: ignore[arg-type]
+
+
+def test_distillation_is_zero_for_equal_logits_and_scaled_by_t_squared():
+    teacher = torch.tensor([[2.0, 0.0]])
+    assert distillation(teacher, teacher, temperature=3.0).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.zeros(1, 2)
+    p = torch.softmax(teacher / 2.0, dim=1)
+    kl = (p * (p.log() - math.log(0.5))).sum().item()
+    assert distillation(student, teacher, temperature=2.0).item() == pytest.approx(4 * kl, rel=1e-5)

@@ -1,0 +1,142 @@
+"""Saliency, top-k masks, SSD's importances and the exact freeze, on networks small enough to compute by hand."""
+
+import pytest
+import torch
+from torch import nn
+
+from unlearning.saliency import (
+    ExactFreeze,
+    diagonal_fisher,
+    mask_summary,
+    saliency_mask,
+    saliency_scores,
+    ssd_dampening,
+    top_fraction_mask,
+)
+
+
+class TwoLayers(nn.Module):
+    """``a`` reads features 0-2 and ``b`` features 3-5; with ``loss = sum of outputs`` a weight's gradient is the sum of its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 1, bias=False)
+        self.b = nn.Linear(3, 1, bias=False)
+
+    def forward(self, x):
+        return self.a(x[:, :3]) + self.b(x[:, 3:])
+
+
+def summed_output(logits, y):
+    return logits.sum()
+
+
+# Two batches of one sample: |Σ grad| = a (2, 0, 0), b (0, 6, 0); Σ grad² = a (2, 8, 0), b (32, 18, 0).
+BATCHES = [(torch.tensor([[1.0, 2, 0, 4, 3, 0]]), torch.zeros(1)), (torch.tensor([[1.0, -2, 0, -4, 3, 0]]), torch.zeros(1))]
+
+
+def as_lists(masks):
+    return {name: m.flatten().tolist() for name, m in masks.items()}
+
+
+def test_scores_are_hand_computed_gradients():
+    abs_grad = saliency_scores(TwoLayers(), BATCHES, "abs_grad", summed_output)
+    fisher = saliency_scores(TwoLayers(), BATCHES, "fisher", summed_output)
+    assert as_lists(abs_grad) == {"a.weight": [2, 0, 0], "b.weight": [0, 6, 0]}
+    assert as_lists(fisher) == {"a.weight": [2, 8, 0], "b.weight": [32, 18, 0]}
+
+
+@pytest.mark.parametrize(
+    ("score", "scope", "expected"),
+    [
+        ("abs_grad", "global", {"a.weight": [True, False, False], "b.weight": [False, True, False]}),
+        ("fisher", "global", {"a.weight": [False, False, False], "b.weight": [True, True, False]}),
+        ("fisher", "layer", {"a.weight": [False, True, False], "b.weight": [True, False, False]}),
+    ],
+)
+def test_mask_keeps_the_right_weights(score, scope, expected):
+    masks = saliency_mask(TwoLayers(), BATCHES, fraction=2 / 6, scope=scope, score=score, loss_fn=summed_output)
+    assert as_lists(masks) == expected
+
+
+def test_ties_go_to_the_lower_index_and_the_count_is_exact():
+    scores = {"w": torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0]), "v": torch.tensor([3.0, 2.0])}
+    assert as_lists(top_fraction_mask(scores, 3 / 7)) == {"w": [False, True, True, True, False], "v": [False, False]}
+    for fraction in (0.01, 0.3, 0.5, 1.0):
+        kept = sum(m.sum().item() for m in top_fraction_mask(scores, fraction).values())
+        assert kept == max(1, round(fraction * 7))
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_a_fraction_outside_zero_one_is_rejected(fraction):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        top_fraction_mask({"w": torch.ones(3)}, fraction)
+
+
+def test_default_saliency_is_cross_entropy_in_eval_mode_and_batching_changes_only_fisher():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3)).train()
+    x, y = torch.randn(12, 4), torch.randint(3, (12,))
+    whole = [(x, y)]
+    halves = [(x[:6], y[:6]), (x[6:], y[6:])]
+    expected = torch.autograd.grad(nn.functional.cross_entropy(net.eval()(x), y, reduction="sum"), net[0].weight)[0].abs()
+    net.train()
+    for batches in (whole, halves):
+        assert torch.allclose(saliency_scores(net, batches, "abs_grad")["0.weight"], expected, atol=1e-5)
+    assert net.training  # the caller's mode is restored
+    assert not torch.allclose(saliency_scores(net, whole, "fisher")["0.weight"], saliency_scores(net, halves, "fisher")["0.weight"])
+
+
+def test_diagonal_fisher_is_the_mean_over_batches_of_squared_mean_gradients():
+    net = nn.Linear(1, 2, bias=False)
+    nn.init.zeros_(net.weight)  # softmax is (1/2, 1/2), so d CE / d W = (p - onehot(y)) x
+    batches = [(torch.tensor([[1.0], [3.0]]), torch.tensor([0, 0])), (torch.tensor([[4.0]]), torch.tensor([1]))]
+    # batch 1: mean gradient (-1, 1), squared (1, 1); batch 2: (2, -2), squared (4, 4); mean (2.5, 2.5)
+    assert diagonal_fisher(net, batches)["weight"].flatten().tolist() == [2.5, 2.5]
+
+
+def test_ssd_dampens_only_weights_far_more_important_to_the_forget_set():
+    forget = {"w": torch.tensor([4.0, 1.0, 0.0, 9.0])}
+    full = {"w": torch.tensor([1.0, 1.0, 0.0, 0.5])}
+    assert torch.allclose(ssd_dampening(forget, full, alpha=2.0, lam=1.0)["w"], torch.tensor([0.25, 1.0, 1.0, 0.5 / 9]))
+    assert torch.allclose(ssd_dampening(forget, full, alpha=2.0, lam=8.0)["w"], torch.tensor([1.0, 1.0, 1.0, 4.0 / 9]))
+
+
+def test_mask_summary_counts_per_tensor_and_overall():
+    summary = mask_summary({"a": torch.tensor([True, False, False, False]), "b": torch.tensor([True, True])})
+    assert summary == {"a": 0.25, "b": 1.0, "all": 0.5}
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.Adam(params, lr=0.1, weight_decay=0.1),
+        lambda params: torch.optim.AdamW(params, lr=0.1, weight_decay=0.1),
+        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1),
+    ],
+)
+def test_exact_freeze_keeps_unselected_weights_bit_identical(make_optimizer):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = {"0.weight": torch.rand(5, 4) < 0.5, "2.bias": torch.tensor([True, False, True])}  # 0.bias and 2.weight fully frozen
+    optimizer = make_optimizer(net.parameters())
+    freeze = ExactFreeze(net, masks)
+    freeze.attach(optimizer)
+    for _ in range(5):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(torch.randn(8, 4)), torch.randint(3, (8,))).backward()
+        optimizer.step()
+    after = net.state_dict()
+    for name, value in after.items():
+        keep = masks.get(name, torch.zeros_like(value, dtype=torch.bool))
+        assert torch.equal(value[~keep], before[name][~keep]), name
+        assert (value[keep] != before[name][keep]).all(), name
+    freeze.detach()
+    optimizer.step()  # detached: weight decay and momentum move everything again
+    assert not torch.equal(net.state_dict()["2.weight"], before["2.weight"])
+
+
+def test_exact_freeze_rejects_masks_for_parameters_the_net_lacks():
+    with pytest.raises(ValueError, match="head.weight"):
+        ExactFreeze(nn.Linear(2, 2), {"head.weight": torch.ones(2, 2, dtype=torch.bool)})
