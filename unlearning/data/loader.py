@@ -56,24 +56,28 @@ class ShardedOrder:
 class TensorBatchLoader:
     """Yields ``(x, y)`` batches of ``x[order]``, ``y[order]`` for tensors that already live on the target device.
 
-    ``sampler`` is public because Lightning calls ``sampler.set_epoch`` each epoch; ``batch_sampler``
-    is ``None`` because Lightning inspects it to tell whether a loader shuffles.
+    With ``index``, the sampler's positions stand for the rows ``index`` names, so a split is served
+    straight from the whole dataset without first copying it out. ``sampler`` is public because
+    Lightning calls ``sampler.set_epoch`` each epoch; ``batch_sampler`` is ``None`` because
+    Lightning inspects it to tell whether a loader shuffles.
     """
 
     batch_sampler = None
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, sampler: ShardedOrder):
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, sampler: ShardedOrder, index: Tensor | None = None):
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.x, self.y, self.batch_size, self.sampler = x, y, batch_size, sampler
+        self.x, self.y, self.batch_size, self.sampler, self.index = x, y, batch_size, sampler, index
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.sampler.next_pass().to(self.x.device, non_blocking=True)
+        if self.index is not None:
+            order = self.index[order]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self.x[idx], self.y[idx]

@@ -166,6 +166,11 @@ class MNISTDataModule(LightningDataModule):
 
     def split_tensors(self, *splits: str) -> tuple[Tensor, Tensor]:
         """``(x, y)`` of the named splits, concatenated, on the trainer's device (moved there once)."""
+        x, y, idx = self._split_source(*splits)
+        return x[idx], y[idx]
+
+    def _split_source(self, *splits: str) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole ``(x, y)`` the named splits index into, on the trainer's device, and their indices."""
         if not self._tensors:
             self.setup()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -180,7 +185,7 @@ class MNISTDataModule(LightningDataModule):
             raise ValueError("the test split cannot be mixed with training splits")
         x, y = self._tensors[source]
         idx = torch.cat([self.split_index[s] for s in splits]).to(device)
-        return x[idx], y[idx]
+        return x, y, idx
 
     def loader(self, *splits: str, train: bool = False, shard: bool = True) -> TensorBatchLoader:
         """A loader over the named splits: shuffled and padded for training, in order for evaluation.
@@ -188,12 +193,12 @@ class MNISTDataModule(LightningDataModule):
         ``shard=False`` gives every rank the whole split (e.g. to compute a saliency mask that
         must be identical on all ranks).
         """
-        x, y = self.split_tensors(*splits)
-        if len(y) == 0:
+        x, y, idx = self._split_source(*splits)
+        if len(idx) == 0:
             raise UsageError(f"split {'+'.join(splits)} is empty")
         rank, world = self._rank_and_world() if shard else (0, 1)
-        order = ShardedOrder(len(y), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
-        return TensorBatchLoader(x, y, self.batch_size if train else self.eval_batch_size, order)
+        order = ShardedOrder(len(idx), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
+        return TensorBatchLoader(x, y, self.batch_size if train else self.eval_batch_size, order, index=idx)
 
     def train_dataloader(self) -> CombinedLoader:
         streams: Mapping[str, Sequence[str]] = self.trainer.lightning_module.train_streams
