@@ -76,7 +76,7 @@ def test_selective_gradient_moves_only_masked_weights_and_logs_the_mask(optimize
     masks = last_checkpoint(cli)["weight_masks"]
     before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
     assert set(masks) == set(before)  # biases are masked too
-    assert sum(m.sum() for m in masks.values()) == round(0.5 * sum(m.numel() for m in masks.values()))
+    assert sum(m.sum() for m in masks.values()) == round(cli.model.mask_fraction * sum(m.numel() for m in masks.values()))
     for name, mask in masks.items():
         assert torch.equal(after[name][~mask], before[name][~mask]), name
     assert changed(before, after) == {name for name, mask in masks.items() if mask.any()}
@@ -90,7 +90,7 @@ def test_a_resumed_run_reuses_the_saved_mask(pretrained_ckpt, tmp_path):
     saved = last_checkpoint(first)["weight_masks"]
     # a different fraction on resume must not change the mask the run started with
     resumed = unlearn(
-        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--model.init_args.mask_fraction=0.1",
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--model.init_args.mask_fraction=0.5",
         "--ckpt_path", first.trainer.checkpoint_callback.last_model_path,
     )  # fmt: skip
     assert resumed.trainer.global_step == 4
