@@ -1,0 +1,82 @@
+"""``unlearning evaluate``: every check on a checkpoint, beside the oracle and the pretrained model, with a verdict.
+
+    unlearning evaluate --ckpt <unlearned> --oracle <oracle ckpt> --pretrained <pretrain ckpt> [--forget-classes 9] [--out results/x]
+
+The classes, the split seed and the validation size come from the checkpoint; given explicitly,
+they must agree with it. Prints the table, and writes ``report.json`` (every number),
+``summary.md`` and TensorBoard events under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import get_args
+
+from unlearning.evaluation.inputs import torch_threads
+from unlearning.evaluation.mia import Attack
+from unlearning.evaluation.report import write_outputs
+from unlearning.evaluation.run import judge
+from unlearning.evaluation.suite import Budget
+
+ROLES = ("checkpoint", "oracle", "pretrained")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearning evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="the checkpoint to judge")
+    p.add_argument("--oracle", required=True, help="a checkpoint retrained without the forget data")
+    p.add_argument("--pretrained", required=True, help="the checkpoint unlearning started from")
+    p.add_argument("--forget-classes", type=int, nargs="*", help="default: the checkpoint's; given, must match it")
+    p.add_argument("--new-classes", type=int, nargs="*", help="default: the checkpoint's; given, must match it")
+    p.add_argument("--out", default="results/evaluation", help="folder for report.json, summary.md and TensorBoard events")
+    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw")
+    p.add_argument("--seed", type=int, help="the split's seed; default: the checkpoint run's (seed_everything), else 0")
+    p.add_argument("--val-size", type=int, help="the split's validation size; default: the checkpoint run's, else 5000")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads; the checks are many small steps, which more threads slow down"
+    )
+    budget = p.add_argument_group("budget", "what each check may spend (see unlearning.evaluation.suite.Budget)")
+    for f in fields(Budget):
+        attack = f.name == "mia_attack"
+        budget.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=str if attack else type(f.default),
+            default=f.default,
+            choices=get_args(Attack) if attack else None,
+        )
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, run every check on the three checkpoints, print the table, write the outputs; returns the report."""
+    args = parser().parse_args(argv)
+    budget = Budget(**{f.name: getattr(args, f.name) for f in fields(Budget)})
+    paths = dict(zip(ROLES, (args.ckpt, args.oracle, args.pretrained)))
+    out = Path(args.out)
+    with torch_threads(args.threads):
+        start = time.perf_counter()
+        report, evaluations = judge(
+            paths,
+            "oracle",
+            "pretrained",
+            args.forget_classes,
+            args.new_classes,
+            args.seed,
+            args.val_size,
+            args.data_dir,
+            args.device,
+            budget,
+        )
+        report["seconds"] = time.perf_counter() - start
+        text = write_outputs(out, report, evaluations, budget)
+    checkpoint = report["verdict"]["checkpoint"]
+    print(text, f"\nverdict: {checkpoint['verdict']}", sep="\n")
+    for kind in ("output_evidence", "representation_evidence"):
+        for item in checkpoint[kind]:
+            print(f"  {kind.split('_')[0]}: {item}")
+    print(f"wrote {out / 'report.json'}, {out / 'summary.md'} and TensorBoard events ({report['seconds']:.1f} s)")
+    return report

@@ -1,0 +1,70 @@
+"""The evaluation's data: MNIST split exactly as the checkpoint's run split it, and seeded subsamples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from unlearning.data.mnist import load_mnist
+from unlearning.data.splits import NUM_CLASSES, build_splits
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Normalised train and test tensors, the training splits' indices, and the classes they were split by.
+
+    ``forget_classes`` is empty in random-sample mode, where ``forget`` is a random subset of the
+    training samples instead of whole classes.
+    """
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    splits: dict[str, Tensor]
+    forget_classes: tuple[int, ...]
+    new_classes: tuple[int, ...]
+
+    @property
+    def class_mode(self) -> bool:
+        """Whether whole classes are forgotten, so the class-specific checks apply."""
+        return bool(self.forget_classes)
+
+    @property
+    def retain_classes(self) -> tuple[int, ...]:
+        """Classes neither forgotten nor new: the utility a method must keep."""
+        return tuple(c for c in range(NUM_CLASSES) if c not in self.forget_classes and c not in self.new_classes)
+
+    def test_mask(self, classes: Sequence[int]) -> Tensor:
+        return torch.isin(self.test_y, torch.as_tensor(list(classes), dtype=self.test_y.dtype))
+
+    def to(self, device: torch.device) -> EvalData:
+        return EvalData(
+            self.train_x.to(device), self.train_y.to(device), self.test_x.to(device), self.test_y.to(device),
+            {k: v.to(device) for k, v in self.splits.items()}, self.forget_classes, self.new_classes,
+        )  # fmt: skip
+
+
+def load_eval_data(
+    data_dir: str | Path,
+    forget_classes: Sequence[int],
+    new_classes: Sequence[int],
+    forget_fraction: float | None,
+    val_size: int,
+    seed: int,
+) -> EvalData:
+    """MNIST with the retain/forget/new/val splits that ``build_splits`` gives the checkpoint's run."""
+    train_x, train_y = load_mnist(data_dir, train=True)
+    test_x, test_y = load_mnist(data_dir, train=False)
+    splits = build_splits(train_y, forget_classes, new_classes, forget_fraction, val_size, seed)
+    return EvalData(train_x, train_y, test_x, test_y, splits, tuple(forget_classes), tuple(new_classes))
+
+
+def choose(n: int, k: int, seed: int) -> Tensor:
+    """``min(k, n)`` distinct positions out of ``n``, sorted, the same for the same arguments on every machine."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: min(k, n)].sort().values

@@ -1,0 +1,132 @@
+"""What a user reads: the comparison table (terminal and Markdown), the JSON of every number, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from unlearning.evaluation.mia import HEADLINE_FEATURE
+from unlearning.evaluation.suite import REACH_NORMS, REACH_STARTS, Budget, NetEvaluation
+from unlearning.evaluation.verdict import GAP_METRICS
+from unlearning.figures import class_bars, confusion_figure, tile
+
+_ABSENT = object()  # a row a role has no value for: its check did not apply
+
+
+def table_rows(budget: Budget) -> list[tuple[str, str]]:
+    """``(key, label)`` of every row the table can show, in reading order; ``gap_*`` keys index the gap to the oracle."""
+    norm_names = {"linf": f"L∞ ≤ {budget.linf_eps:g}", "l2": f"L2 ≤ {budget.l2_eps:g}"}
+    rows = [
+        ("ua", "UA: 100 - forget-set accuracy (%)"),
+        ("ra", "RA: retain training accuracy (%)"),
+        ("ta", "TA: test accuracy, retain classes (%)"),
+        ("test_acc", "test accuracy, all classes (%)"),
+        ("forget_test_acc", "forget-class test accuracy (%)"),
+        ("new_acc", "new-class test accuracy (%)"),
+        ("mia", f"MIA efficacy: {HEADLINE_FEATURE.replace('_', ' ')} (%)"),
+        ("mia_confidence", "MIA efficacy: confidence (%)"),
+        ("mia_entropy", "MIA efficacy: entropy (%)"),
+        *((f"gap_{k}", f"gap to oracle: {k.upper()}") for k in GAP_METRICS),
+        ("gap_avg", "gap to oracle: average"),
+        ("probe_acc", "probe: balanced accuracy (%)"),
+        ("probe_auc", "probe: AUC"),
+        ("relearn_steps", f"relearn: steps to {budget.relearn_target:g}% forget-class test accuracy"),
+    ]
+    for start in REACH_STARTS:
+        for norm in REACH_NORMS:
+            rows.append((f"reach_{start}_{norm}", f"reach from {start}, {norm_names[norm]} (% of starts)"))
+            rows.append((f"reach_{start}_{norm}_steps", f"reach from {start}, {norm_names[norm]}: mean steps"))
+    rows += [
+        ("forgetting_effectiveness", "forgetting effectiveness (forget-set accuracy, lower is better)"),
+        ("utility_preservation", "utility preservation (TA / pretrained TA)"),
+        ("verdict", "verdict"),
+    ]
+    return rows
+
+
+def _cell(key: str, value) -> str:
+    if value is _ABSENT:
+        return "n/a"
+    if value is None:  # a budget ran out: never relearned, never reached
+        return "never"
+    if isinstance(value, (str, int)):
+        return str(value)
+    return f"{value:.4f}" if key in ("probe_auc", "forgetting_effectiveness", "utility_preservation") else f"{value:.2f}"
+
+
+def table(report: dict, budget: Budget) -> list[list[str]]:
+    """Header and rows of the comparison: one column per checkpoint, only the rows some checkpoint has."""
+    names = list(report["checkpoints"])
+    cells = [["", *names]]
+    for key, label in table_rows(budget):
+        values = {name: _row_value(report, name, key) for name in names}
+        if all(v is _ABSENT for v in values.values()):
+            continue
+        cells.append([label, *(_cell(key, v) for v in values.values())])
+    return cells
+
+
+def _row_value(report: dict, name: str, key: str):
+    if key == "verdict":
+        return report["verdict"][name]["verdict"]
+    if key.startswith("gap_"):
+        return report["gap"][name][key.removeprefix("gap_")]
+    return report["metrics"][name].get(key, _ABSENT)
+
+
+def format_table(cells: list[list[str]]) -> str:
+    """A fixed-width text table for the terminal."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def markdown(report: dict, cells: list[list[str]]) -> str:
+    """The summary: verdict and its evidence, the table, what did not apply, and the thresholds used."""
+    subject = report["verdict"][report["subject"]]
+    lines = [
+        "# Evidence that a class is forgotten",
+        "",
+        *(f"- {name}: `{path}`" for name, path in report["checkpoints"].items()),
+        "- " + ", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in report["classes"].items()),
+        "",
+        f"**Verdict on {report['subject']}: {subject['verdict']}**",
+        "",
+    ]
+    for kind in ("output_evidence", "representation_evidence"):
+        for item in subject[kind]:
+            lines.append(f"- {kind.split('_')[0]}: {item}")
+    lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    skipped = {check: reason for name in report["checkpoints"] for check, reason in report["not_applicable"][name].items()}
+    if skipped:
+        lines += ["", "Not applicable:", *(f"- {check}: {reason}" for check, reason in skipped.items())]
+    lines += ["", "Thresholds: " + ", ".join(f"{k}={v}" for k, v in report["thresholds"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation], budget: Budget) -> str:
+    """``report.json``, ``summary.md`` and TensorBoard events (scalars, per-class bars, confusion matrices,
+    reachability end points) under ``out``; returns the text table."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = table(report, budget)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "summary.md").write_text(markdown(report, cells))
+    for stale in out.glob("events.out.tfevents.*"):  # a re-run replaces the last one's numbers, like the JSON
+        stale.unlink()
+    with SummaryWriter(log_dir=str(out)) as writer:
+        for name in report["checkpoints"]:
+            numbers = {**report["metrics"][name], **{f"gap/{k}": v for k, v in report["gap"][name].items()}}
+            for key, value in numbers.items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar(f"{name}/{key}", value)
+            writer.add_figure(f"confusion/{name}", confusion_figure(torch.tensor(report["metrics"][name]["confusion"]), title=name))
+            for variant, images in evaluations[name].reach_images.items():
+                writer.add_image(f"reach/{name}/{variant}", tile(images))
+        bars = {name: torch.tensor(report["metrics"][name]["class_acc"]) / 100 for name in report["checkpoints"]}
+        writer.add_figure("class_accuracy", class_bars(bars, title="test accuracy per class"))
+    return format_table(cells)

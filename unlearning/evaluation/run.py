@@ -1,0 +1,117 @@
+"""An evaluation from checkpoint files to numbers: load, cross-check, run every check once per network, compare with the oracle.
+
+``judge`` serves the command (one checkpoint) and ``evaluate_against`` the benchmark grid (every
+method of a seed against that seed's oracle and pretrained model, each network evaluated once).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from unlearning.evaluation.data import load_eval_data
+from unlearning.evaluation.inputs import (
+    check_architectures,
+    check_references,
+    load,
+    resolve_classes,
+    resolve_device,
+    resolve_setting,
+    torch_threads,
+)
+from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets
+from unlearning.evaluation.verdict import Thresholds, oracle_gap, reach_keys, verdict
+
+
+def judge(
+    paths: Mapping[str, str | Path],
+    oracle: str,
+    pretrained: str,
+    forget_classes: Sequence[int] | None = None,
+    new_classes: Sequence[int] | None = None,
+    seed: int | None = None,
+    val_size: int | None = None,
+    data_dir: str | Path = "data",
+    device: str = "auto",
+    budget: Budget | None = None,
+    thresholds: Thresholds | None = None,
+) -> tuple[dict[str, Any], dict[str, NetEvaluation]]:
+    """Every check on every named checkpoint, its gap to the ``oracle`` entry and its verdict.
+
+    The classes, split seed and validation size are what the first checkpoint that is neither
+    the oracle nor the pretrained one records (the oracle's when there is none); given values
+    must agree; that checkpoint is the report's ``subject``. ``budget`` and ``thresholds`` default
+    to :class:`Budget` and :class:`Thresholds`. Returns the report (plain JSON-ready values) and the
+    per-network evaluations.
+    """
+    budget, thresholds = budget or Budget(), thresholds or Thresholds()
+    torch_device = resolve_device(device)
+    loaded = {name: load(name, path) for name, path in paths.items()}
+    subject = next((name for name in paths if name not in (oracle, pretrained)), oracle)
+    check_architectures(loaded, subject)
+    classes = resolve_classes(loaded[subject], subject, forget_classes, new_classes)
+    check_references(loaded, oracle, pretrained, classes)
+    recorded = loaded[subject].datamodule_hparams
+    split = {
+        "seed": resolve_setting("--seed", seed, recorded.get("seed"), 0),
+        "val_size": resolve_setting("--val-size", val_size, recorded.get("val_size"), 5000),
+    }
+    data = load_eval_data(data_dir, classes["forget_classes"], classes["new_classes"], classes["forget_fraction"], **split).to(torch_device)
+    nets = {name: (item.net.to(torch_device), item.unit_labels.to(torch_device)) for name, item in loaded.items()}
+    evaluations = evaluate_nets(nets, data, budget, pretrained)
+    metrics = {name: evaluation.metrics for name, evaluation in evaluations.items()}
+    report = {
+        "subject": subject,
+        "checkpoints": {name: str(Path(path).resolve()) for name, path in paths.items()},
+        "classes": classes,
+        "split": split,
+        "budget": asdict(budget),
+        "thresholds": asdict(thresholds),
+        "metrics": metrics,
+        "not_applicable": {name: evaluation.not_applicable for name, evaluation in evaluations.items()},
+        "gap": {name: oracle_gap(metrics[name], metrics[oracle]) for name in paths},
+        "verdict": {name: verdict(metrics[name], metrics[oracle], thresholds) for name in paths},
+    }
+    return report, evaluations
+
+
+def evaluate_against(
+    checkpoints: Mapping[str, str | Path],
+    oracle: str,
+    pretrained: str,
+    seed: int | None = None,
+    cache: str | Path | None = None,
+    threads: int = 1,
+    **settings: Any,
+) -> dict[str, dict[str, Any]]:
+    """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps``, ``probe_auc`` and ``reach``
+    (the largest reachability over starts and norms), rates as fractions like test accuracies.
+
+    ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
+    A ``cache`` file written for the same checkpoint files is read back instead of evaluating again.
+    Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
+    """
+    paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
+    if cache is not None and Path(cache).exists():
+        stored = json.loads(Path(cache).read_text())
+        if stored["checkpoints"] == paths:
+            return stored["summary"]
+    with torch_threads(threads):
+        report, _ = judge(paths, oracle, pretrained, seed=seed, **settings)
+    summary = {}
+    for name in paths:
+        metrics, reach = report["metrics"][name], [report["metrics"][name][k] for k in reach_keys(report["metrics"][name])]
+        summary[name] = {
+            "verdict": report["verdict"][name]["verdict"],
+            "mia": metrics["mia"] / 100,
+            "avg_gap": report["gap"][name]["avg"] / 100,
+            "relearn_steps": metrics.get("relearn_steps"),
+            "probe_auc": metrics.get("probe_auc"),
+            "reach": max(reach) / 100 if reach else None,
+        }
+    if cache is not None:
+        Path(cache).write_text(json.dumps({"checkpoints": paths, "summary": summary}, indent=1))
+    return summary
