@@ -1,4 +1,5 @@
-"""The composition root: ``unlearning fit|validate|test|... -c config.yaml`` and ``unlearning evaluate``."""
+"""The composition root: ``unlearning fit|validate|test|predict -c config.yaml`` (LightningCLI),
+``unlearning evaluate`` (the evidence suite) and ``unlearning bench`` (the whole grid)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def main(args: list[str] | None = None, run: bool = True) -> Any:
     every step costs a small model a tenth of its training time.
     """
     os.environ.setdefault("TQDM_MINITERS", "10")
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["evaluate"]:
+        from unlearning.evaluation.cli import evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from unlearning.bench import bench
+
+        return bench(argv[1:])
     try:
         return UnlearningCLI(
             BaseTask,

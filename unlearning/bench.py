@@ -1,0 +1,210 @@
+"""``unlearning bench -c configs/bench.yaml``: every number in the README from the configs users run.
+
+For each experiment and seed it pretrains, retrains the oracle, runs every method from the
+pretrained weights, scores them on the test set, and (for class experiments) runs the evidence
+suite against that seed's oracle and pretrained model. A finished run leaves ``result.json`` in its
+folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
+``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
+tables, and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+from tqdm import tqdm
+
+from unlearning.errors import UsageError
+from unlearning.runs import fit_and_test
+
+
+@dataclass
+class Experiment:
+    """A pretrain config, its oracle and the methods run from the pretrained weights.
+
+    Each entry is a config path followed by optional CLI overrides, exactly as a user would type them.
+    """
+
+    name: str
+    pretrain: list[str]
+    oracle: list[str]
+    methods: dict[str, list[str]] = field(default_factory=dict)
+    evidence: bool = True
+
+
+def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
+    """Fit and test one config under ``root``, or return what an earlier bench left there."""
+    done = root / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if Path(result["checkpoint"]).exists():
+            bar.update()
+            return result
+    resume = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
+    run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume[-1] if resume else None)
+    result = {"checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "resumed": bool(resume), "test": run.test_metrics}
+    done.write_text(json.dumps(result, indent=1))
+    bar.update()
+    return result
+
+
+def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list[dict[str, Any]]:
+    """One row per (experiment, method, seed) with test metrics, fit seconds, cost against the oracle and evidence."""
+    from unlearning.evaluation import evaluate_against
+
+    total = sum(len(seeds) * (2 + len(e.methods)) for e in experiments)
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=total, desc="bench", unit="run") as bar:
+        for exp in experiments:
+            for seed in seeds:
+                where = out / "runs" / exp.name / f"seed{seed}"
+                stages = {"pretrained": _run(exp.pretrain, where / "pretrained", seed, bar), "oracle": _run(exp.oracle, where / "oracle", seed, bar)}
+                weights = f"--model.init_args.weights={stages['pretrained']['checkpoint']}"
+                for method, args in exp.methods.items():
+                    stages[method] = _run([*args, weights], where / method, seed, bar)
+                evidence = {}
+                if exp.evidence:
+                    bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
+                    checkpoints = {name: Path(r["checkpoint"]) for name, r in stages.items()}
+                    evidence = evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json")
+                oracle_seconds = stages["oracle"]["fit_seconds"]
+                for method, result in stages.items():
+                    rows.append(
+                        {
+                            "experiment": exp.name, "method": method, "seed": seed,
+                            "fit_seconds": result["fit_seconds"], "cost": result["fit_seconds"] / oracle_seconds,
+                            **{k.removeprefix("test/"): v for k, v in result["test"].items()}, **evidence.get(method, {}),
+                        }
+                    )  # fmt: skip
+    return rows
+
+
+# -- tables -------------------------------------------------------------------------------------
+#: (column key, header, scale, digits, lower is better)
+COLUMNS = [
+    ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "test %", 100, 2), ("new_acc", "new %", 100, 2),
+    ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
+    ("probe_auc", "probe AUC", 1, 3), ("reach", "reach %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
+]  # fmt: skip
+
+
+def _cell(values: list[float], scale: float, digits: int) -> str:
+    values = [scale * v for v in values if v is not None]
+    if not values:
+        return "–"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    """Mean ± std over seeds per experiment and method; columns that an experiment lacks are left out."""
+    lines = []
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        mine = [r for r in rows if r["experiment"] == exp]
+        seeds = sorted({r["seed"] for r in mine})
+        columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in mine)]
+        has_verdict = any("verdict" in r for r in mine)
+        lines += [f"### {exp} (seeds {', '.join(map(str, seeds))}, mean ± std)", ""]
+        header = ["method", *[c[1] for c in columns]] + (["verdict"] if has_verdict else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            group = [r for r in mine if r["method"] == method]
+            cells = [_cell([r.get(key) for r in group], scale, digits) for key, _, scale, digits in columns]
+            if has_verdict:
+                cells.append(", ".join(sorted({r.get("verdict", "–") for r in group})))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- plots --------------------------------------------------------------------------------------
+def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Per experiment: forget vs retain accuracy, per-class bars before and after, retain accuracy against cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unlearning.figures import class_bars
+
+    written = []
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        mine = [r for r in rows if r["experiment"] == exp and r.get("forget_acc") is not None]
+        if not mine:
+            continue
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        mean = {m: {k: statistics.mean(r[k] for r in mine if r["method"] == m) for k in ("forget_acc", "retain_acc", "cost")} for m in methods}
+
+        for x_key, x_label, name in (("forget_acc", "forget-class test accuracy (%)", "forget_vs_retain"), ("cost", "fit time / oracle fit time", "retain_vs_cost")):
+            fig, ax = plt.subplots(figsize=(6.5, 4.5))
+            for m in methods:
+                scale = 100 if x_key == "forget_acc" else 1
+                marker, size = ("*", 220) if m == "oracle" else ("o", 50)
+                ax.scatter(scale * mean[m][x_key], 100 * mean[m]["retain_acc"], marker=marker, s=size, label=m)
+                ax.annotate(m, (scale * mean[m][x_key], 100 * mean[m]["retain_acc"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            if x_key == "cost":
+                ax.set_xscale("log")
+            ax.set(xlabel=x_label, ylabel="retain-class test accuracy (%)", title=f"{exp}: {name.replace('_', ' ')}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = out / f"{exp}_{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+
+        per_class = {
+            m: [statistics.mean(r[f"test_class_acc/{c}"] for r in mine if r["method"] == m) for c in range(10)]
+            for m in methods if "test_class_acc/0" in mine[0]
+        }  # fmt: skip
+        if per_class:
+            fig = class_bars(per_class, f"{exp}: per-class test accuracy, before (pretrained) and after")
+            fig.set_size_inches(max(6, 0.9 * len(per_class) + 4), 3.5)
+            path = out / f"{exp}_per_class.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid a config describes and write ``results.json``, ``results.md`` and the plots."""
+    parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[])
+    parser.add_argument("-c", "--config", action="config")
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--experiments", type=list[Experiment], default=[])
+    parser.add_argument("--only", type=list[str] | None, default=None, help="run only the experiments with these names")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps timings stable on a shared CPU")
+    args = parser.instantiate_classes(parser.parse_args(argv))
+    experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
+    if not experiments:
+        raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = run_grid(experiments, args.seeds, out)
+    seconds = time.perf_counter() - start
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {_cores()} cores, torch {torch.__version__}"
+    (out / "results.json").write_text(json.dumps({"machine": machine, "seconds": seconds, "experiments": [asdict(e) for e in experiments], "rows": rows}, indent=1))
+    tables = markdown_tables(rows)
+    (out / "results.md").write_text(f"Produced by `unlearning bench` in {seconds / 60:.1f} min on {machine}.\n\n{tables}")
+    plots(rows, out)
+    print(tables)
+    print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.json'} and plots")
+    return rows
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
