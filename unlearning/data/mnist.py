@@ -8,6 +8,7 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -199,6 +200,10 @@ class MNISTDataModule(LightningDataModule):
         rank, world = self._rank_and_world() if shard else (0, 1)
         order = ShardedOrder(len(idx), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
         return TensorBatchLoader(x, y, self.batch_size if train else self.eval_batch_size, order, index=idx)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are already on the device (the tensors moved there once): skip Lightning's per-step walk over them."""
+        return batch
 
     def train_dataloader(self) -> CombinedLoader:
         streams: Mapping[str, Sequence[str]] = self.trainer.lightning_module.train_streams

@@ -117,13 +117,6 @@ class BaseTask(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Skip Lightning's per-step walk over the batch when the loader already serves tensors on ``device``."""
-        first = batch[0] if isinstance(batch, (tuple, list)) else next(iter(batch.values()))[0]
-        if first.device == device:
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.trainable_parameters())
         if self.lr_scheduler is None:
