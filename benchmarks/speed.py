@@ -6,7 +6,7 @@ The Lightning run is the project's own ``configs/pretrain.yaml`` through the CLI
 with its per-class metrics, confusion-matrix figures and TensorBoard logging. Prints both wall
 times and their ratio (target: ≤ 1.3 on a 2-core CPU).
 
-    python benchmarks/speed.py [--epochs 5] [--repeats 2]
+    python benchmarks/speed.py [--epochs 5] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def lightning_fit(epochs: int, out: Path) -> tuple[float, MNISTDataModule]:
 def main_(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the two runs this many times and keep each one's best")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate the two runs this many times and keep each one's best")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both; 1 keeps timings stable on a shared CPU")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     plain_times, lightning_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
