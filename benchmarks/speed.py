@@ -52,7 +52,9 @@ def plain_torch(dm: MNISTDataModule, epochs: int, out: Path) -> float:
 
 
 def lightning_fit(epochs: int, out: Path) -> tuple[float, MNISTDataModule]:
-    cli = main(["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}"], run=False)
+    cli = main(
+        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}"], run=False
+    )
     cli.datamodule.setup()
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
-from unlearning.data.mnist import MEAN, STD, MNIST_MD5, DataError, load_mnist, prepare_mnist
+from unlearning.data.mnist import MEAN, MNIST_MD5, STD, DataError, load_mnist, prepare_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,9 @@ def _validate(ckpt, tmp_path, *overrides):
 def test_two_process_validation_matches_one_process(pretrained_ckpt, tmp_path):
     single = _validate(pretrained_ckpt, tmp_path / "one")
     # 4999 samples: the ranks hold 2500 and 2499, so uneven shards are covered too
-    double = _validate(pretrained_ckpt, tmp_path / "two", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn")
+    double = _validate(
+        pretrained_ckpt, tmp_path / "two", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn"
+    )
     assert single.keys() == double.keys() and "val_class_acc/9" in single
     for key in single:
         assert torch.allclose(single[key], double[key], atol=1e-6), key

@@ -67,7 +67,10 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list
         for exp in experiments:
             for seed in seeds:
                 where = out / "runs" / exp.name / f"seed{seed}"
-                stages = {"pretrained": _run(exp.pretrain, where / "pretrained", seed, bar), "oracle": _run(exp.oracle, where / "oracle", seed, bar)}
+                stages = {
+                    "pretrained": _run(exp.pretrain, where / "pretrained", seed, bar),
+                    "oracle": _run(exp.oracle, where / "oracle", seed, bar),
+                }
                 weights = f"--model.init_args.weights={stages['pretrained']['checkpoint']}"
                 for method, args in exp.methods.items():
                     stages[method] = _run([*args, weights], where / method, seed, bar)
@@ -75,7 +78,9 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list
                 if exp.evidence:
                     bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
                     checkpoints = {name: Path(r["checkpoint"]) for name, r in stages.items()}
-                    evidence = evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json")
+                    evidence = evaluate_against(
+                        checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json"
+                    )
                 oracle_seconds = stages["oracle"]["fit_seconds"]
                 for method, result in stages.items():
                     rows.append(
@@ -142,9 +147,14 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         if not mine:
             continue
         methods = list(dict.fromkeys(r["method"] for r in mine))
-        mean = {m: {k: statistics.mean(r[k] for r in mine if r["method"] == m) for k in ("forget_acc", "retain_acc", "cost")} for m in methods}
+        mean = {
+            m: {k: statistics.mean(r[k] for r in mine if r["method"] == m) for k in ("forget_acc", "retain_acc", "cost")} for m in methods
+        }
 
-        for x_key, x_label, name in (("forget_acc", "forget-class test accuracy (%)", "forget_vs_retain"), ("cost", "fit time / oracle fit time", "retain_vs_cost")):
+        for x_key, x_label, name in (
+            ("forget_acc", "forget-class test accuracy (%)", "forget_vs_retain"),
+            ("cost", "fit time / oracle fit time", "retain_vs_cost"),
+        ):
             fig, ax = plt.subplots(figsize=(6.5, 4.5))
             for m in methods:
                 scale = 100 if x_key == "forget_acc" else 1
@@ -195,7 +205,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = run_grid(experiments, args.seeds, out)
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {_cores()} cores, torch {torch.__version__}"
-    (out / "results.json").write_text(json.dumps({"machine": machine, "seconds": seconds, "experiments": [asdict(e) for e in experiments], "rows": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"machine": machine, "seconds": seconds, "experiments": [asdict(e) for e in experiments], "rows": rows}, indent=1)
+    )
     tables = markdown_tables(rows)
     (out / "results.md").write_text(f"Produced by `unlearning bench` in {seconds / 60:.1f} min on {machine}.\n\n{tables}")
     plots(rows, out)

@@ -46,7 +46,9 @@ def load_net_weights(net: nn.Module, path: str | Path) -> None:
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs net {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs net {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong_shape:
         problems = []
         if missing:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
@@ -21,6 +23,21 @@ class UnlearningCLI(LightningCLI):
         for key in ("forget_classes", "new_classes", "forget_fraction"):
             parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
         parser.link_arguments("seed_everything", "data.init_args.seed")
+
+
+class SaveParsedConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` without validating the config a second time.
+
+    It was validated when it was parsed; jsonargparse's check on save costs about 0.1 s per run,
+    a tenth of a short unlearning run's time.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.parser.save = partial(type(self.parser).save, self.parser, skip_check=True)  # type: ignore[method-assign]
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            del self.parser.save
 
 
 def main(args: list[str] | None = None, run: bool = True) -> Any:
@@ -46,6 +63,7 @@ def main(args: list[str] | None = None, run: bool = True) -> Any:
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
+            save_config_callback=SaveParsedConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

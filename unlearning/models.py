@@ -6,6 +6,8 @@ suite probes ``features`` and the head-masking baseline edits ``head``.
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 
@@ -21,7 +23,7 @@ class Classifier(nn.Module):
 
 def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         if i > 0 and dropout:
             layers.append(nn.Dropout(dropout))
         layers += [nn.Linear(n_in, n_out), nn.ReLU()]

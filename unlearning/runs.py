@@ -27,7 +27,14 @@ def fit_and_test(
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading or the test pass), which is
     what the cost ratios compare. ``ckpt_path`` resumes an interrupted run.
     """
-    args = ["-c", str(config), f"--seed_everything={seed}", f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *overrides]
+    args = [
+        "-c",
+        str(config),
+        f"--seed_everything={seed}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        *overrides,
+    ]
     cli = main(args, run=False)
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     start = time.perf_counter()

@@ -19,9 +19,7 @@ Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def batch_gradients(
-    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None
-) -> Iterator[dict[str, Tensor]]:
+def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None) -> Iterator[dict[str, Tensor]]:
     """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter, ``net`` in eval mode.
 
     Eval mode because saliency describes the pretrained model itself, not a dropout-thinned copy of it.

@@ -16,9 +16,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torchvision.datasets import MNIST
 
-from unlearning.errors import UsageError
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
 from unlearning.data.splits import build_splits, check_classes
+from unlearning.errors import UsageError
 
 MEAN, STD = 0.1307, 0.3081
 
@@ -109,6 +109,7 @@ class MNISTDataModule(LightningDataModule):
     name to the splits concatenated into it, e.g. ``{"train": ("retain", "forget")}`` for
     pretraining or ``{"forget": ("forget",), "retain": ("retain",)}`` for unlearning. Every
     training batch is then a dict ``{stream: (x, y)}``; shorter streams cycle with a fresh shuffle.
+    Each stream holds ``batch_size`` samples unless the task's ``stream_batch_sizes`` names another size.
 
     Args:
         forget_classes: classes to forget (class mode).
@@ -154,9 +155,7 @@ class MNISTDataModule(LightningDataModule):
             return
         train_x, train_y = load_mnist(self.data_dir, train=True)
         test_x, test_y = load_mnist(self.data_dir, train=False)
-        self.split_index = build_splits(
-            train_y, self.forget_classes, self.new_classes, self.forget_fraction, self.val_size, self.seed
-        )
+        self.split_index = build_splits(train_y, self.forget_classes, self.new_classes, self.forget_fraction, self.val_size, self.seed)
         self._tensors = {"train": (train_x, train_y), "test": (test_x, test_y)}
         self.split_index["test"] = torch.arange(len(test_y))
 
@@ -188,26 +187,30 @@ class MNISTDataModule(LightningDataModule):
         idx = torch.cat([self.split_index[s] for s in splits]).to(device)
         return x, y, idx
 
-    def loader(self, *splits: str, train: bool = False, shard: bool = True) -> TensorBatchLoader:
+    def loader(self, *splits: str, train: bool = False, shard: bool = True, batch_size: int | None = None) -> TensorBatchLoader:
         """A loader over the named splits: shuffled and padded for training, in order for evaluation.
 
         ``shard=False`` gives every rank the whole split (e.g. to compute a saliency mask that
-        must be identical on all ranks).
+        must be identical on all ranks). ``batch_size`` defaults to ``batch_size`` for training and
+        ``eval_batch_size`` otherwise.
         """
         x, y, idx = self._split_source(*splits)
         if len(idx) == 0:
             raise UsageError(f"split {'+'.join(splits)} is empty")
         rank, world = self._rank_and_world() if shard else (0, 1)
         order = ShardedOrder(len(idx), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
-        return TensorBatchLoader(x, y, self.batch_size if train else self.eval_batch_size, order, index=idx)
+        batch_size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        return TensorBatchLoader(x, y, batch_size, order, index=idx)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches are already on the device (the tensors moved there once): skip Lightning's per-step walk over them."""
         return batch
 
     def train_dataloader(self) -> CombinedLoader:
-        streams: Mapping[str, Sequence[str]] = self.trainer.lightning_module.train_streams
-        loaders = {name: self.loader(*splits, train=True) for name, splits in streams.items()}
+        task = self.trainer.lightning_module
+        streams: Mapping[str, Sequence[str]] = task.train_streams
+        sizes: Mapping[str, int] = getattr(task, "stream_batch_sizes", {})
+        loaders = {name: self.loader(*splits, train=True, batch_size=sizes.get(name)) for name, splits in streams.items()}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def eval_dataloaders(self, main: str) -> list[TensorBatchLoader]:

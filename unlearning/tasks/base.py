@@ -124,7 +124,11 @@ class BaseTask(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": self.monitor}}
 
     def configure_callbacks(self) -> list[Callback]:
-        return [ModelCheckpoint(monitor=self.monitor, mode=self.mode, save_last=True, filename="best-{epoch}-{step}", auto_insert_metric_name=False)]
+        return [
+            ModelCheckpoint(
+                monitor=self.monitor, mode=self.mode, save_last=True, filename="best-{epoch}-{step}", auto_insert_metric_name=False
+            )
+        ]
 
     def cross_entropy_step(self, batch: Batch, stream: str) -> Tensor:
         x, y = batch[stream]

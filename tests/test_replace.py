@@ -1,0 +1,221 @@
+"""Class replacement through the real CLI, from a real pretrained checkpoint that never saw the new class."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from torch import nn
+
+from tests.conftest import CONFIGS, TINY
+from unlearning.checkpoints import build_net, net_state_dict, read_checkpoint, task_hparams
+from unlearning.cli import main
+from unlearning.errors import UsageError
+from unlearning.tasks.replace import ReplaceTask
+
+REPLACE = CONFIGS / "replace"
+METHODS = sorted(p for p in REPLACE.glob("*.yaml") if p.stem not in ("pretrain", "oracle"))
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]
+
+
+def pretrain(root: Path, *overrides: str) -> Path:
+    cli = main(
+        [
+            "fit",
+            "-c",
+            str(REPLACE / "pretrain.yaml"),
+            "-c",
+            str(TINY),
+            "--trainer.limit_train_batches=50",
+            f"--trainer.default_root_dir={root}",
+            *QUIET,
+            *overrides,
+        ]
+    )
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+@pytest.fixture(scope="module")
+def replace_ckpt(tmp_path_factory) -> Path:
+    """SeedMLP pretrained for 50 steps on every digit but 3 (old class 6, new class 3)."""
+    return pretrain(tmp_path_factory.mktemp("replace_pretrained"))
+
+
+def replace(config: Path, weights: Path, root: Path, *overrides: str, run: bool = True):
+    """``unlearning fit -c config --model.init_args.weights weights`` for two steps (unless overridden), one validation batch."""
+    args = ["-c", str(config), "--model.init_args.weights", str(weights), "--trainer.max_steps=2", "--trainer.limit_val_batches=1"]
+    args += [f"--trainer.default_root_dir={root}", *QUIET, *overrides]
+    return main(["fit", *args] if run else args, run=run)
+
+
+def last(cli) -> Path:
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {name for name, value in after.items() if not torch.equal(value, before[name])}
+
+
+class LabelRecorder(Callback):
+    def __init__(self):
+        self.labels: dict[str, set[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for stream, (_, y) in batch.items():
+            self.labels.setdefault(stream, set()).update(y.tolist())
+
+
+def record_labels(cli) -> dict[str, set[int]]:
+    recorder = LabelRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return recorder.labels
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "oracle"])
+def test_pretraining_never_sees_the_new_class_and_the_oracle_never_the_old(stage, tmp_path):
+    cli = main(["-c", str(REPLACE / f"{stage}.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", *QUIET], run=False)
+    expected = set(range(10)) - ({3} if stage == "pretrain" else {6})
+    assert record_labels(cli) == {"train": expected}
+
+
+def test_replacement_streams_for_another_pair_of_digits(tmp_path):
+    """Any two digits: 1 -> 7 here. Each stream holds its own classes, and the metrics name them."""
+    classes = ["--data.init_args.forget_classes=[1]", "--data.init_args.new_classes=[7]"]
+    weights = pretrain(tmp_path / "pretrain", *classes)
+    cli = replace(REPLACE / "selective_gradient.yaml", weights, tmp_path, *classes, "--trainer.val_check_interval=2", run=False)
+    assert cli.model.forget_classes == [1] and cli.model.new_classes == [7]  # linked from the datamodule
+    assert record_labels(cli) == {"forget": {1}, "new": {7}, "retain": set(range(10)) - {1, 7}}
+    assert cli.model.remaining_classes.tolist() == [0, 2, 3, 4, 5, 6, 8, 9]  # where old images may go: never old, never new
+    metrics = cli.trainer.callback_metrics
+    assert {"val/old_acc", "val/new_acc", "val/retain_acc", "val/old_as_new"} <= set(metrics)
+
+
+@pytest.mark.parametrize("config", METHODS, ids=lambda p: p.stem)
+def test_every_replacement_config_runs_through_the_cli(config, replace_ckpt, tmp_path):
+    cli = replace(config, replace_ckpt, tmp_path)
+    assert cli.trainer.global_step == 2
+    assert changed(net_state_dict(replace_ckpt), net_state_dict(last(cli)))
+    state = read_checkpoint(last(cli))["state_dict"]
+    assert all(key.startswith("net.") for key in state)  # the distillation teacher stays out of the checkpoint
+    assert build_net(last(cli))(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert task_hparams(last(cli))["head_mode"] == cli.model.head_mode  # the evaluation suite reads it from here
+
+
+def test_pretrain_and_oracle_configs_run_through_the_cli(tmp_path):
+    for stage in ("pretrain", "oracle"):
+        cli = main(
+            [
+                "fit",
+                "-c",
+                str(REPLACE / f"{stage}.yaml"),
+                "--trainer.max_steps=2",
+                "--trainer.limit_val_batches=1",
+                f"--trainer.default_root_dir={tmp_path}",
+                *QUIET,
+            ]
+        )
+        assert cli.trainer.global_step == 2 and task_hparams(last(cli))["stage"] == stage
+
+
+def test_unselected_weights_stay_bit_identical(replace_ckpt, tmp_path):
+    cli = replace(
+        REPLACE / "selective_gradient.yaml",
+        replace_ckpt,
+        tmp_path,
+        "--trainer.max_steps=5",
+        "--model.init_args.optimizer.init_args.weight_decay=0.1",
+    )
+    masks = read_checkpoint(last(cli))["weight_masks"]
+    before, after = net_state_dict(replace_ckpt), net_state_dict(last(cli))
+    kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert 0.7 <= kept < 0.71  # mask_fraction, plus the new unit's head row the probe needs
+    assert masks["head.weight"][3].all() and masks["head.bias"][3]
+    for name, mask in masks.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+        assert not torch.equal(after[name][mask], before[name][mask]), name
+
+
+def test_the_probe_fits_only_the_new_unit_before_training(replace_ckpt, tmp_path):
+    # learning rate 0: the optimizer moves nothing, so whatever changed, the probe changed
+    cli = replace(
+        REPLACE / "full_network.yaml", replace_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1"
+    )
+    before, after = net_state_dict(replace_ckpt), net_state_dict(last(cli))
+    assert changed(before, after) == {"head.weight", "head.bias"}
+    rows = torch.ones(10, dtype=torch.bool)
+    rows[3] = False
+    assert torch.equal(after["head.weight"][rows], before["head.weight"][rows]) and torch.equal(
+        after["head.bias"][rows], before["head.bias"][rows]
+    )
+    net = build_net(last(cli))
+    x, _ = cli.datamodule.split_tensors("new")
+    assert (net(x).argmax(1) == 3).float().mean() > 0.5  # the pretrained net never predicts 3; the probe alone gets most of them
+
+
+class FirstTen(nn.Module):
+    """A 'network' whose logits are the first ten pixels of its input: metrics with hand-set predictions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]
+
+
+def test_reuse_mode_reads_the_old_unit_as_the_new_class_in_predictions_and_metrics():
+    task = ReplaceTask(FirstTen(), forget_classes=[6], new_classes=[3], head_mode="reuse", log_figures=False)
+    labels = torch.tensor([6, 6, 6, 3, 3, 0, 0])
+    units = torch.tensor([6, 0, 3, 6, 3, 0, 6])  # the unit that fires for each image
+    x = torch.zeros(len(units), 1, 28, 28)
+    x.view(len(units), -1)[torch.arange(len(units)), units] = 1.0
+    assert task.predict_labels(task(x)).tolist() == [3, 0, 3, 3, 3, 0, 3]
+    assert task.target_unit[torch.tensor([3, 0, 6])].tolist() == [6, 0, 6]  # new-class images train the old unit
+    task._eval_step((x, labels), "test", 0)
+    confmat = task.eval_metrics["test"].compute()["confmat"]
+    assert confmat[6].tolist() == [1, 0, 0, 2, 0, 0, 0, 0, 0, 0]  # the old class's row: where its images now go
+    summary = task.eval_summaries(confmat, "test")
+    assert summary["old_acc"] == 0.0 and summary["old_as_new"] == pytest.approx(2 / 3)
+    assert summary["new_acc"] == 1.0 and summary["retain_acc"] == 0.5
+
+    own = ReplaceTask(FirstTen(), forget_classes=[6], new_classes=[3], log_figures=False)
+    assert own.predict_labels(own(x)).tolist() == units.tolist()
+
+
+def test_a_pretrained_model_that_knows_the_new_class_gets_a_clear_warning(pretrained_ckpt, replace_ckpt, tmp_path, recwarn):
+    # the project's default pretraining (forget 9, no new classes) trained on every digit, 3 included
+    with pytest.warns(UserWarning, match=r"trained on class \[3\], which this run learns as new"):
+        replace(REPLACE / "selective_gradient.yaml", pretrained_ckpt, tmp_path, run=False)
+    replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path, run=False)
+    assert not [w for w in recwarn if "learns as new" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.init_args.new_classes=[6]"], r"class \[6\] is in both forget_classes and new_classes"),
+        (["--data.init_args.new_classes=[10]"], r"new_classes must hold class indices in 0..9, got 10"),
+        (["--data.init_args.forget_classes=[-1]"], r"forget_classes must hold class indices in 0..9, got -1"),
+        (["--data.init_args.new_classes=[]"], "class replacement needs forget_classes"),
+        (["--data.init_args.new_classes=[3,5]", "--model.init_args.head_mode=reuse"], "pairs old and new classes one to one"),
+        (['--model.init_args.stream_batch_sizes={"old": 10}'], "stream_batch_sizes takes sizes >= 1 for the streams"),
+        (["--model.init_args.mask_layers=6"], r"mask_layers must lie in 1..5 for SeedMLP, got 6"),
+    ],
+)
+def test_bad_inputs_are_usage_errors_naming_the_problem(override, message, replace_ckpt, tmp_path):
+    with pytest.raises(UsageError, match=message):
+        replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path, *override, run=False)
+
+
+def test_each_stream_is_served_at_its_own_batch_size(replace_ckpt, tmp_path):
+    class SizeRecorder(Callback):
+        def __init__(self):
+            self.sizes: dict[str, set[int]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            for stream, (x, y) in batch.items():
+                self.sizes.setdefault(stream, set()).add(len(y))
+
+    cli = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path, "--data.init_args.batch_size=64",
+                  '--model.init_args.stream_batch_sizes={"new": 32, "forget": 16}', run=False)  # fmt: skip
+    recorder = SizeRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert recorder.sizes == {"forget": {16}, "new": {32}, "retain": {64}}

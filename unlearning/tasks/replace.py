@@ -1,0 +1,249 @@
+"""Class replacement: forget a learned (old) class and learn a new one in its place.
+
+The original notebook's assignment (replace the 6 with a 3): rank the weights involved, freeze the
+rest bit-identically, and train with a loss that favours the new class and penalises the old one.
+It is :class:`~unlearning.tasks.forget.SelectiveGradient` with a third data stream (the new class),
+a choice of where the saliency comes from, distillation from the pretrained model, a linear probe
+of the new output units before fine-tuning, and a choice of output unit for the new class.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from unlearning.checkpoints import task_hparams
+from unlearning.data.splits import NUM_CLASSES
+from unlearning.errors import UsageError
+from unlearning.losses import distillation, forget_loss
+from unlearning.metrics import unit_to_label
+from unlearning.saliency import saliency_scores, top_fraction_mask
+from unlearning.tasks.base import Batch
+from unlearning.tasks.forget import SelectiveGradient, split_batches
+
+HeadMode = Literal["own", "reuse"]
+SaliencyFrom = Literal["old", "new", "both"]
+
+
+class ReplaceTask(SelectiveGradient):
+    """Replaces the ``forget_classes`` (old) by the ``new_classes``, starting from pretrained ``weights``.
+
+    One step sees a batch of each stream, ``forget`` (old class), ``new`` and ``retain``, and minimises
+    ``new_weight · CE(new) + forget_weight · forget objective(old) + retain_weight · CE(retain)
+    + distill_weight · KL(pretrained ‖ net) on retain``. The forget objective sends old-class images
+    to the retain classes only (never to the old or the new class).
+
+    Which weights move is decided once, at fit start: the top ``mask_fraction`` by saliency
+    (``saliency_from``), or the last ``mask_layers`` layers, or all of them (``mask_fraction=1``).
+    The others stay bit-identical. The baselines are configurations of this class.
+
+    Args:
+        head_mode: ``own``: the new class is learned on its own output unit and the old unit goes
+            silent. ``reuse``: the old class's unit now means the new class (a network whose head
+            cannot grow); training targets, predictions and every metric apply that mapping.
+        saliency_from: the loss whose gradient ranks the weights: ``old`` (cross-entropy of the old
+            class: the weights that recognise it), ``new`` (cross-entropy of the new class on its
+            target unit: the weights that must change to learn it) or ``both`` (the two scores, each
+            normalised to sum 1, added).
+        mask_layers: train exactly the last ``mask_layers`` layers instead of a saliency mask (LayerFreeze).
+        new_weight: weight of the new class's cross-entropy.
+        forget_weight: weight of the forget objective; 0 drops the old-class stream (plain fine-tuning).
+        distill_weight: weight of the distillation of the pretrained model's logits on retain images,
+            which holds the retain classes in place while the new class moves in; 0 skips the teacher.
+        distill_temperature: softening of both distributions in the distillation.
+        probe_iterations: L-BFGS iterations of a linear probe that fits the new classes' output units
+            on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
+        stream_batch_sizes: samples per step of the named streams (``forget``, ``new``, ``retain``),
+            which the datamodule serves; the others get its ``batch_size``. A retain batch larger
+            than the new one balances what the shared features are tuned for.
+        **kwargs: see :class:`~unlearning.tasks.forget.SelectiveGradient`.
+    """
+
+    #: samples of retain ∪ new the probe fits on: plenty for a few linear units, and a small share of the budget
+    probe_samples = 10_000
+
+    def __init__(
+        self,
+        *args: Any,
+        head_mode: HeadMode = "own",
+        saliency_from: SaliencyFrom = "old",
+        mask_layers: int | None = None,
+        new_weight: float = 1.0,
+        forget_weight: float = 1.0,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
+        probe_iterations: int = 0,
+        stream_batch_sizes: dict[str, int] | None = None,
+        **kwargs: Any,
+    ):
+        if head_mode not in ("own", "reuse"):
+            raise UsageError(f"head_mode must be 'own' or 'reuse', got {head_mode!r}")
+        if saliency_from not in ("old", "new", "both"):
+            raise UsageError(f"saliency_from must be 'old', 'new' or 'both', got {saliency_from!r}")
+        if min(new_weight, forget_weight, distill_weight, probe_iterations) < 0 or distill_temperature <= 0:
+            raise UsageError("new_weight, forget_weight, distill_weight and probe_iterations must be >= 0, distill_temperature > 0")
+        self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
+        self.new_weight, self.forget_weight = new_weight, forget_weight
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
+        self.probe_iterations, self.stream_batch_sizes = probe_iterations, dict(stream_batch_sizes or {})
+        super().__init__(*args, **kwargs)
+        if self.forget_fraction is not None or not self.forget_classes or not self.new_classes:
+            raise UsageError("class replacement needs forget_classes (the old classes) and new_classes, and no forget_fraction")
+        if head_mode == "reuse" and len(self.forget_classes) != len(self.new_classes):
+            raise UsageError(f"head_mode 'reuse' pairs old and new classes one to one; got {self.forget_classes} and {self.new_classes}")
+        if mask_layers is not None and not 1 <= mask_layers <= len(_layers(self.net)):
+            raise UsageError(f"mask_layers must lie in 1..{len(_layers(self.net))} for {type(self.net).__name__}, got {mask_layers}")
+        if probe_iterations and not isinstance(getattr(self.net, "head", None), nn.Linear):
+            raise UsageError(
+                f"probe_iterations needs a network whose last layer `head` is an nn.Linear; {type(self.net).__name__} has none"
+            )
+        unknown = sorted(set(self.stream_batch_sizes) - set(self.train_streams))
+        if unknown or any(n < 1 for n in self.stream_batch_sizes.values()):
+            raise UsageError(
+                f"stream_batch_sizes takes sizes >= 1 for the streams {sorted(self.train_streams)}; got {self.stream_batch_sizes}"
+            )
+        if kwargs.get("weights") is not None:
+            warn_if_already_known(kwargs["weights"], self.new_classes)
+        # label -> the unit trained to stand for it, and unit -> the label it predicts
+        target_unit = torch.arange(NUM_CLASSES)
+        if head_mode == "reuse":
+            target_unit[self.new_classes] = torch.tensor(self.forget_classes)
+        self.register_buffer("target_unit", target_unit, persistent=False)
+        old, new = (self.forget_classes, self.new_classes) if head_mode == "reuse" else ((), ())
+        self.register_buffer("unit_label", unit_to_label(NUM_CLASSES, old, new), persistent=False)
+        # the pretrained model, frozen; set past nn.Module so it is no submodule: never trained, never in the state dict
+        teacher = copy.deepcopy(self.net).requires_grad_(False).eval() if distill_weight else None
+        object.__setattr__(self, "_teacher", teacher)
+
+    @property
+    def train_streams(self) -> Mapping[str, Sequence[str]]:  # type: ignore[override]
+        streams = {"forget": ("forget",)} if self.forget_weight else {}
+        return {**streams, "new": ("new",), "retain": ("retain",)}
+
+    def predict_labels(self, logits: Tensor) -> Tensor:
+        return self.unit_label[logits.argmax(dim=1)]
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        # one forward pass over the streams stacked: a small network's step is mostly per-call overhead
+        logits = dict(zip(batch, self.net(torch.cat([x for x, _ in batch.values()])).split([len(y) for _, y in batch.values()])))
+        terms = {"new_loss": self.new_weight * F.cross_entropy(logits["new"], self.target_unit[batch["new"][1]])}
+        if self.forget_weight:
+            old = forget_loss(self.forget_objective, logits["forget"], batch["forget"][1], self.remaining_classes, self.ascent_bound)
+            terms["forget_loss"] = self.forget_weight * old
+        if self.retain_weight:
+            terms["retain_loss"] = self.retain_weight * F.cross_entropy(logits["retain"], batch["retain"][1])
+        if self._teacher is not None:
+            with torch.no_grad():
+                teacher = self._teacher(batch["retain"][0])
+            terms["distill_loss"] = self.distill_weight * distillation(logits["retain"], teacher, self.distill_temperature)
+        return terms
+
+    def weight_mask(self) -> dict[str, Tensor] | None:
+        if self.mask_layers is not None:
+            moving = {id(p) for layer in _layers(self.net)[-self.mask_layers :] for p in layer.parameters(recurse=False)}
+            return {name: torch.full_like(p, id(p) in moving, dtype=torch.bool) for name, p in self.net.named_parameters()}
+        if self.mask_fraction == 1.0:
+            return None
+        scores: list[dict[str, Tensor]] = []
+        if self.saliency_from in ("old", "both"):
+            scores.append(saliency_scores(self.net, self.saliency_batches(), self.mask_score))
+        if self.saliency_from in ("new", "both"):
+            new = [(x, self.target_unit[y]) for x, y in split_batches(self.trainer.datamodule, "new")]
+            scores.append(saliency_scores(self.net, new, self.mask_score))
+        if len(scores) == 2:
+            scores = [{k: s / sum(v.sum() for v in score.values()) for k, s in score.items()} for score in scores]
+        masks = top_fraction_mask({k: sum(score[k] for score in scores) for k in scores[0]}, self.mask_fraction, self.mask_scope)
+        if self.probe_iterations:  # the probe writes the new units' rows, so they must be free to move
+            for name in ("head.weight", "head.bias"):
+                masks[name][self.target_unit[self.new_classes]] = True
+        return masks
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self._teacher is not None:
+            self._teacher.to(self.device)
+
+    def on_train_start(self) -> None:
+        # after the step-0 validation, so TensorBoard's first point is the pretrained model itself
+        if self.probe_iterations and self.trainer.ckpt_path is None:  # a resumed run has probed already
+            self.probe()
+        super().on_train_start()
+
+    @torch.no_grad()
+    def probe(self) -> None:
+        """Fit the new classes' rows of ``head`` by cross-entropy on the frozen features of retain ∪ new (LP-FT).
+
+        The pretrained head knows nothing of the new class, so its first cross-entropy gradients are
+        large and flow into every layer, distorting the features the retain classes rely on (Kumar
+        et al., 2022, "Fine-tuning can distort pretrained features"): retain accuracy drops within
+        the first steps and recovers slowly. The probe, a logistic regression of the new units
+        against the fixed other units (convex; L-BFGS on ``probe_samples`` shuffled samples in their
+        natural proportions), starts fine-tuning where those gradients are small. Rank 0's result is
+        broadcast, like the mask.
+        """
+        units = self.target_unit[self.new_classes]
+        head, datamodule = self.net.head, self.trainer.datamodule
+        x, y = next(iter(datamodule.loader("retain", "new", train=True, shard=False, batch_size=self.probe_samples)))
+        was_training = self.net.training
+        features = self.net.eval().features(x)
+        self.net.train(was_training)
+        logits, targets = head(features), self.target_unit[y]
+        weight, bias = head.weight[units].clone().requires_grad_(True), head.bias[units].clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=self.probe_iterations, line_search_fn="strong_wolfe")
+
+        @torch.enable_grad()
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits.index_copy(1, units, features @ weight.T + bias), targets)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        weight, bias = self.trainer.strategy.broadcast((weight.detach(), bias.detach()), src=0)
+        head.weight[units], head.bias[units] = weight, bias
+
+    def eval_summaries(self, confmat: Tensor, stage: str) -> dict[str, Tensor]:
+        """Adds ``old_acc`` (the old classes' accuracy, lower is better) and ``old_as_new``: the share of
+        old-class images now predicted as a new class (in ``reuse`` mode, those the old unit still claims)."""
+        summary = super().eval_summaries(confmat, stage)
+        summary["old_acc"] = summary["forget_acc"]
+        old = confmat[self.forget_classes]
+        summary["old_as_new"] = old[:, self.new_classes].sum().float() / old.sum().clamp(min=1)
+        return summary
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    """The modules that own parameters, input to output: the layers LayerFreeze counts back from the head."""
+    return [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+
+
+def warn_if_already_known(weights: str, new_classes: Sequence[int]) -> None:
+    """Warn when the pretrained checkpoint was trained on a class this run learns as new.
+
+    Learning it again is not replacement, and the new-class accuracy is high from step 0. A
+    pretrain run never trained on its ``new_classes``, an oracle never on its ``forget_classes``;
+    bare state dicts and later stages record nothing and are trusted.
+    """
+    try:
+        hparams = task_hparams(weights)
+    except UsageError:
+        return
+    stage = hparams.get("stage")
+    if stage == "pretrain":
+        unseen = set(hparams.get("new_classes") or [])
+    elif stage == "oracle":
+        unseen = set(hparams.get("forget_classes") or [])
+    else:
+        return
+    known = sorted(set(new_classes) - unseen)
+    if known:
+        rank_zero_warn(
+            f"the weights in {weights} come from a {stage} run that trained on class {known}, which this run learns as new; "
+            f"pretrain with --data.init_args.new_classes={list(new_classes)} (configs/replace/pretrain.yaml) so it is unseen"
+        )
