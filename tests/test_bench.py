@@ -4,21 +4,37 @@ import json
 
 from tests.conftest import ROOT
 from unlearning.cli import main
+from unlearning.speed import compare
 
 
 def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "results"
     rows = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
-    assert {r["method"] for r in rows} == {"pretrained", "oracle", "selective_gradient", "head_mask"}
-    verdicts = {r["method"]: r["verdict"] for r in rows}
-    assert verdicts["oracle"] == "forgets" and verdicts["head_mask"] == "hides"
+    forget9 = {r["method"]: r for r in rows if r["experiment"] == "forget9"}
+    assert set(forget9) == {"pretrained", "oracle", "selective_gradient", "head_mask"}
+    assert forget9["oracle"]["verdict"] == "forgets" and forget9["head_mask"]["verdict"] == "hides"
+    replaced = {r["method"]: r for r in rows if r["experiment"] == "replace6to3"}
+    assert set(replaced) == {"pretrained", "oracle", "selective_gradient"}
+    assert replaced["pretrained"]["new_acc"] == 0 and replaced["selective_gradient"]["new_acc"] > 0.5  # the 3 was learned
+    assert replaced["oracle"]["cost"] == 1 and replaced["selective_gradient"]["cost"] > 0
     stored = json.loads((out / "results.json").read_text())
-    assert len(stored["rows"]) == 4 and "cores" in stored["machine"]
+    assert len(stored["rows"]) == 7 and "cores" in stored["machine"] and stored["speed"] is None
     table = (out / "results.md").read_text()
-    assert "| head_mask |" in table and "verdict" in table
-    assert {p.name for p in out.glob("*.png")} == {"forget9_forget_vs_retain.png", "forget9_retain_vs_cost.png", "forget9_per_class.png"}
+    assert "| head_mask |" in table and "verdict" in table and "### replace6to3, per seed" in table and "new %" in table
+    assert {p.name for p in out.glob("forget9*.png")} == {
+        "forget9_forget_vs_retain.png",
+        "forget9_retain_vs_cost.png",
+        "forget9_per_class.png",
+    }
 
     checkpoints = sorted(out.glob("runs/**/*.ckpt"))
     again = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
     assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again
     assert [r["fit_seconds"] for r in again] == [r["fit_seconds"] for r in rows]
+
+
+def test_speed_comparison_times_both_loops_side_by_side():
+    result = compare(epochs=1, repeats=1)
+    assert len(result.plain_seconds) == len(result.lightning_seconds) == 1
+    assert result.ratio == result.lightning_seconds[0] / result.plain_seconds[0]
+    assert "ratio" in result.report() and "target ≤ 1.30" in result.report()

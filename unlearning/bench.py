@@ -5,7 +5,8 @@ pretrained weights, scores them on the test set, and (for class experiments) run
 suite against that seed's oracle and pretrained model. A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
 ``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
-tables, and PNG plots.
+tables and per-seed rows, and PNG plots. Last, it times Lightning against a plain torch loop
+(:mod:`unlearning.speed`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from unlearning.errors import UsageError
 from unlearning.runs import fit_and_test
+from unlearning.speed import compare
 
 
 @dataclass
@@ -131,6 +133,32 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: the per-seed table: what every target in the README is checked against
+SEED_COLUMNS = [("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "test %"), ("fit_seconds", "fit s"), ("cost", "cost × oracle")]  # fmt: skip
+
+
+def per_seed_tables(rows: list[dict[str, Any]]) -> str:
+    """One row per experiment, method and seed: accuracies (%), fit seconds and cost against that seed's oracle."""
+    lines = []
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        mine = [r for r in rows if r["experiment"] == exp]
+        columns = [c for c in SEED_COLUMNS if any(r.get(c[0]) is not None for r in mine)]
+        lines += [
+            f"### {exp}, per seed",
+            "",
+            "| method | seed | " + " | ".join(h for _, h in columns) + " |",
+            "|" + "---|" * (len(columns) + 2),
+        ]
+        for r in sorted(mine, key=lambda r: r["seed"]):
+            cells = [
+                "–" if r.get(k) is None else f"{r[k]:.3f}" if k == "cost" else f"{r[k]:.2f}" if k == "fit_seconds" else f"{100 * r[k]:.2f}"
+                for k, _ in columns
+            ]
+            lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 # -- plots --------------------------------------------------------------------------------------
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Per experiment: forget vs retain accuracy, per-class bars before and after, retain accuracy against cost."""
@@ -194,6 +222,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--experiments", type=list[Experiment], default=[])
     parser.add_argument("--only", type=list[str] | None, default=None, help="run only the experiments with these names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps timings stable on a shared CPU")
+    parser.add_argument(
+        "--speed_repeats", type=int, default=3, help="alternations of Lightning against plain torch; 0 skips the comparison"
+    )
     args = parser.instantiate_classes(parser.parse_args(argv))
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
@@ -203,14 +234,29 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = run_grid(experiments, args.seeds, out)
+    speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {_cores()} cores, torch {torch.__version__}"
     (out / "results.json").write_text(
-        json.dumps({"machine": machine, "seconds": seconds, "experiments": [asdict(e) for e in experiments], "rows": rows}, indent=1)
+        json.dumps(
+            {
+                "machine": machine,
+                "seconds": seconds,
+                "experiments": [asdict(e) for e in experiments],
+                "rows": rows,
+                "speed": speed and asdict(speed),
+            },
+            indent=1,
+        )
     )
     tables = markdown_tables(rows)
-    (out / "results.md").write_text(f"Produced by `unlearning bench` in {seconds / 60:.1f} min on {machine}.\n\n{tables}")
+    if speed is not None:
+        tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop, same work\n\n```\n{speed.report()}\n```\n"
+    (out / "results.md").write_text(
+        f"Produced by `unlearning bench` in {seconds / 60:.1f} min on {machine}.\n\n{tables}\n{per_seed_tables(rows)}"
+    )
     plots(rows, out)
+    print(per_seed_tables(rows))
     print(tables)
     print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.json'} and plots")
     return rows
