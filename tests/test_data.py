@@ -98,3 +98,48 @@ def test_loader_batches_are_indexed_slices():
     assert len(loader) == len(batches) == 3
     assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert torch.equal(batches[0][0].squeeze(1), batches[0][1].float())
+
+
+def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
+    """A datamodule attached to a stand-in trainer whose strategy runs on ``device``."""
+    from types import SimpleNamespace
+
+    from unlearning.data.mnist import MNISTDataModule
+
+    dm = MNISTDataModule(batch_size=16)
+    task = SimpleNamespace(train_streams={"forget": ("forget",), "retain": ("retain",)}, stream_batch_sizes={"forget": 8})
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=device), global_rank=rank, world_size=world_size, lightning_module=task
+    )
+    return dm
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        # the meta device stands in for a GPU on a CPU-only machine: the same code path, no memory, no kernels
+        torch.device("meta"),
+        pytest.param(torch.device("cuda", 0), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    ],
+    ids=str,
+)
+def test_the_data_moves_to_the_device_once_and_batches_are_born_there(device):
+    dm = _on_device(device)
+    loaders = dm.train_dataloader()
+    x, y = dm._tensors["train"]
+    assert x.device == y.device == device  # moved with the first loader
+    batch, _, _ = next(iter(loaders))
+    assert batch["forget"][0].shape == (8, 1, 28, 28) and batch["retain"][0].shape == (16, 1, 28, 28)
+    assert all(t.device == device for pair in batch.values() for t in pair)
+    dm.val_dataloader()
+    assert dm._tensors["train"][0] is x  # not moved, nor copied, again
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # Lightning's per-step transfer is skipped
+
+
+def test_ranks_get_disjoint_shards_with_equal_batch_counts():
+    loaders = [_on_device(torch.device("cpu"), world_size=2, rank=rank).loader("forget", train=True) for rank in (0, 1)]
+    assert len(loaders[0]) == len(loaders[1])
+    seen = [torch.cat([y for _, y in loader]) for loader in loaders]
+    assert len(seen[0]) == len(seen[1])
+    orders = [loader.index[loader.sampler.next_pass()] for loader in loaders]
+    assert len(set(orders[0].tolist()) & set(orders[1].tolist())) <= 1  # disjoint but for the one padding sample

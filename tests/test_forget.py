@@ -195,12 +195,24 @@ class MaskDump(Callback):
 
 @pytest.mark.timeout(300)
 def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretrained_ckpt, tmp_path):
+    budget = (
+        "--trainer.max_steps=10",
+        "--trainer.val_check_interval=10",
+        "--model.init_args.log_figures=false",
+        "--trainer.num_sanity_val_steps=0",
+    )
+    one = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "one", *budget).trainer.callback_metrics
+    # two ranks with half the batch each: the same samples per step, so nearly the same optimisation
     cli = unlearn(
-        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.strategy=ddp_spawn", "--model.init_args.log_figures=false", "--trainer.num_sanity_val_steps=0", run=False,
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, *budget, "--data.init_args.batch_size=100",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn", run=False,
     )  # fmt: skip
     cli.trainer.callbacks.append(MaskDump(tmp_path))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    two = cli.trainer.callback_metrics
+    assert {k for k in one if "class_acc" in k} == {k for k in two if "class_acc" in k}
+    for name in ("val/forget_acc", "val/retain_acc", *(f"val_class_acc/{c}" for c in range(10))):
+        assert abs(float(one[name]) - float(two[name])) < 0.02, name
     ranks = [torch.load(tmp_path / f"mask_{rank}.pt") for rank in (0, 1)]
     (last,) = tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt")  # the parent's callback never saw the children's path
     saved = read_checkpoint(last)["weight_masks"]

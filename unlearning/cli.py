@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
@@ -23,6 +25,23 @@ class UnlearningCLI(LightningCLI):
         for key in ("forget_classes", "new_classes", "forget_fraction"):
             parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
         parser.link_arguments("seed_everything", "data.init_args.seed")
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` resumes the newest run under the root folder and keeps logging into its folder.
+
+        Lightning alone looks for ``last.ckpt`` in the new run's own, empty, version folder and then
+        starts from scratch with a warning.
+        """
+        if self.config_init["fit"].get("ckpt_path") != "last":
+            return
+        logger = self.trainer.logger
+        root = Path(logger.root_dir if logger is not None else Path(self.trainer.default_root_dir) / "lightning_logs")
+        found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UsageError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume")
+        self.config_init["fit"]["ckpt_path"] = str(found[-1])
+        if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
+            logger._version = int(found[-1].parents[1].name.removeprefix("version_"))
 
 
 class SaveParsedConfig(SaveConfigCallback):
