@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.pytorch import Callback
 
 from unlearning.cli import main
 
@@ -24,19 +26,51 @@ def fit(config: str | Path, root: Path, *overrides: str):
     return main(["fit", "-c", str(config), "-c", str(TINY), f"--trainer.default_root_dir={root}", *overrides])
 
 
-def _train(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
-    root = tmp_path_factory.mktemp(name)
-    cli = fit(CONFIGS / "pretrain.yaml", root, "--trainer.limit_train_batches=50", "--model.init_args.log_figures=false", *overrides)
+def train_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str, batches: str = "50") -> Path:
+    """``last.ckpt`` of the pretrain recipe on ``batches`` training batches per epoch (tiny.yaml: one epoch)."""
+    cli = fit(
+        CONFIGS / "pretrain.yaml",
+        tmp_path_factory.mktemp(name),
+        f"--trainer.limit_train_batches={batches}",
+        "--model.init_args.log_figures=false",
+        *overrides,
+    )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+class StreamRecorder(Callback):
+    """What the task is fed: per training stream, the labels seen and the batch sizes."""
+
+    def __init__(self):
+        self.labels: dict[str, set[int]] = {}
+        self.sizes: dict[str, set[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for stream, (_, y) in batch.items():
+            self.labels.setdefault(stream, set()).update(y.tolist())
+            self.sizes.setdefault(stream, set()).add(len(y))
+
+
+def fit_recording(cli) -> StreamRecorder:
+    """Fit a CLI built with ``run=False`` and return what each stream carried."""
+    recorder = StreamRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return recorder
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    """Names of the state-dict entries that differ."""
+    return {name for name, value in after.items() if not torch.equal(value, before[name])}
 
 
 @pytest.fixture(scope="session")
 def pretrained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SeedMLP pretrained on all digits for 50 steps (forget class 9)."""
-    return _train(tmp_path_factory, "pretrained")
+    return train_checkpoint(tmp_path_factory, "pretrained")
 
 
 @pytest.fixture(scope="session")
 def oracle_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SeedMLP trained for 50 steps without digit 9."""
-    return _train(tmp_path_factory, "oracle", "--model.init_args.stage=oracle")
+    return train_checkpoint(tmp_path_factory, "oracle", "--model.init_args.stage=oracle")

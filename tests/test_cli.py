@@ -5,29 +5,16 @@ import sys
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 
-from tests.conftest import CONFIGS, ROOT, TINY, fit
+from tests.conftest import CONFIGS, ROOT, TINY, fit, fit_recording
 from unlearning.cli import main
 from unlearning.errors import UsageError
 from unlearning.tasks import PretrainTask
 
 
-class LabelRecorder(Callback):
-    def __init__(self):
-        self.labels: set[int] = set()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        for _, y in batch.values():
-            self.labels |= set(y.tolist())
-
-
 def _fit_recording_labels(config, tmp_path, *overrides):
     cli = main(["-c", str(config), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", *overrides], run=False)
-    recorder = LabelRecorder()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return cli, recorder.labels
+    return cli, set().union(*fit_recording(cli).labels.values())
 
 
 def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_arguments(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, fit
+from tests.conftest import train_checkpoint
 from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation import (
@@ -46,26 +46,15 @@ def _one_thread():
 
 
 # -- checkpoints through the real CLI -----------------------------------------------------------
-def _train(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
-    """One epoch of the pretrain recipe: short runs leave features that barely know any digit, so nothing could be hidden."""
-    cli = fit(
-        CONFIGS / "pretrain.yaml",
-        tmp_path_factory.mktemp(name),
-        "--trainer.limit_train_batches=1.0",
-        "--model.init_args.log_figures=false",
-        *overrides,
-    )
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
-
-
 @pytest.fixture(scope="session")
 def evaluation_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory, "evaluation_pretrained")
+    """A full epoch: shorter runs leave features that barely know any digit, so nothing could be hidden."""
+    return train_checkpoint(tmp_path_factory, "evaluation_pretrained", batches="1.0")
 
 
 @pytest.fixture(scope="session")
 def evaluation_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory, "evaluation_oracle", "--model.init_args.stage=oracle")
+    return train_checkpoint(tmp_path_factory, "evaluation_oracle", "--model.init_args.stage=oracle", batches="1.0")
 
 
 def _edited(source: Path, target: Path, bias_9: float | None = None, **hparams) -> Path:

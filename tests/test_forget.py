@@ -9,7 +9,7 @@ import yaml
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, changed, fit_recording
 from unlearning.checkpoints import net_state_dict, read_checkpoint
 from unlearning.cli import main
 from unlearning.data import MNISTDataModule
@@ -31,10 +31,6 @@ def unlearn(config: Path, weights: Path, root: Path, *overrides: str, run: bool 
 
 def last_checkpoint(cli) -> dict:
     return read_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
-
-
-def changed(before: dict, after: dict) -> set[str]:
-    return {name for name, value in after.items() if not torch.equal(value, before[name])}
 
 
 @pytest.fixture(scope="module")
@@ -108,23 +104,11 @@ def test_layer_freeze_moves_exactly_its_last_layers(pretrained_ckpt, tmp_path):
     assert changed(net_state_dict(pretrained_ckpt), after) == {"features.7.weight", "features.7.bias", "head.weight", "head.bias"}
 
 
-class LabelRecorder(Callback):
-    def __init__(self):
-        self.labels: dict[str, set[int]] = {}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        for stream, (_, y) in batch.items():
-            self.labels.setdefault(stream, set()).update(y.tolist())
-
-
 def test_finetune_sees_only_retain_batches_and_the_others_see_both(pretrained_ckpt, tmp_path):
     seen = {}
     for name in ("finetune", "neggrad_plus"):
         cli = unlearn(UNLEARN / f"{name}.yaml", pretrained_ckpt, tmp_path, run=False)
-        recorder = LabelRecorder()
-        cli.trainer.callbacks.append(recorder)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        seen[name] = recorder.labels
+        seen[name] = fit_recording(cli).labels
     assert seen["finetune"] == {"retain": set(range(9))}
     assert seen["neggrad_plus"] == {"forget": {9}, "retain": set(range(9))}
 

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 from torch import nn
 
-from tests.conftest import CONFIGS, TINY
+from tests.conftest import CONFIGS, TINY, changed, fit_recording
 from unlearning.checkpoints import build_net, net_state_dict, read_checkpoint, task_hparams
 from unlearning.cli import main
 from unlearning.errors import UsageError
@@ -52,31 +51,11 @@ def last(cli) -> Path:
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
-def changed(before: dict, after: dict) -> set[str]:
-    return {name for name, value in after.items() if not torch.equal(value, before[name])}
-
-
-class LabelRecorder(Callback):
-    def __init__(self):
-        self.labels: dict[str, set[int]] = {}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        for stream, (_, y) in batch.items():
-            self.labels.setdefault(stream, set()).update(y.tolist())
-
-
-def record_labels(cli) -> dict[str, set[int]]:
-    recorder = LabelRecorder()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return recorder.labels
-
-
 @pytest.mark.parametrize("stage", ["pretrain", "oracle"])
 def test_pretraining_never_sees_the_new_class_and_the_oracle_never_the_old(stage, tmp_path):
     cli = main(["-c", str(REPLACE / f"{stage}.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", *QUIET], run=False)
     expected = set(range(10)) - ({3} if stage == "pretrain" else {6})
-    assert record_labels(cli) == {"train": expected}
+    assert fit_recording(cli).labels == {"train": expected}
 
 
 def test_replacement_streams_for_another_pair_of_digits(tmp_path):
@@ -85,7 +64,7 @@ def test_replacement_streams_for_another_pair_of_digits(tmp_path):
     weights = pretrain(tmp_path / "pretrain", *classes)
     cli = replace(REPLACE / "selective_gradient.yaml", weights, tmp_path, *classes, "--trainer.val_check_interval=2", run=False)
     assert cli.model.forget_classes == [1] and cli.model.new_classes == [7]  # linked from the datamodule
-    assert record_labels(cli) == {"forget": {1}, "new": {7}, "retain": set(range(10)) - {1, 7}}
+    assert fit_recording(cli).labels == {"forget": {1}, "new": {7}, "retain": set(range(10)) - {1, 7}}
     assert cli.model.remaining_classes.tolist() == [0, 2, 3, 4, 5, 6, 8, 9]  # where old images may go: never old, never new
     metrics = cli.trainer.callback_metrics
     assert {"val/old_acc", "val/new_acc", "val/retain_acc", "val/old_as_new"} <= set(metrics)
@@ -205,17 +184,7 @@ def test_bad_inputs_are_usage_errors_naming_the_problem(override, message, repla
 
 
 def test_each_stream_is_served_at_its_own_batch_size(replace_ckpt, tmp_path):
-    class SizeRecorder(Callback):
-        def __init__(self):
-            self.sizes: dict[str, set[int]] = {}
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            for stream, (x, y) in batch.items():
-                self.sizes.setdefault(stream, set()).add(len(y))
-
     cli = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path, "--data.init_args.batch_size=64",
                   '--model.init_args.stream_batch_sizes={"new": 32, "forget": 16}', run=False)  # fmt: skip
-    recorder = SizeRecorder()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    recorder = fit_recording(cli)
     assert recorder.sizes == {"forget": {16}, "new": {32}, "retain": {64}}

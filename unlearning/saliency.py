@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from unlearning.errors import UsageError
+
 Score = Literal["abs_grad", "fisher"]
 Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -120,6 +122,19 @@ def ssd_dampening(forget: dict[str, Tensor], full: dict[str, Tensor], alpha: flo
         name: torch.where(i_f > alpha * full[name], (lam * full[name] / i_f).clamp(max=1.0), torch.ones_like(i_f))
         for name, i_f in forget.items()
     }
+
+
+def last_layers_mask(net: nn.Module, layers: int, argument: str = "layers") -> dict[str, Tensor]:
+    """A mask of whole tensors that lets only the last ``layers`` parameter-owning layers move (LayerFreeze).
+
+    A layer is a module that owns parameters (``Linear``, ``Conv2d``), counted back from the output.
+    ``argument`` names the setting in the error a bad count raises.
+    """
+    owners = [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+    if not 1 <= layers <= len(owners):
+        raise UsageError(f"{argument} must lie in 1..{len(owners)} for {type(net).__name__}, got {layers}")
+    moving = {id(p) for layer in owners[-layers:] for p in layer.parameters(recurse=False)}
+    return {name: torch.full_like(p, id(p) in moving, dtype=torch.bool) for name, p in net.named_parameters()}
 
 
 def mask_summary(masks: dict[str, Tensor]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
 from unlearning.losses import ForgetObjective, forget_loss
-from unlearning.saliency import ExactFreeze, Scope, Score, diagonal_fisher, mask_summary, saliency_mask, ssd_dampening
+from unlearning.saliency import ExactFreeze, Scope, Score, diagonal_fisher, last_layers_mask, mask_summary, saliency_mask, ssd_dampening
 from unlearning.tasks.base import BaseTask, Batch
 
 
@@ -159,16 +159,10 @@ class LayerFreeze(UnlearnTask):
     def __init__(self, *args: Any, layers: int = 1, retain_weight: float = 0.0, **kwargs: Any):
         self.layers = layers
         super().__init__(*args, retain_weight=retain_weight, **kwargs)
-        owners = self._layers()
-        if not 1 <= layers <= len(owners):
-            raise UsageError(f"layers must lie in 1..{len(owners)} for {type(self.net).__name__}, got {layers}")
-
-    def _layers(self) -> list[torch.nn.Module]:
-        return [m for m in self.net.modules() if next(m.parameters(recurse=False), None) is not None]
+        last_layers_mask(self.net, layers)  # refuse a bad count now, not at fit start
 
     def weight_mask(self) -> dict[str, Tensor]:
-        moving = {id(p) for layer in self._layers()[-self.layers :] for p in layer.parameters(recurse=False)}
-        return {name: torch.full_like(p, id(p) in moving, dtype=torch.bool) for name, p in self.net.named_parameters()}
+        return last_layers_mask(self.net, self.layers)
 
 
 class FineTune(UnlearnTask):

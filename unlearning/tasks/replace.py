@@ -23,7 +23,7 @@ from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
 from unlearning.losses import distillation, forget_loss
 from unlearning.metrics import unit_to_label
-from unlearning.saliency import saliency_scores, top_fraction_mask
+from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
 from unlearning.tasks.forget import SelectiveGradient, split_batches
 
@@ -97,8 +97,8 @@ class ReplaceTask(SelectiveGradient):
             raise UsageError("class replacement needs forget_classes (the old classes) and new_classes, and no forget_fraction")
         if head_mode == "reuse" and len(self.forget_classes) != len(self.new_classes):
             raise UsageError(f"head_mode 'reuse' pairs old and new classes one to one; got {self.forget_classes} and {self.new_classes}")
-        if mask_layers is not None and not 1 <= mask_layers <= len(_layers(self.net)):
-            raise UsageError(f"mask_layers must lie in 1..{len(_layers(self.net))} for {type(self.net).__name__}, got {mask_layers}")
+        if mask_layers is not None:
+            last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
         if probe_iterations and not isinstance(getattr(self.net, "head", None), nn.Linear):
             raise UsageError(
                 f"probe_iterations needs a network whose last layer `head` is an nn.Linear; {type(self.net).__name__} has none"
@@ -146,8 +146,7 @@ class ReplaceTask(SelectiveGradient):
 
     def weight_mask(self) -> dict[str, Tensor] | None:
         if self.mask_layers is not None:
-            moving = {id(p) for layer in _layers(self.net)[-self.mask_layers :] for p in layer.parameters(recurse=False)}
-            return {name: torch.full_like(p, id(p) in moving, dtype=torch.bool) for name, p in self.net.named_parameters()}
+            return last_layers_mask(self.net, self.mask_layers)
         if self.mask_fraction == 1.0:
             return None
         scores: list[dict[str, Tensor]] = []
@@ -216,11 +215,6 @@ class ReplaceTask(SelectiveGradient):
         old = confmat[self.forget_classes]
         summary["old_as_new"] = old[:, self.new_classes].sum().float() / old.sum().clamp(min=1)
         return summary
-
-
-def _layers(net: nn.Module) -> list[nn.Module]:
-    """The modules that own parameters, input to output: the layers LayerFreeze counts back from the head."""
-    return [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
 
 
 def warn_if_already_known(weights: str, new_classes: Sequence[int]) -> None:
