@@ -1,10 +1,13 @@
 """The user's commands, through ``main([...])`` exactly as the console script runs them."""
 
+import io
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import CONFIGS, ROOT, TINY, fit, fit_recording
 from unlearning.cli import main
@@ -26,6 +29,11 @@ def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_a
     model = PretrainTask.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert model.forget_classes == [9] and model.new_classes == [3]
     assert model.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {"val/acc", "val/forget_acc", "val_class_acc/9"} <= set(events.Tags()["scalars"])
+    assert {"val/confusion_matrix", "weights/first_layer"} <= set(events.Tags()["images"])
+    confusion = Image.open(io.BytesIO(events.Images("val/confusion_matrix")[-1].encoded_image_string))
+    assert confusion.size == (11 * 40, 11 * 22) and confusion.mode == "RGB"  # a 10x10 grid of cells plus the labels
 
 
 def test_oracle_never_sees_the_forget_class(tmp_path):

@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from unlearning.evaluation.mia import HEADLINE_FEATURE
 from unlearning.evaluation.suite import REACH_NORMS, REACH_STARTS, Budget, NetEvaluation
 from unlearning.evaluation.verdict import GAP_METRICS
-from unlearning.figures import class_bars, confusion_figure, tile
+from unlearning.figures import class_bars, confusion_image, tile
 
 _ABSENT = object()  # a row a role has no value for: its check did not apply
 
@@ -124,7 +124,7 @@ def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation]
             for key, value in numbers.items():
                 if isinstance(value, (int, float)):
                     writer.add_scalar(f"{name}/{key}", value)
-            writer.add_figure(f"confusion/{name}", confusion_figure(torch.tensor(report["metrics"][name]["confusion"]), title=name))
+            writer.add_image(f"confusion/{name}", confusion_image(torch.tensor(report["metrics"][name]["confusion"])))
             for variant, images in evaluations[name].reach_images.items():
                 writer.add_image(f"reach/{name}/{variant}", tile(images))
         bars = {name: torch.tensor(report["metrics"][name]["class_acc"]) / 100 for name in report["checkpoints"]}

@@ -22,7 +22,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from unlearning.checkpoints import load_net_weights
 from unlearning.data.splits import NUM_CLASSES, check_classes
-from unlearning.figures import confusion_image, first_layer_weights
+from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
@@ -198,7 +198,7 @@ class BaseTask(LightningModule):
     def log_image(self, tag: str, image: Tensor | None) -> None:
         """An image to TensorBoard, from rank 0 only (skipped when there is no TensorBoard logger)."""
         if image is not None and (board := self._tensorboard()) is not None:
-            board.add_image(tag, image, global_step=self.global_step)
+            board._get_file_writer().add_summary(png_summary(tag, image), global_step=self.global_step)
 
 
 def _from_cli(module: LightningModule) -> bool:
