@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+import torch
+
 from tests.conftest import ROOT
+from unlearning.bench import bench_parser
 from unlearning.cli import main
 from unlearning.speed import compare
 
@@ -38,3 +42,14 @@ def test_speed_comparison_times_both_loops_side_by_side():
     assert len(result.plain_seconds) == len(result.lightning_seconds) == 1
     assert result.ratio == result.lightning_seconds[0] / result.plain_seconds[0]
     assert "ratio" in result.report() and "target ≤ 1.30" in result.report()
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("bench*.yaml")), ids=lambda p: p.name)
+def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
+    """A typo in a bench config would otherwise surface minutes into the grid."""
+    experiments = bench_parser().parse_args(["-c", str(config)]).experiments
+    assert experiments
+    for exp in experiments:
+        for args in [exp.pretrain, exp.oracle, *exp.methods.values()]:
+            cli = main(["-c", *args, f"--trainer.default_root_dir={tmp_path}"], run=False)  # as fit_and_test runs them
+            assert cli.model.net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

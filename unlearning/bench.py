@@ -213,8 +213,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return written
 
 
-def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the grid a config describes and write ``results.json``, ``results.md`` and the plots."""
+def bench_parser() -> ArgumentParser:
+    """``unlearning bench``'s arguments; a config file (``-c``) sets any of them."""
     parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[])
     parser.add_argument("-c", "--config", action="config")
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
@@ -225,6 +225,12 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--speed_repeats", type=int, default=3, help="alternations of Lightning against plain torch; 0 skips the comparison"
     )
+    return parser
+
+
+def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid a config describes and write ``results.json``, ``results.md`` and the plots."""
+    parser = bench_parser()
     args = parser.instantiate_classes(parser.parse_args(argv))
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
