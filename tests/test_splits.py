@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unlearning.data.splits import build_splits, check_classes
+from unlearning.data.splits import build_splits, check_classes, retain_classes
 from unlearning.errors import UsageError
 
 LABELS = torch.arange(10).repeat(20)  # 200 samples, 20 per class
@@ -69,3 +69,9 @@ def test_a_class_absent_from_the_data_gives_an_empty_split_error():
 def test_check_classes_rejects_repeats():
     with pytest.raises(UsageError, match="repeats"):
         check_classes([1, 1], [])
+
+
+def test_retain_classes_are_those_neither_forgotten_nor_new():
+    assert retain_classes([9], []) == list(range(9))
+    assert retain_classes([6], [3]) == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert retain_classes([], []) == list(range(10))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from unlearning.data.splits import retain_classes
+
 
 def group_accuracy(confmat: Tensor, classes: Sequence[int]) -> Tensor:
     """Accuracy over all samples whose true label is in ``classes`` (NaN when there are none)."""
@@ -19,7 +21,7 @@ def group_accuracy(confmat: Tensor, classes: Sequence[int]) -> Tensor:
 def accuracy_summaries(confmat: Tensor, forget_classes: Sequence[int], new_classes: Sequence[int]) -> dict[str, Tensor]:
     """``acc`` overall, plus ``forget_acc``, ``retain_acc`` and ``new_acc`` over the samples of those classes."""
     num_classes = confmat.shape[0]
-    retain = [c for c in range(num_classes) if c not in forget_classes and c not in new_classes]
+    retain = retain_classes(forget_classes, new_classes, num_classes)
     summary = {"acc": group_accuracy(confmat, range(num_classes)), "retain_acc": group_accuracy(confmat, retain)}
     if forget_classes:
         summary["forget_acc"] = group_accuracy(confmat, forget_classes)

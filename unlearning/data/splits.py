@@ -30,6 +30,11 @@ def check_classes(forget_classes: Sequence[int], new_classes: Sequence[int], num
         raise UsageError(f"class {both} is in both forget_classes and new_classes; a forgotten class cannot also be the new one")
 
 
+def retain_classes(forget_classes: Sequence[int], new_classes: Sequence[int], num_classes: int = NUM_CLASSES) -> list[int]:
+    """The classes neither forgotten nor new: what the retain split holds, and where forgotten samples may go."""
+    return [c for c in range(num_classes) if c not in forget_classes and c not in new_classes]
+
+
 def build_splits(
     labels: Tensor,
     forget_classes: Sequence[int] = (9,),

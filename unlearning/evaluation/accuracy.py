@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from unlearning.data.splits import NUM_CLASSES
+from unlearning.data.splits import NUM_CLASSES, retain_classes
 from unlearning.metrics import group_accuracy
 
 
@@ -41,11 +41,10 @@ def accuracy_check(
     ``old_acc`` (the replaced classes' test accuracy) are added.
     """
     confmat = confusion_matrix(test_labels, test_preds)
-    retain_classes = [c for c in range(NUM_CLASSES) if c not in forget_classes and c not in new_classes]
     result = {
         "ua": 100.0 - percent(forget_preds == forget_labels),
         "ra": percent(retain_preds == retain_labels),
-        "ta": float(group_accuracy(confmat, retain_classes) * 100),
+        "ta": float(group_accuracy(confmat, retain_classes(forget_classes, new_classes)) * 100),
         "test_acc": percent(test_preds == test_labels),
     }
     if forget_classes:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from unlearning.data.mnist import load_mnist
-from unlearning.data.splits import NUM_CLASSES, build_splits
+from unlearning.data.splits import build_splits, retain_classes
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class EvalData:
     @property
     def retain_classes(self) -> tuple[int, ...]:
         """Classes neither forgotten nor new: the utility a method must keep."""
-        return tuple(c for c in range(NUM_CLASSES) if c not in self.forget_classes and c not in self.new_classes)
+        return tuple(retain_classes(self.forget_classes, self.new_classes))
 
     def test_mask(self, classes: Sequence[int]) -> Tensor:
         return torch.isin(self.test_y, torch.as_tensor(list(classes), dtype=self.test_y.dtype))

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
 from unlearning.checkpoints import task_hparams
-from unlearning.data.splits import NUM_CLASSES
+from unlearning.data.splits import retain_classes
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
 from unlearning.losses import ForgetObjective, forget_loss
@@ -51,8 +51,7 @@ class UnlearnTask(BaseTask):
         super().__init__(*args, **kwargs)
         if kwargs.get("weights") is not None:
             check_trained_on(kwargs["weights"], self.forget_classes)
-        remaining = [c for c in range(NUM_CLASSES) if c not in self.forget_classes and c not in self.new_classes]
-        self.register_buffer("remaining_classes", torch.tensor(remaining), persistent=False)
+        self.register_buffer("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)), persistent=False)
         self.weight_masks: dict[str, Tensor] | None = None
         self.freeze: ExactFreeze | None = None
 
