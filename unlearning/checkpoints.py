@@ -1,7 +1,9 @@
 """Reading network weights from user files safely (``weights_only=True``), with errors that name the mismatch.
 
 This is the ``net`` contract's only door: a Lightning checkpoint of any task here (its state
-dict keys start with ``net.``) or a bare ``state_dict`` of the network.
+dict keys start with ``net.``) or a bare ``state_dict`` of the network. The readers take the file's
+path, and optionally its contents already read by :func:`read_checkpoint`, so that a caller who
+needs several things from one file reads it once (the path then only names it in errors).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def net_state_dict(path: str | Path) -> dict[str, Tensor]:
+def net_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Tensor]:
     """The network's weights from a Lightning checkpoint (``net.*`` keys) or a bare state dict."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if checkpoint is None else checkpoint
     if "state_dict" in obj:
         state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items() if k.startswith("net.")}
         if not state:
@@ -40,9 +42,9 @@ def net_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
-def load_net_weights(net: nn.Module, path: str | Path) -> None:
+def load_net_weights(net: nn.Module, path: str | Path, checkpoint: dict[str, Any] | None = None) -> None:
     """Copy weights from ``path`` into ``net``, failing with the exact keys and shapes that do not match."""
-    state = net_state_dict(path)
+    state = net_state_dict(path, checkpoint)
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -66,18 +68,19 @@ def _import(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def task_hparams(path: str | Path) -> dict[str, Any]:
+def task_hparams(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     """The hyperparameters LightningCLI stored in a task checkpoint (classes, head mode, the net's config)."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if checkpoint is None else checkpoint
     hparams = obj.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("net"), dict):
         raise UsageError(f"{path} is not a task checkpoint written by the unlearning CLI (no net config in its hyperparameters)")
     return hparams
 
 
-def build_net(path: str | Path) -> nn.Module:
+def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild the network a task checkpoint describes and load its weights, in eval mode."""
-    config = task_hparams(path)["net"]
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+    config = task_hparams(path, checkpoint)["net"]
     net = _import(config["class_path"])(**config.get("init_args", {}))
-    load_net_weights(net, path)
+    load_net_weights(net, path, checkpoint)
     return net.eval()

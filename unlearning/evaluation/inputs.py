@@ -49,8 +49,9 @@ def load(name: str, path: str | Path) -> Loaded:
     """Rebuild a network from a task checkpoint; a replacement that reused the old units maps them to the new labels."""
     if not Path(path).is_file():
         raise UsageError(f"{describe(name, path)}: no such checkpoint")
-    hparams = task_hparams(path)
-    net = build_net(path)
+    checkpoint = read_checkpoint(path)
+    hparams = task_hparams(path, checkpoint)
+    net = build_net(path, checkpoint)
     if not isinstance(getattr(net, "head", None), nn.Linear) or not isinstance(getattr(net, "features", None), nn.Module):
         raise UsageError(f"{describe(name, path)}: {type(net).__name__} is not head(features(x)) with a linear head")
     with torch.no_grad():
@@ -61,7 +62,7 @@ def load(name: str, path: str | Path) -> Loaded:
         unit_labels = unit_to_label(NUM_CLASSES, hparams["forget_classes"], hparams["new_classes"])
     else:
         unit_labels = torch.arange(NUM_CLASSES)
-    return Loaded(str(path), net, unit_labels, hparams, read_checkpoint(path).get("datamodule_hyper_parameters") or {})
+    return Loaded(str(path), net, unit_labels, hparams, checkpoint.get("datamodule_hyper_parameters") or {})
 
 
 def check_architectures(loaded: Mapping[str, Loaded], reference: str) -> None:
