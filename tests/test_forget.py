@@ -167,6 +167,16 @@ def test_weights_without_a_training_record_are_trusted(pretrained_ckpt, oracle_c
         check_trained_on(str(oracle_ckpt), [9])
 
 
+def test_a_replacement_oracle_learned_its_new_classes_but_not_its_old(tmp_path):
+    """The replacement oracle trains on retain ∪ new: class 3 can be forgotten from it, class 6 cannot."""
+    hparams = {"stage": "oracle", "forget_classes": [6], "new_classes": [3], "net": {"class_path": "unlearning.models.SeedMLP"}}
+    path = tmp_path / "replace_oracle.ckpt"
+    torch.save({"hyper_parameters": hparams, "state_dict": {}}, path)
+    check_trained_on(str(path), [3])
+    with pytest.raises(UsageError, match=r"never trained on class \[6\]: nothing to forget"):
+        check_trained_on(str(path), [6])
+
+
 class MaskDump(Callback):
     """Saves each rank's mask as the fit starts, so the parent process can compare the ranks."""
 

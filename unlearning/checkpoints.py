@@ -84,3 +84,21 @@ def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None) -> nn.
     net = _import(config["class_path"])(**config.get("init_args", {}))
     load_net_weights(net, path, checkpoint)
     return net.eval()
+
+
+def held_out_classes(path: str | Path) -> tuple[str, set[int]] | None:
+    """``(stage, classes)`` for a pretrain or oracle checkpoint: the classes its run never trained on.
+
+    A pretrain run holds out its ``new_classes``; an oracle trains on retain ∪ new and so holds out
+    its ``forget_classes``. A bare state dict or a later stage's checkpoint records no such thing: ``None``.
+    """
+    try:
+        hparams = task_hparams(path)
+    except UsageError:
+        return None
+    stage = hparams.get("stage")
+    if stage == "pretrain":
+        return stage, set(hparams.get("new_classes") or [])
+    if stage == "oracle":
+        return stage, set(hparams.get("forget_classes") or [])
+    return None

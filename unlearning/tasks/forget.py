@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
-from unlearning.checkpoints import task_hparams
+from unlearning.checkpoints import held_out_classes
 from unlearning.data.splits import retain_classes
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
@@ -295,20 +295,13 @@ def check_trained_on(weights: str, forget_classes: Sequence[int]) -> None:
 
     Unlearning such a class is a no-op that every forget metric scores as a perfect result, so a
     mistyped path (the oracle's checkpoint instead of the pretrained one) would pass unnoticed.
-    The checkpoint's hyperparameters tell: a pretrain run never trained on its new classes, an
-    oracle not on its forget classes either. A bare state dict, or the checkpoint of a later stage,
-    records no such thing and is trusted.
+    The checkpoint's hyperparameters tell (:func:`~unlearning.checkpoints.held_out_classes`); a bare
+    state dict, or the checkpoint of a later stage, records no such thing and is trusted.
     """
-    try:
-        hparams = task_hparams(weights)
-    except UsageError:
+    held_out = held_out_classes(weights)
+    if held_out is None:
         return
-    stage = hparams.get("stage")
-    if stage not in ("pretrain", "oracle"):
-        return
-    unseen = set(hparams.get("new_classes") or [])
-    if stage == "oracle":
-        unseen |= set(hparams.get("forget_classes") or [])
+    stage, unseen = held_out
     never = sorted(unseen & set(forget_classes))
     if never:
         raise UsageError(f"the weights in {weights} come from a {stage} run that never trained on class {never}: nothing to forget")

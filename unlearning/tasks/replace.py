@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from unlearning.checkpoints import task_hparams
+from unlearning.checkpoints import held_out_classes
 from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
 from unlearning.losses import distillation, forget_loss
@@ -220,21 +220,14 @@ class ReplaceTask(SelectiveGradient):
 def warn_if_already_known(weights: str, new_classes: Sequence[int]) -> None:
     """Warn when the pretrained checkpoint was trained on a class this run learns as new.
 
-    Learning it again is not replacement, and the new-class accuracy is high from step 0. A
-    pretrain run never trained on its ``new_classes``, an oracle never on its ``forget_classes``;
-    bare state dicts and later stages record nothing and are trusted.
+    Learning it again is not replacement, and the new-class accuracy is high from step 0. What a
+    run held out is :func:`~unlearning.checkpoints.held_out_classes`; bare state dicts and later
+    stages record nothing and are trusted.
     """
-    try:
-        hparams = task_hparams(weights)
-    except UsageError:
+    held_out = held_out_classes(weights)
+    if held_out is None:
         return
-    stage = hparams.get("stage")
-    if stage == "pretrain":
-        unseen = set(hparams.get("new_classes") or [])
-    elif stage == "oracle":
-        unseen = set(hparams.get("forget_classes") or [])
-    else:
-        return
+    stage, unseen = held_out
     known = sorted(set(new_classes) - unseen)
     if known:
         rank_zero_warn(
