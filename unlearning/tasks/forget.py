@@ -304,4 +304,6 @@ def check_trained_on(weights: str, forget_classes: Sequence[int]) -> None:
     stage, unseen = held_out
     never = sorted(unseen & set(forget_classes))
     if never:
-        raise UsageError(f"the weights in {weights} come from a {stage} run that never trained on class {never}: nothing to forget")
+        raise UsageError(
+            f"the weights in {weights} come from {'an' if stage == 'oracle' else 'a'} {stage} run that never trained on class {never}: nothing to forget"
+        )

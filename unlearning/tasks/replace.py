@@ -231,6 +231,6 @@ def warn_if_already_known(weights: str, new_classes: Sequence[int]) -> None:
     known = sorted(set(new_classes) - unseen)
     if known:
         rank_zero_warn(
-            f"the weights in {weights} come from a {stage} run that trained on class {known}, which this run learns as new; "
+            f"the weights in {weights} come from {'an' if stage == 'oracle' else 'a'} {stage} run that trained on class {known}, which this run learns as new; "
             f"pretrain with --data.init_args.new_classes={list(new_classes)} (configs/replace/pretrain.yaml) so it is unseen"
         )
