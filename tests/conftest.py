@@ -45,7 +45,7 @@ class StreamRecorder(Callback):
         self.labels: dict[str, set[int]] = {}
         self.sizes: dict[str, set[int]] = {}
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the batch the step consumed
         for stream, (_, y) in batch.items():
             self.labels.setdefault(stream, set()).update(y.tolist())
             self.sizes.setdefault(stream, set()).add(len(y))

@@ -104,6 +104,8 @@ def test_a_misspelled_config_key_is_rejected(capsys):
         ("--data.init_args.new_classes=[9]", "both forget_classes and new_classes"),
         ("--data.init_args.forget_fraction=1.5", r"\(0, 1\)"),
         ("--data.init_args.val_size=60000", "val_size"),
+        ("--trainer.gradient_clip_val=1.0", "--model.init_args.gradient_clip_val"),
+        ("--trainer.accumulate_grad_batches=2", "batch_size"),
     ],
 )
 def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
@@ -133,3 +135,48 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     ]
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_the_task_steps_the_scheduler_each_epoch_and_on_each_validation(tmp_path):
+    """Lightning leaves schedulers to a task that steps its own optimizer; these are stepped where Lightning would."""
+    step = fit(
+        CONFIGS / "pretrain.yaml", tmp_path / "step", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+        "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.StepLR", "--model.init_args.lr_scheduler.init_args.step_size=1",
+        "--model.init_args.lr_scheduler.init_args.gamma=0.5",
+    )  # fmt: skip
+    assert step.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 4)
+    plateau = fit(
+        CONFIGS / "pretrain.yaml", tmp_path / "plateau", "--trainer.max_epochs=3", "--trainer.limit_train_batches=1",
+        "--model.init_args.optimizer.init_args.lr=0", "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "--model.init_args.lr_scheduler.init_args.mode=max", "--model.init_args.lr_scheduler.init_args.patience=0",
+    )  # fmt: skip
+    scheduler = plateau.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 3  # one step per validation, none for the sanity check
+    assert scheduler.best == plateau.trainer.callback_metrics["val/acc"].item()  # fed the monitored metric
+
+
+def test_gradient_clip_val_bounds_each_step(tmp_path):
+    """With SGD at lr 1, a step moves the weights by exactly the clipped gradient, whose global norm is the bound."""
+    cli = main(
+        ["-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1",
+         "--model.init_args.optimizer=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=1.0", "--model.init_args.gradient_clip_val=0.01"],
+        run=False,
+    )  # fmt: skip
+    before = [p.detach().clone() for p in cli.model.net.parameters()]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(cli.model.net.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(0.01, rel=1e-3)
+
+
+def test_importing_the_package_skips_a_cuda_probe_that_cannot_load():
+    """Lightning's NVML-based CUDA check fails to load NVML on every optimizer step where there is no NVIDIA driver."""
+    import ctypes
+    import os
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        expected = "1"
+    except OSError:
+        expected = "0"
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
+    assert torch.cuda.is_available() == (torch.cuda.device_count() > 0)

@@ -222,9 +222,7 @@ def bench_parser() -> ArgumentParser:
     parser.add_argument("--experiments", type=list[Experiment], default=[])
     parser.add_argument("--only", type=list[str] | None, default=None, help="run only the experiments with these names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps timings stable on a shared CPU")
-    parser.add_argument(
-        "--speed_repeats", type=int, default=3, help="alternations of Lightning against plain torch; 0 skips the comparison"
-    )
+    parser.add_argument("--speed_repeats", type=int, default=5, help="pairs of Lightning against plain torch; 0 skips the comparison")
     return parser
 
 

@@ -27,11 +27,18 @@ class UnlearningCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
     def before_fit(self) -> None:
-        """``--ckpt_path last`` resumes the newest run under the root folder and keeps logging into its folder.
+        """Reject trainer options a task that steps its own optimizer cannot honour, and resolve ``--ckpt_path last``.
 
+        ``last`` resumes the newest run under the root folder and keeps logging into its folder.
         Lightning alone looks for ``last.ckpt`` in the new run's own, empty, version folder and then
         starts from scratch with a warning.
         """
+        if self.trainer.gradient_clip_val:
+            raise UsageError(
+                "tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val"
+            )
+        if self.trainer.accumulate_grad_batches != 1:
+            raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
         if self.config_init["fit"].get("ckpt_path") != "last":
             return
         logger = self.trainer.logger

@@ -92,18 +92,23 @@ def first_layer_weights(net: nn.Module) -> Tensor | None:
 
 
 def tile(images: Tensor) -> Tensor:
-    """``(N, 1, H, W)`` images, each scaled to [0, 1] on its own, as one grid image."""
+    """``(N, 1, H, W)`` images, each scaled to [0, 1] on its own, as one grey ``(1, H', W')`` grid image."""
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
     images = (images - low) / (high - low).clamp(min=1e-12)
-    return make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=1, pad_value=1.0)
+    return _grey_grid(images, pad_value=1.0)
 
 
 def mask_images(mask: Tensor) -> Tensor | None:
     """A saliency mask of a Linear(784, k) weight as a grid of 28x28 pictures: white where a weight may move."""
     if mask.dim() != 2 or mask.shape[1] != 28 * 28:
         return None
-    return make_grid(mask.float().cpu().view(-1, 1, 28, 28), nrow=math.ceil(math.sqrt(len(mask))), padding=1, pad_value=0.5)
+    return _grey_grid(mask.float().cpu().view(-1, 1, 28, 28), pad_value=0.5)
+
+
+def _grey_grid(images: Tensor, pad_value: float) -> Tensor:
+    """A near-square grid of one-channel images, kept one channel (``make_grid`` copies it to three, a 3x larger PNG)."""
+    return make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=1, pad_value=pad_value)[:1]
 
 
 def class_bars(values: dict[str, Tensor | float], title: str = "") -> Figure:

@@ -1,12 +1,13 @@
 """``BaseTask``: what every stage shares (network, optimizer, per-class metrics, figures, safe weight loading).
 
-Subclasses declare the data they train on (``train_streams``) and their loss (``training_step``);
-they never touch the metric or logging plumbing. The hooks follow torchgeo's trainers:
+Subclasses declare the data they train on (``train_streams``) and their loss (``training_loss``);
+they never touch the optimizer, metric or logging plumbing. The hooks follow torchgeo's trainers:
 ``configure_models``, ``configure_losses`` and ``configure_metrics`` run from ``__init__``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
@@ -26,6 +28,9 @@ from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
+
+# ``training_step(dataloader_iter)`` is deliberate (see ``BaseTask.automatic_optimization``), and tested here
+warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
 
 
 class BaseTask(LightningModule):
@@ -40,6 +45,8 @@ class BaseTask(LightningModule):
         weights: a checkpoint or state dict to start ``net`` from (read with ``weights_only=True``).
             It is not a hyperparameter; use the trainer's ``ckpt_path`` to resume a run instead.
         log_figures: log confusion matrices and weight images to TensorBoard.
+        gradient_clip_val: clip the gradients' global norm to this before each step (the task steps
+            its optimizer itself, so this takes the place of the trainer's ``gradient_clip_val``).
     """
 
     #: metric that picks the best checkpoint, and whether higher is better
@@ -47,6 +54,10 @@ class BaseTask(LightningModule):
     mode = "max"
     #: stream name -> splits concatenated into it; set per task (see ``MNISTDataModule``)
     train_streams: Mapping[str, Sequence[str]] = {}
+    #: The task runs its own optimizer step (``training_step``). Lightning's automatic optimisation
+    #: wraps every step in closures and a dozen hook calls and walks each batch through its
+    #: device-transfer hooks, which for a small network cost a tenth of the step (``unlearning.speed``).
+    automatic_optimization = False
 
     def __init__(
         self,
@@ -58,6 +69,7 @@ class BaseTask(LightningModule):
         forget_fraction: float | None = None,
         weights: str | None = None,
         log_figures: bool = True,
+        gradient_clip_val: float | None = None,
     ):
         super().__init__()
         check_classes(forget_classes, new_classes)
@@ -65,7 +77,7 @@ class BaseTask(LightningModule):
         self.net = net
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
-        self.forget_fraction, self.log_figures = forget_fraction, log_figures
+        self.forget_fraction, self.log_figures, self.gradient_clip_val = forget_fraction, log_figures, gradient_clip_val
         self.configure_models()
         if weights is not None:
             load_net_weights(self.net, weights)
@@ -105,6 +117,10 @@ class BaseTask(LightningModule):
         # random-sample forgetting: the forget metric is the accuracy on the forget samples themselves
         self.forget_set_acc = nn.ModuleDict({stage: MulticlassAccuracy(NUM_CLASSES, average="micro") for stage in ("val", "test")})
 
+    def training_loss(self, batch: Batch) -> Tensor:
+        """The loss to minimise on one batch, a dict ``{stream: (x, y)}``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define training_loss")
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the optimizer sees; methods that train only part of ``net`` narrow this."""
         return self.net.parameters()
@@ -130,6 +146,32 @@ class BaseTask(LightningModule):
             )
         ]
 
+    def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> Tensor:
+        """One optimizer step on the next batch; the batches are born on the device, so none is moved."""
+        batch, _, _ = next(dataloader_iter)
+        loss = self.training_loss(batch)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+        return loss
+
+    def step_scheduler(self, on_validation: bool) -> None:
+        """Lightning leaves the scheduler to a task that steps its own optimizer: ``ReduceLROnPlateau``
+        steps on each validation's ``monitor`` value, any other scheduler at the end of each epoch."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None or isinstance(scheduler, ReduceLROnPlateau) != on_validation:
+            return
+        if on_validation:
+            scheduler.step(self.trainer.callback_metrics[self.monitor])
+        else:
+            scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        self.step_scheduler(on_validation=False)
+
     def cross_entropy_step(self, batch: Batch, stream: str) -> Tensor:
         x, y = batch[stream]
         return self.criterion(self.net(x), y)
@@ -147,6 +189,8 @@ class BaseTask(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self.step_scheduler(on_validation=True)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -7,7 +7,7 @@ freeze, checkpointing the mask, metrics) is here once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,7 +72,7 @@ class UnlearnTask(BaseTask):
         x, y = batch[stream]
         return forget_loss(self.forget_objective, self.net(x), y, self.remaining_classes, self.ascent_bound)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_loss(self, batch: Batch) -> Tensor:
         terms = self.losses(batch)
         size = len(next(iter(batch.values()))[1])
         for name, value in terms.items():
@@ -201,10 +201,9 @@ class RandomLabel(UnlearnTask):
 class OneShotEdit(UnlearnTask):
     """A method that edits the weights once instead of descending a loss.
 
-    The edit runs as the only training step, which returns ``None`` so no optimizer step follows,
-    and then stops the fit; the fit still validates, logs and writes its checkpoint like any other.
-    Lightning cannot skip a step under DDP, and a one-off edit gains nothing from more devices, so
-    these methods run on one device.
+    The edit runs as the only training step, whose optimizer step has no gradients and so moves
+    nothing (it only counts the step), and then stops the fit; the fit still validates, logs and writes its checkpoint like any other.
+    A one-off edit gains nothing from more devices, so these methods run on one device.
     """
 
     train_streams: Mapping[str, Sequence[str]] = {"forget": ("forget",)}
@@ -218,8 +217,12 @@ class OneShotEdit(UnlearnTask):
             raise UsageError(f"{type(self).__name__} edits the weights once without gradient steps; run it on one device")
         super().on_fit_start()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> None:
+        next(dataloader_iter)
         self.edit()
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # whatever gradients the edit computed must not move a weight
+        optimizer.step()
         self.trainer.should_stop = True
 
 

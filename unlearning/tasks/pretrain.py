@@ -30,7 +30,7 @@ class PretrainTask(BaseTask):
             return {"train": ("retain", "forget")}
         return {"train": ("retain", "new") if self.new_classes else ("retain",)}
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_loss(self, batch: Batch) -> Tensor:
         loss = self.cross_entropy_step(batch, "train")
         self.log_loss("loss", loss, len(batch["train"][1]))
         return loss
