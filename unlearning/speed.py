@@ -74,7 +74,7 @@ def plain_torch(dm: MNISTDataModule, epochs: int, out: Path) -> float:
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
         for i in range(0, len(order), dm.batch_size):
             idx = order[i : i + dm.batch_size]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            loss = F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -77,7 +77,8 @@ class TensorBatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.sampler.next_pass().to(self.x.device, non_blocking=True)
         if self.index is not None:
-            order = self.index[order]
+            order = self.index.index_select(0, order)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            # index_select, not x[idx]: a third of the time of advanced indexing for whole rows
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)

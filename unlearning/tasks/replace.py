@@ -59,14 +59,13 @@ class ReplaceTask(SelectiveGradient):
         distill_temperature: softening of both distributions in the distillation.
         probe_iterations: L-BFGS iterations of a linear probe that fits the new classes' output units
             on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
+        probe_samples: shuffled samples of retain ∪ new the probe fits on: plenty for a few linear
+            units (10 000 did no better on the validation split), and a small share of the budget.
         stream_batch_sizes: samples per step of the named streams (``forget``, ``new``, ``retain``),
             which the datamodule serves; the others get its ``batch_size``. A retain batch larger
             than the new one balances what the shared features are tuned for.
         **kwargs: see :class:`~unlearning.tasks.forget.SelectiveGradient`.
     """
-
-    #: samples of retain ∪ new the probe fits on: plenty for a few linear units, and a small share of the budget
-    probe_samples = 10_000
 
     def __init__(
         self,
@@ -79,6 +78,7 @@ class ReplaceTask(SelectiveGradient):
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         probe_iterations: int = 0,
+        probe_samples: int = 3000,
         stream_batch_sizes: dict[str, int] | None = None,
         **kwargs: Any,
     ):
@@ -86,12 +86,15 @@ class ReplaceTask(SelectiveGradient):
             raise UsageError(f"head_mode must be 'own' or 'reuse', got {head_mode!r}")
         if saliency_from not in ("old", "new", "both"):
             raise UsageError(f"saliency_from must be 'old', 'new' or 'both', got {saliency_from!r}")
-        if min(new_weight, forget_weight, distill_weight, probe_iterations) < 0 or distill_temperature <= 0:
-            raise UsageError("new_weight, forget_weight, distill_weight and probe_iterations must be >= 0, distill_temperature > 0")
+        if min(new_weight, forget_weight, distill_weight, probe_iterations) < 0 or distill_temperature <= 0 or probe_samples < 1:
+            raise UsageError(
+                "new_weight, forget_weight, distill_weight and probe_iterations must be >= 0, distill_temperature > 0, probe_samples >= 1"
+            )
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
-        self.probe_iterations, self.stream_batch_sizes = probe_iterations, dict(stream_batch_sizes or {})
+        self.probe_iterations, self.probe_samples = probe_iterations, probe_samples
+        self.stream_batch_sizes = dict(stream_batch_sizes or {})
         super().__init__(*args, **kwargs)
         if self.forget_fraction is not None or not self.forget_classes or not self.new_classes:
             raise UsageError("class replacement needs forget_classes (the old classes) and new_classes, and no forget_fraction")
