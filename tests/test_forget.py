@@ -145,6 +145,12 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         ("random_label", "oracle", [], r"oracle run that never trained on class \[9\]"),
         ("layer_freeze_1", "pretrained", ["--model.init_args.layers=6"], r"layers must lie in 1..5 for SeedMLP, got 6"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
+        (
+            "random_label",
+            "pretrained",
+            ["--model.init_args.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau"],
+            "monitors no validation metric",
+        ),
     ],
 )
 def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, override, message, request, untrained_weights, tmp_path):

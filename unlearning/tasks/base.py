@@ -24,12 +24,13 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from unlearning.checkpoints import load_net_weights
 from unlearning.data.splits import NUM_CLASSES, check_classes
+from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
 
-# ``training_step(dataloader_iter)`` is deliberate (see ``BaseTask.automatic_optimization``), and tested here
+# ``training_step(dataloader_iter)`` is deliberate (see ``BaseTask.automatic_optimization``): silence Lightning's "experimental" notice
 warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
 
 
@@ -137,7 +138,10 @@ class BaseTask(LightningModule):
         optimizer = self.optimizer(self.trainable_parameters())
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": self.monitor}}
+        scheduler = self.lr_scheduler(optimizer)
+        if isinstance(scheduler, ReduceLROnPlateau) and self.monitor is None:
+            raise UsageError(f"{type(self).__name__} monitors no validation metric, so ReduceLROnPlateau has nothing to step on")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
 
     def configure_callbacks(self) -> list[Callback]:
         return [
