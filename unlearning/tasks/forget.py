@@ -202,8 +202,9 @@ class OneShotEdit(UnlearnTask):
     """A method that edits the weights once instead of descending a loss.
 
     The edit runs as the only training step, whose optimizer step has no gradients and so moves
-    nothing (it only counts the step), and then stops the fit; the fit still validates, logs and writes its checkpoint like any other.
-    A one-off edit gains nothing from more devices, so these methods run on one device.
+    nothing (it only counts the step), and then stops the fit; the fit still validates, logs and
+    writes its checkpoint like any other. A one-off edit gains nothing from more devices, so these
+    methods run on one device.
     """
 
     train_streams: Mapping[str, Sequence[str]] = {"forget": ("forget",)}
