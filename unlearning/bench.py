@@ -12,6 +12,7 @@ tables and per-seed rows, and PNG plots. Last, it times Lightning against a plai
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -23,6 +24,7 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
+from unlearning.checkpoints import newest_last_checkpoint
 from unlearning.errors import UsageError
 from unlearning.runs import fit_and_test
 from unlearning.speed import compare
@@ -50,10 +52,10 @@ def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
         if Path(result["checkpoint"]).exists():
             bar.update()
             return result
-    resume = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    resume = newest_last_checkpoint(root / "lightning_logs")
     bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
-    run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume[-1] if resume else None)
-    result = {"checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "resumed": bool(resume), "test": run.test_metrics}
+    run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume)
+    result = {"checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "resumed": resume is not None, "test": run.test_metrics}
     done.write_text(json.dumps(result, indent=1))
     bar.update()
     return result
@@ -96,7 +98,7 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list
 
 
 # -- tables -------------------------------------------------------------------------------------
-#: (column key, header, scale, digits, lower is better)
+#: (column key, header, scale, digits)
 COLUMNS = [
     ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "test %", 100, 2), ("new_acc", "new %", 100, 2),
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
@@ -162,12 +164,9 @@ def per_seed_tables(rows: list[dict[str, Any]]) -> str:
 # -- plots --------------------------------------------------------------------------------------
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Per experiment: forget vs retain accuracy, per-class bars before and after, retain accuracy against cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from unlearning.figures import class_bars
+    from unlearning.figures import class_bars  # selects matplotlib's Agg backend
 
     written = []
     for exp in dict.fromkeys(r["experiment"] for r in rows):
@@ -267,6 +266,4 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -87,7 +87,8 @@ def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None) -> nn.
 
 
 def held_out_classes(path: str | Path) -> tuple[str, set[int]] | None:
-    """``(stage, classes)`` for a pretrain or oracle checkpoint: the classes its run never trained on.
+    """``(run, classes)`` for a pretrain or oracle checkpoint: which run it is, for messages
+    ("a pretrain run", "an oracle run"), and the classes that run never trained on.
 
     A pretrain run holds out its ``new_classes``; an oracle trains on retain ∪ new and so holds out
     its ``forget_classes``. A bare state dict or a later stage's checkpoint records no such thing: ``None``.
@@ -98,7 +99,13 @@ def held_out_classes(path: str | Path) -> tuple[str, set[int]] | None:
         return None
     stage = hparams.get("stage")
     if stage == "pretrain":
-        return stage, set(hparams.get("new_classes") or [])
+        return "a pretrain run", set(hparams.get("new_classes") or [])
     if stage == "oracle":
-        return stage, set(hparams.get("forget_classes") or [])
+        return "an oracle run", set(hparams.get("forget_classes") or [])
     return None
+
+
+def newest_last_checkpoint(log_root: str | Path) -> Path | None:
+    """The most recently written ``version_*/checkpoints/last.ckpt`` under a logger's root folder: the run to resume."""
+    found = sorted(Path(log_root).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None

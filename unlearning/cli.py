@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from unlearning.checkpoints import newest_last_checkpoint
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.tasks.base import BaseTask
@@ -43,12 +44,12 @@ class UnlearningCLI(LightningCLI):
             return
         logger = self.trainer.logger
         root = Path(logger.root_dir if logger is not None else Path(self.trainer.default_root_dir) / "lightning_logs")
-        found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        last = newest_last_checkpoint(root)
+        if last is None:
             raise UsageError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume")
-        self.config_init["fit"]["ckpt_path"] = str(found[-1])
+        self.config_init["fit"]["ckpt_path"] = str(last)
         if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
-            logger._version = int(found[-1].parents[1].name.removeprefix("version_"))
+            logger._version = int(last.parents[1].name.removeprefix("version_"))
 
 
 class SaveParsedConfig(SaveConfigCallback):

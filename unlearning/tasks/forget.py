@@ -305,9 +305,7 @@ def check_trained_on(weights: str, forget_classes: Sequence[int]) -> None:
     held_out = held_out_classes(weights)
     if held_out is None:
         return
-    stage, unseen = held_out
+    run, unseen = held_out
     never = sorted(unseen & set(forget_classes))
     if never:
-        raise UsageError(
-            f"the weights in {weights} come from {'an' if stage == 'oracle' else 'a'} {stage} run that never trained on class {never}: nothing to forget"
-        )
+        raise UsageError(f"the weights in {weights} come from {run} that never trained on class {never}: nothing to forget")

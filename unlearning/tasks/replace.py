@@ -230,10 +230,10 @@ def warn_if_already_known(weights: str, new_classes: Sequence[int]) -> None:
     held_out = held_out_classes(weights)
     if held_out is None:
         return
-    stage, unseen = held_out
+    run, unseen = held_out
     known = sorted(set(new_classes) - unseen)
     if known:
         rank_zero_warn(
-            f"the weights in {weights} come from {'an' if stage == 'oracle' else 'a'} {stage} run that trained on class {known}, which this run learns as new; "
+            f"the weights in {weights} come from {run} that trained on class {known}, which this run learns as new; "
             f"pretrain with --data.init_args.new_classes={list(new_classes)} (configs/replace/pretrain.yaml) so it is unseen"
         )
