@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from unlearning.checkpoints import last_checkpoint
 from unlearning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def train_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, *overr
         "--model.init_args.log_figures=false",
         *overrides,
     )
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    return last_checkpoint(cli.trainer)
 
 
 class StreamRecorder(Callback):

@@ -21,6 +21,12 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert set(replaced) == {"pretrained", "oracle", "selective_gradient"}
     assert replaced["pretrained"]["new_acc"] == 0 and replaced["selective_gradient"]["new_acc"] > 0.5  # the 3 was learned
     assert replaced["oracle"]["cost"] == 1 and replaced["selective_gradient"]["cost"] > 0
+    seed0 = out / "runs" / "forget9" / "seed0"
+    (timing_round,) = json.loads((seed0 / "timings.json").read_text())  # timing_repeats: 2, so one round besides the bench's fit
+    assert set(timing_round) == {"oracle", "selective_gradient", "head_mask"}
+    for method in timing_round:
+        first = json.loads((seed0 / method / "result.json").read_text())["fit_seconds"]
+        assert forget9[method]["fit_seconds"] == pytest.approx((first + timing_round[method]) / 2)  # the median of two
     stored = json.loads((out / "results.json").read_text())
     assert len(stored["rows"]) == 7 and "cores" in stored["machine"] and stored["speed"] is None
     table = (out / "results.md").read_text()

@@ -6,11 +6,14 @@ import sys
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.profilers import SimpleProfiler
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import CONFIGS, ROOT, TINY, fit, fit_recording
-from unlearning.cli import main
+from unlearning.checkpoints import last_checkpoint
+from unlearning.cli import NoProfiler, ThrottledProgressBar, main
 from unlearning.errors import UsageError
 from unlearning.tasks import PretrainTask
 
@@ -34,6 +37,21 @@ def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_a
     assert {"val/confusion_matrix", "weights/first_layer"} <= set(events.Tags()["images"])
     confusion = Image.open(io.BytesIO(events.Images("val/confusion_matrix")[-1].encoded_image_string))
     assert confusion.size == (11 * 40, 11 * 22) and confusion.mode == "RGB"  # a 10x10 grid of cells plus the labels
+
+
+def test_last_checkpoint_holds_the_final_step_when_the_best_is_older(tmp_path):
+    # lr 0: the second epoch's val/acc only ties the first, so the best stays at epoch 0 (Lightning 2.6's
+    # save_last would then leave last.ckpt there too)
+    cli = fit(
+        CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+        "--model.init_args.optimizer.init_args.lr=0", "--model.init_args.log_figures=false",
+    )  # fmt: skip
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    (best,) = checkpoints.glob("best-*.ckpt")
+    assert best.name == "best-0-2.ckpt"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, cli.trainer.global_step) == (1, 4)
+    assert last_checkpoint(cli.trainer) == checkpoints / "last.ckpt"
 
 
 def test_oracle_never_sees_the_forget_class(tmp_path):
@@ -166,6 +184,25 @@ def test_gradient_clip_val_bounds_each_step(tmp_path):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(cli.model.net.parameters(), before)])
     assert moved.norm().item() == pytest.approx(0.01, rel=1e-3)
+
+
+def test_trainer_gets_the_cheap_profiler_and_throttled_bar_unless_the_config_names_its_own(tmp_path):
+    def trainer(*overrides):
+        return main(["-c", str(CONFIGS / "pretrain.yaml"), f"--trainer.default_root_dir={tmp_path}", *overrides], run=False).trainer
+
+    default = trainer()
+    assert isinstance(default.profiler, NoProfiler) and isinstance(default.progress_bar_callback, ThrottledProgressBar)
+    assert isinstance(trainer("--trainer.profiler=simple").profiler, SimpleProfiler)
+    assert trainer("--trainer.enable_progress_bar=false").progress_bar_callback is None
+    own = trainer("--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=5")
+    assert type(own.progress_bar_callback) is TQDMProgressBar and own.progress_bar_callback.refresh_rate == 5
+
+
+def test_throttled_bar_redraws_at_most_every_min_interval_and_always_at_the_last_batch(monkeypatch):
+    clock = iter([0.0, 0.05, 0.12, 0.13, 0.14])
+    monkeypatch.setattr("unlearning.cli.time.monotonic", lambda: next(clock))
+    bar = ThrottledProgressBar(min_interval=0.1)
+    assert [bar._should_update(batch, 5) for batch in (1, 2, 3, 4, 5)] == [True, False, True, False, True]
 
 
 def test_importing_the_package_skips_a_cuda_probe_that_cannot_load():

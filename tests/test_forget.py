@@ -10,7 +10,7 @@ from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import CONFIGS, changed, fit_recording
-from unlearning.checkpoints import net_state_dict, read_checkpoint
+from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpoint
 from unlearning.cli import main
 from unlearning.data import MNISTDataModule
 from unlearning.errors import UsageError
@@ -29,8 +29,8 @@ def unlearn(config: Path, weights: Path, root: Path, *overrides: str, run: bool 
     return main(["fit", *args] if run else args, run=run)
 
 
-def last_checkpoint(cli) -> dict:
-    return read_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
+def last_contents(cli) -> dict:
+    return read_checkpoint(last_checkpoint(cli.trainer))
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,10 @@ def test_every_unlearning_config_runs_through_the_cli(config, pretrained_ckpt, u
     cli = unlearn(config, weights, tmp_path, *([COARSE_FISHER] if config.stem == "ssd" else []))
     one_shot = config.stem in ("ssd", "head_mask")
     assert cli.trainer.global_step == (1 if one_shot else 2)  # a one-shot edit stops the fit after its step
-    checkpoint = last_checkpoint(cli)
+    checkpoint = last_contents(cli)
+    assert checkpoint["global_step"] == cli.trainer.global_step  # saved at the end even where no validation fell there
     assert (checkpoint["optimizer_states"][0]["state"] == {}) == one_shot  # and takes no optimizer step
-    assert changed(net_state_dict(weights), net_state_dict(cli.trainer.checkpoint_callback.last_model_path))
+    assert changed(net_state_dict(weights), net_state_dict(last_checkpoint(cli.trainer)))
 
 
 @pytest.mark.parametrize(
@@ -69,8 +70,8 @@ def test_every_unlearning_config_runs_through_the_cli(config, pretrained_ckpt, u
 )  # fmt: skip
 def test_selective_gradient_moves_only_masked_weights_and_logs_the_mask(optimizer, pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", *optimizer)
-    masks = last_checkpoint(cli)["weight_masks"]
-    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    masks = last_contents(cli)["weight_masks"]
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(cli.trainer))
     assert set(masks) == set(before)  # biases are masked too
     assert sum(m.sum() for m in masks.values()) == round(cli.model.mask_fraction * sum(m.numel() for m in masks.values()))
     for name, mask in masks.items():
@@ -83,24 +84,24 @@ def test_selective_gradient_moves_only_masked_weights_and_logs_the_mask(optimize
 
 def test_a_resumed_run_reuses_the_saved_mask(pretrained_ckpt, tmp_path):
     first = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path)
-    saved = last_checkpoint(first)["weight_masks"]
+    saved = last_contents(first)["weight_masks"]
     # a different fraction on resume must not change the mask the run started with
     resumed = unlearn(
         UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--model.init_args.mask_fraction=0.5",
-        "--ckpt_path", first.trainer.checkpoint_callback.last_model_path,
+        "--ckpt_path", str(last_checkpoint(first.trainer)),
     )  # fmt: skip
     assert resumed.trainer.global_step == 4
     for name, mask in saved.items():
         assert torch.equal(resumed.model.weight_masks[name].cpu(), mask), name
-        assert torch.equal(last_checkpoint(resumed)["weight_masks"][name], mask), name
-    before, after = net_state_dict(pretrained_ckpt), net_state_dict(resumed.trainer.checkpoint_callback.last_model_path)
+        assert torch.equal(last_contents(resumed)["weight_masks"][name], mask), name
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(resumed.trainer))
     for name, mask in saved.items():
         assert torch.equal(after[name][~mask], before[name][~mask]), name
 
 
 def test_layer_freeze_moves_exactly_its_last_layers(pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "layer_freeze_2.yaml", pretrained_ckpt, tmp_path)
-    after = net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    after = net_state_dict(last_checkpoint(cli.trainer))
     assert changed(net_state_dict(pretrained_ckpt), after) == {"features.7.weight", "features.7.bias", "head.weight", "head.bias"}
 
 
@@ -115,7 +116,7 @@ def test_finetune_sees_only_retain_batches_and_the_others_see_both(pretrained_ck
 
 def test_head_mask_only_suppresses_the_forget_logit(pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "head_mask.yaml", pretrained_ckpt, tmp_path)
-    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(cli.trainer))
     assert changed(before, after) == {"head.bias"}
     assert after["head.bias"][9] == HeadMask.suppression and torch.equal(after["head.bias"][:9], before["head.bias"][:9])
     assert cli.trainer.callback_metrics["val/forget_acc"] == 0.0
@@ -123,7 +124,7 @@ def test_head_mask_only_suppresses_the_forget_logit(pretrained_ckpt, tmp_path):
 
 def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "ssd.yaml", pretrained_ckpt, tmp_path, "--model.init_args.selection_weighting=3", COARSE_FISHER)
-    before, after = net_state_dict(pretrained_ckpt), net_state_dict(cli.trainer.checkpoint_callback.last_model_path)
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(cli.trainer))
     net = type(cli.model.net)()
     net.load_state_dict(before)
     data = MNISTDataModule()

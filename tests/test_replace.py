@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tests.conftest import CONFIGS, TINY, changed, fit_recording
-from unlearning.checkpoints import build_net, net_state_dict, read_checkpoint, task_hparams
+from unlearning.checkpoints import build_net, last_checkpoint, net_state_dict, read_checkpoint, task_hparams
 from unlearning.cli import main
 from unlearning.errors import UsageError
 from unlearning.tasks.replace import ReplaceTask
@@ -31,7 +31,7 @@ def pretrain(root: Path, *overrides: str) -> Path:
             *overrides,
         ]
     )
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    return last_checkpoint(cli.trainer)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def replace(config: Path, weights: Path, root: Path, *overrides: str, run: bool 
 
 
 def last(cli) -> Path:
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    return last_checkpoint(cli.trainer)
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "oracle"])

@@ -2,7 +2,8 @@
 
 For each experiment and seed it pretrains, retrains the oracle, runs every method from the
 pretrained weights, scores them on the test set, and (for class experiments) runs the evidence
-suite against that seed's oracle and pretrained model. A finished run leaves ``result.json`` in its
+suite against that seed's oracle and pretrained model. The oracle and every method are timed
+``--timing_repeats`` times (the cost is the median). A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
 ``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
 tables and per-seed rows, and PNG plots. Last, it times Lightning against a plain torch loop
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,11 +63,39 @@ def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
     return result
 
 
-def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list[dict[str, Any]]:
+def _median_fit_seconds(
+    runs: dict[str, list[str]], first: dict[str, dict[str, Any]], where: Path, seed: int, repeats: int, bar: tqdm
+) -> dict[str, float]:
+    """Median fit seconds of each run over ``repeats`` fits of the same work.
+
+    The first is the bench's own fit (unless it was resumed: that timed part of a fit); the others
+    run in rounds over all the runs, so that a drift in the machine's speed hits the oracle and the
+    methods alike. The rounds are kept in ``timings.json``, so a rerun does not repeat them.
+    """
+    cache = where / "timings.json"
+    rounds = [r for r in (json.loads(cache.read_text()) if cache.exists() else []) if runs.keys() <= r.keys()][: repeats - 1]
+    bar.update(len(rounds) * len(runs))
+    while len(rounds) < repeats - 1:
+        bar.set_postfix_str(f"{where.parent.name}/{where.name}: timing round {len(rounds) + 1}")
+        with tempfile.TemporaryDirectory() as scratch:
+            timed = {}
+            for name, args in runs.items():
+                timed[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, test=False).fit_seconds
+                bar.update()
+        rounds.append(timed)
+        cache.write_text(json.dumps(rounds, indent=1))
+    medians = {}
+    for name in runs:
+        times = [r[name] for r in rounds] + ([] if first[name]["resumed"] else [first[name]["fit_seconds"]])
+        medians[name] = statistics.median(times or [first[name]["fit_seconds"]])
+    return medians
+
+
+def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_repeats: int = 1) -> list[dict[str, Any]]:
     """One row per (experiment, method, seed) with test metrics, fit seconds, cost against the oracle and evidence."""
     from unlearning.evaluation import evaluate_against
 
-    total = sum(len(seeds) * (2 + len(e.methods)) for e in experiments)
+    total = sum(len(seeds) * (2 + len(e.methods) + (timing_repeats - 1) * (1 + len(e.methods))) for e in experiments)
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc="bench", unit="run") as bar:
         for exp in experiments:
@@ -76,8 +106,11 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list
                     "oracle": _run(exp.oracle, where / "oracle", seed, bar),
                 }
                 weights = f"--model.init_args.weights={stages['pretrained']['checkpoint']}"
-                for method, args in exp.methods.items():
-                    stages[method] = _run([*args, weights], where / method, seed, bar)
+                timed = {"oracle": exp.oracle, **{method: [*args, weights] for method, args in exp.methods.items()}}
+                for method in exp.methods:
+                    stages[method] = _run(timed[method], where / method, seed, bar)
+                seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
+                seconds |= _median_fit_seconds(timed, stages, where, seed, timing_repeats, bar)
                 evidence = {}
                 if exp.evidence:
                     bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
@@ -85,12 +118,11 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path) -> list
                     evidence = evaluate_against(
                         checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json"
                     )
-                oracle_seconds = stages["oracle"]["fit_seconds"]
                 for method, result in stages.items():
                     rows.append(
                         {
                             "experiment": exp.name, "method": method, "seed": seed,
-                            "fit_seconds": result["fit_seconds"], "cost": result["fit_seconds"] / oracle_seconds,
+                            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
                             **{k.removeprefix("test/"): v for k, v in result["test"].items()}, **evidence.get(method, {}),
                         }
                     )  # fmt: skip
@@ -221,6 +253,9 @@ def bench_parser() -> ArgumentParser:
     parser.add_argument("--experiments", type=list[Experiment], default=[])
     parser.add_argument("--only", type=list[str] | None, default=None, help="run only the experiments with these names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps timings stable on a shared CPU")
+    parser.add_argument(
+        "--timing_repeats", type=int, default=1, help="fits timed per oracle and method; the cost is the median (the VM's speed drifts)"
+    )
     parser.add_argument("--speed_repeats", type=int, default=5, help="pairs of Lightning against plain torch; 0 skips the comparison")
     return parser
 
@@ -236,7 +271,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = run_grid(experiments, args.seeds, out)
+    if args.timing_repeats < 1:
+        raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
+    rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
     speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {_cores()} cores, torch {torch.__version__}"

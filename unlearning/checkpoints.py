@@ -1,6 +1,6 @@
-"""Reading network weights from user files safely (``weights_only=True``), with errors that name the mismatch.
+"""Writing ``last.ckpt`` and reading network weights from user files safely (``weights_only=True``).
 
-This is the ``net`` contract's only door: a Lightning checkpoint of any task here (its state
+Reading is the ``net`` contract's only door: a Lightning checkpoint of any task here (its state
 dict keys start with ``net.``) or a bare ``state_dict`` of the network. The readers take the file's
 path, and optionally its contents already read by :func:`read_checkpoint`, so that a caller who
 needs several things from one file reads it once (the path then only names it in errors).
@@ -13,9 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 from unlearning.errors import UsageError
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt``, rewritten with the latest state at every checkpoint trigger.
+
+    Since Lightning 2.6, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is written
+    at the same step, so beside a monitored best it stays at the best epoch, and resuming or testing
+    "the last checkpoint" silently uses an older model. This unmonitored callback keeps one checkpoint,
+    named ``last``, so it is always the newest; a monitored ``ModelCheckpoint`` beside it keeps the best.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", save_top_k=1, enable_version_counter=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        """A fit can stop between checkpoint triggers (``max_steps`` before the next validation): save its final state."""
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # skips fast_dev_run and a step already saved
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def last_checkpoint(trainer: Trainer) -> Path:
+    """The ``last.ckpt`` a fit wrote (see :class:`LatestCheckpoint`)."""
+    latest = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LatestCheckpoint)]
+    if not latest or not latest[0].best_model_path:
+        raise RuntimeError("this fit wrote no last.ckpt")
+    return Path(latest[0].best_model_path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unlearning.checkpoints import last_checkpoint
 from unlearning.cli import main
 
 
@@ -40,7 +41,7 @@ def fit_and_test(
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
-    checkpoint = Path(cli.trainer.checkpoint_callback.last_model_path)
+    checkpoint = last_checkpoint(cli.trainer)
     metrics: dict[str, float] = {}
     if test:
         (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[:1]

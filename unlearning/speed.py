@@ -97,13 +97,18 @@ def lightning_fit(epochs: int, out: Path) -> tuple[float, MNISTDataModule]:
 
 
 def compare(epochs: int = 5, repeats: int = 5) -> SpeedResult:
-    """Run ``repeats`` pairs, each the Lightning run and then the plain loop, in this process."""
+    """Run ``repeats`` pairs in this process, each the Lightning run and the plain loop back to back,
+    in alternating order so that a drift in the machine's speed favours neither."""
     plain, lightning = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeats):
+        dm = lightning_fit(1, Path(tmp))[1]  # warm-up: first-call costs (imports, allocator) belong to neither side
+        for pair in range(repeats):
+            if pair % 2:
+                plain.append(plain_torch(dm, epochs, Path(tmp)))
             seconds, dm = lightning_fit(epochs, Path(tmp))
             lightning.append(seconds)
-            plain.append(plain_torch(dm, epochs, Path(tmp)))
+            if not pair % 2:
+                plain.append(plain_torch(dm, epochs, Path(tmp)))
     return SpeedResult(plain, lightning)
 
 

@@ -75,6 +75,11 @@ class TensorBatchLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.index is None and not self.sampler.shuffle and self.sampler.world_size == 1:
+            # every row in order (evaluation): the batches are slices, nothing is copied
+            for start in range(0, len(self.x), self.batch_size):
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            return
         order = self.sampler.next_pass().to(self.x.device, non_blocking=True)
         if self.index is not None:
             order = self.index.index_select(0, order)

@@ -198,9 +198,13 @@ class MNISTDataModule(LightningDataModule):
         if len(idx) == 0:
             raise UsageError(f"split {'+'.join(splits)} is empty")
         rank, world = self._rank_and_world() if shard else (0, 1)
-        order = ShardedOrder(len(idx), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
-        batch_size = batch_size or (self.batch_size if train else self.eval_batch_size)
-        return TensorBatchLoader(x, y, batch_size, order, index=idx)
+        if not train:
+            # evaluation visits this rank's rows in the same order every time: gather them once, serve slices
+            rows = idx[rank::world]
+            x, y = x.index_select(0, rows), y.index_select(0, rows)
+            return TensorBatchLoader(x, y, batch_size or self.eval_batch_size, ShardedOrder(len(rows), shuffle=False, pad=False))
+        order = ShardedOrder(len(idx), shuffle=True, seed=self.seed, rank=rank, world_size=world)
+        return TensorBatchLoader(x, y, batch_size or self.batch_size, order, index=idx)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches are already on the device (the tensors moved there once): skip Lightning's per-step walk over them."""

@@ -22,7 +22,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from unlearning.checkpoints import load_net_weights
+from unlearning.checkpoints import LatestCheckpoint, load_net_weights
 from unlearning.data.splits import NUM_CLASSES, check_classes
 from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
@@ -144,10 +144,10 @@ class BaseTask(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
 
     def configure_callbacks(self) -> list[Callback]:
+        """The best checkpoint by ``monitor``, then ``last.ckpt``: last, so it holds the best one's updated state."""
         return [
-            ModelCheckpoint(
-                monitor=self.monitor, mode=self.mode, save_last=True, filename="best-{epoch}-{step}", auto_insert_metric_name=False
-            )
+            ModelCheckpoint(monitor=self.monitor, mode=self.mode, filename="best-{epoch}-{step}", auto_insert_metric_name=False),
+            LatestCheckpoint(),
         ]
 
     def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> Tensor:

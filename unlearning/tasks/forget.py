@@ -11,10 +11,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from unlearning.checkpoints import held_out_classes
+from unlearning.checkpoints import LatestCheckpoint, held_out_classes
 from unlearning.data.splits import retain_classes
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
@@ -82,7 +82,8 @@ class UnlearnTask(BaseTask):
         return loss
 
     def configure_callbacks(self) -> list[Callback]:
-        return [ModelCheckpoint(save_last=True, filename="{epoch}-{step}")]
+        """``last.ckpt`` only: with no monitored metric there is no best to keep beside it."""
+        return [LatestCheckpoint()]
 
     def on_fit_start(self) -> None:
         if self.weight_masks is None:  # a resumed run restored its mask in on_load_checkpoint
