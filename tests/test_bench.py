@@ -8,6 +8,7 @@ import torch
 from tests.conftest import ROOT
 from unlearning.bench import bench_parser
 from unlearning.cli import main
+from unlearning.errors import UsageError
 from unlearning.speed import compare
 
 
@@ -60,3 +61,9 @@ def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
         for args in [exp.pretrain, exp.oracle, *exp.methods.values()]:
             cli = main(["-c", *args, f"--trainer.default_root_dir={tmp_path}"], run=False)  # as fit_and_test runs them
             assert cli.model.net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_bench_rejects_zero_timing_repeats_before_writing_anything(tmp_path):
+    with pytest.raises(UsageError, match="--timing_repeats must be at least 1"):
+        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results"), "--timing_repeats=0"])
+    assert not (tmp_path / "results").exists()

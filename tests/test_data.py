@@ -1,4 +1,5 @@
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,13 @@ def test_ranks_get_disjoint_shards_with_equal_batch_counts():
     assert len(seen[0]) == len(seen[1])
     orders = [loader.index[loader.sampler.next_pass()] for loader in loaders]
     assert len(set(orders[0].tolist()) & set(orders[1].tolist())) <= 1  # disjoint but for the one padding sample
+
+
+def test_loaded_tensors_are_kept_until_a_file_changes(data_copy: Path):
+    first = load_mnist(data_copy, train=False)
+    assert load_mnist(data_copy, train=False)[0] is first[0]  # read and normalised once per process
+    labels = prepare_mnist(data_copy) / "t10k-labels-idx1-ubyte"
+    stat = labels.stat()
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = load_mnist(data_copy, train=False)  # re-verified and read again
+    assert again[0] is not first[0] and torch.equal(again[0], first[0])

@@ -267,12 +267,12 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
+    if args.timing_repeats < 1:
+        raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if args.timing_repeats < 1:
-        raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
     speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
