@@ -27,7 +27,7 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert set(timing_round) == {"oracle", "selective_gradient", "head_mask"}
     for method in timing_round:
         first = json.loads((seed0 / method / "result.json").read_text())["fit_seconds"]
-        assert forget9[method]["fit_seconds"] == pytest.approx((first + timing_round[method]) / 2)  # the median of two
+        assert forget9[method]["fit_seconds"] == min(first, timing_round[method])  # the best of two
     stored = json.loads((out / "results.json").read_text())
     assert len(stored["rows"]) == 7 and "cores" in stored["machine"] and stored["speed"] is None
     table = (out / "results.md").read_text()
