@@ -79,11 +79,11 @@ def _best_fit_seconds(
     while len(rounds) < repeats - 1:
         bar.set_postfix_str(f"{where.parent.name}/{where.name}: timing round {len(rounds) + 1}")
         with tempfile.TemporaryDirectory() as scratch:
-            timed = {}
+            round_seconds = {}
             for name, args in runs.items():
-                timed[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, test=False).fit_seconds
+                round_seconds[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, test=False).fit_seconds
                 bar.update()
-        rounds.append(timed)
+        rounds.append(round_seconds)
         cache.write_text(json.dumps(rounds, indent=1))
     best = {}
     for name in runs:
@@ -107,11 +107,11 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
                     "oracle": _run(exp.oracle, where / "oracle", seed, bar),
                 }
                 weights = f"--model.init_args.weights={stages['pretrained']['checkpoint']}"
-                timed = {"oracle": exp.oracle, **{method: [*args, weights] for method, args in exp.methods.items()}}
+                timed_runs = {"oracle": exp.oracle, **{method: [*args, weights] for method, args in exp.methods.items()}}
                 for method in exp.methods:
-                    stages[method] = _run(timed[method], where / method, seed, bar)
+                    stages[method] = _run(timed_runs[method], where / method, seed, bar)
                 seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
-                seconds |= _best_fit_seconds(timed, stages, where, seed, timing_repeats, bar)
+                seconds |= _best_fit_seconds(timed_runs, stages, where, seed, timing_repeats, bar)
                 evidence = {}
                 if exp.evidence:
                     bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")

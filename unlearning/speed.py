@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class SpeedResult:
-    """Wall seconds of each side-by-side pair (a Lightning run, then the plain loop).
+    """Wall seconds of each side-by-side pair (a Lightning run and the plain loop, back to back).
 
     This VM's speed drifts by tens of percent within a minute, so the ratio is taken within each
-    pair, which runs back to back, and the median over pairs is the headline; the ratio of each
-    side's best run is printed beside it.
+    pair and the median over pairs is the headline; the ratio of each side's best run is printed
+    beside it.
     """
 
     plain_seconds: list[float]
