@@ -70,7 +70,17 @@ def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
             assert cli.model.net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-def test_bench_rejects_zero_timing_repeats_before_writing_anything(tmp_path):
-    with pytest.raises(UsageError, match="--timing_repeats must be at least 1"):
-        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results"), "--timing_repeats=0"])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--timing_repeats=0", "--timing_repeats must be at least 1"), ("--speed_repeats=-1", "--speed_repeats must be 0")],
+)
+def test_bench_rejects_bad_repeat_counts_before_writing_anything(tmp_path, option, message):
+    with pytest.raises(UsageError, match=message):
+        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results"), option])
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"chunk": 0}, {"epochs": 0}])
+def test_speed_comparison_rejects_counts_below_one(kwargs):
+    with pytest.raises(UsageError, match="must be at least 1"):
+        compare(**kwargs)

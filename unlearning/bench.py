@@ -273,6 +273,8 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
     if args.timing_repeats < 1:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
+    if args.speed_repeats < 0:
+        raise UsageError(f"--speed_repeats must be 0 (no speed comparison) or more, got {args.speed_repeats}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

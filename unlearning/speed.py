@@ -31,6 +31,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from unlearning.cli import main
 from unlearning.data.mnist import MNISTDataModule
+from unlearning.errors import UsageError
 from unlearning.models import SeedMLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,8 @@ def interleaved_fit(epochs: int, out: Path, chunk: int) -> tuple[float, PlainLoo
 
 def compare(epochs: int = 5, repeats: int = 3, chunk: int = 25) -> SpeedResult:
     """``repeats`` interleaved fits after a one-epoch warm-up (first-call costs belong to neither side)."""
+    if min(epochs, repeats, chunk) < 1:
+        raise UsageError(f"epochs, repeats and chunk must be at least 1, got {epochs}, {repeats} and {chunk}")
     plain, lightning = [], []
     with tempfile.TemporaryDirectory() as tmp:
         interleaved_fit(1, Path(tmp), chunk)
@@ -165,4 +168,7 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both; 1 keeps timings stable on a shared CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(compare(args.epochs, args.repeats, args.chunk).report())
+    try:
+        print(compare(args.epochs, args.repeats, args.chunk).report())
+    except UsageError as err:
+        parser.error(str(err))
