@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
 from unlearning.cli import main
 from unlearning.data.mnist import MNISTDataModule
@@ -79,7 +80,11 @@ class PlainLoop:
         self.net = SeedMLP()
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         self.epoch, self.steps_done, self.total_steps, self.seconds = 0, 0, 0, 0.0
-        self.order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(0))
+        self.order = self._epoch_order()
+
+    def _epoch_order(self) -> Tensor:
+        """This epoch's shuffle, seeded by the epoch."""
+        return torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
 
     def steps(self, n: int) -> None:
         """``n`` optimizer steps, continuing this epoch's shuffled order."""
@@ -106,7 +111,7 @@ class PlainLoop:
             per_class = torch.stack([(preds[self.val_y == c] == c).float().mean() for c in range(10)])
         torch.save({"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "per_class": per_class}, self.out / "plain.pt")
         self.epoch, self.steps_done = self.epoch + 1, 0
-        self.order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
+        self.order = self._epoch_order()
         self.seconds += time.perf_counter() - start
 
 
