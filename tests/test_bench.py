@@ -46,10 +46,13 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
 
 def test_speed_comparison_times_both_loops_side_by_side():
     result = compare(epochs=1, repeats=2)
-    assert len(result.plain_seconds) == len(result.lightning_seconds) == 2
+    assert len(result.plain_seconds) == len(result.lightning_seconds) == len(result.bare_seconds) == len(result.bare_plain_seconds) == 2
     assert result.run_ratios == [result.lightning_seconds[i] / result.plain_seconds[i] for i in range(2)]
     assert result.ratio == sum(result.run_ratios) / 2  # the median of two
-    assert "median of the interleaved runs" in result.report() and "target ≤ 1.30" in result.report()
+    assert result.floor_ratios == [result.bare_seconds[i] / result.bare_plain_seconds[i] for i in range(2)]
+    assert result.floor == sum(result.floor_ratios) / 2
+    report = result.report()
+    assert "median of the interleaved runs" in report and "target ≤ 1.30" in report and "lightning floor" in report
 
 
 def test_plain_loop_interleaved_with_the_fit_does_the_same_work(tmp_path):
@@ -57,6 +60,22 @@ def test_plain_loop_interleaved_with_the_fit_does_the_same_work(tmp_path):
     lightning_seconds, plain = interleaved_fit(2, tmp_path, chunk=26)
     assert plain.total_steps == 2 * 275 and plain.epoch == 2 and plain.steps_done == 0
     assert (tmp_path / "plain.pt").is_file() and 0 < plain.seconds and 0 < lightning_seconds
+
+
+def test_bare_fit_matches_the_plain_loops_steps_alone(tmp_path):
+    """The floor: Lightning with nothing but the step, against the plain loop with no validation or checkpoint."""
+    lightning_seconds, plain = interleaved_fit(1, tmp_path, chunk=26, bare=True)
+    assert plain.total_steps == 275 and plain.epoch == 1 and not (tmp_path / "plain.pt").exists()
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "lightning_logs").exists()  # no checkpoint, no logger
+    assert 0 < plain.seconds and 0 < lightning_seconds
+
+
+def test_speed_fit_args_reach_the_fit(tmp_path):
+    """``python -m unlearning.speed -- ARGS`` measures the fit with a feature changed; a misspelled key fails as in ``fit``."""
+    _, plain = interleaved_fit(1, tmp_path, chunk=25, fit_args=["--trainer.logger=false"])
+    assert plain.total_steps == 275 and not (tmp_path / "lightning_logs").exists()
+    with pytest.raises(SystemExit):
+        interleaved_fit(1, tmp_path, chunk=25, fit_args=["--trainer.loger=false"])
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("bench*.yaml")), ids=lambda p: p.name)

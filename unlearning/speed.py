@@ -13,7 +13,12 @@ machines and their ratio wandered between 1.1 and 2.0. Here the plain loop runs 
 same machine; Lightning's time is the fit's wall time minus the plain chunks. The driving callback's
 own per-step hook calls are charged to Lightning.
 
-    python -m unlearning.speed [--epochs 5] [--repeats 3] [--chunk 25] [--threads 1]
+Lightning's floor: each repeat also times a bare fit of the same training steps, Lightning's
+``barebones`` settings (no logger, checkpoints, progress bar, summary or validation) with a module
+that does nothing but step, against the plain loop's steps alone. The gap between the two ratios is
+what this project's fit adds; the floor is what Lightning's own loop costs before any feature.
+
+    python -m unlearning.speed [--epochs 5] [--repeats 3] [--chunk 25] [--threads 1] [-- FIT_ARGS ...]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from unlearning.cli import main
+from unlearning.cli import NoProfiler, main
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.models import SeedMLP
@@ -40,18 +46,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class SpeedResult:
-    """Wall seconds of each interleaved run: the Lightning fit's own, and the plain loop's summed chunks."""
+    """Wall seconds of each interleaved run: the Lightning fit's own and the plain loop's summed chunks,
+    and the same for the bare fit (Lightning's floor) against the plain loop's steps alone."""
 
     plain_seconds: list[float]
     lightning_seconds: list[float]
+    bare_plain_seconds: list[float]
+    bare_seconds: list[float]
 
     @property
     def run_ratios(self) -> list[float]:
-        return [lightning / plain for lightning, plain in zip(self.lightning_seconds, self.plain_seconds)]
+        return _ratios(self.lightning_seconds, self.plain_seconds)
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.run_ratios)
+
+    @property
+    def floor_ratios(self) -> list[float]:
+        return _ratios(self.bare_seconds, self.bare_plain_seconds)
+
+    @property
+    def floor(self) -> float:
+        return statistics.median(self.floor_ratios)
 
     def report(self) -> str:
         def runs(values: list[float]) -> str:
@@ -61,21 +78,28 @@ class SpeedResult:
             f"plain torch loop : {runs(self.plain_seconds)} s\n"
             f"lightning fit    : {runs(self.lightning_seconds)} s\n"
             f"ratio per run    : {runs(self.run_ratios)}\n"
-            f"ratio            : {self.ratio:6.2f}  median of the interleaved runs (target ≤ 1.30)"
+            f"ratio            : {self.ratio:6.2f}  median of the interleaved runs (target ≤ 1.30)\n"
+            f"floor per run    : {runs(self.floor_ratios)}  (bare fit {runs(self.bare_seconds)} s, plain steps {runs(self.bare_plain_seconds)} s)\n"
+            f"lightning floor  : {self.floor:6.2f}  median: Lightning's loop with no logger, checkpoint, bar, summary or validation"
         )
+
+
+def _ratios(lightning: list[float], plain: list[float]) -> list[float]:
+    return [a / b for a, b in zip(lightning, plain)]
 
 
 class PlainLoop:
     """The same training as configs/pretrain.yaml, hand-written: the floor Lightning is measured against.
 
     It advances in chunks (:meth:`steps`, :meth:`end_epoch`) so it can be interleaved with a fit;
-    ``seconds`` counts the time spent inside them only.
+    ``seconds`` counts the time spent inside them only. With ``evaluate=False`` an epoch's end only
+    reshuffles (the bare fit's counterpart: steps alone).
     """
 
-    def __init__(self, dm: MNISTDataModule, out: Path):
+    def __init__(self, dm: MNISTDataModule, out: Path, evaluate: bool = True):
         self.x, self.y = dm.split_tensors("retain", "forget")
         self.val_x, self.val_y = dm.split_tensors("val")
-        self.batch_size, self.eval_batch_size, self.out = dm.batch_size, dm.eval_batch_size, out
+        self.batch_size, self.eval_batch_size, self.out, self.evaluate = dm.batch_size, dm.eval_batch_size, out, evaluate
         torch.manual_seed(0)
         self.net = SeedMLP()
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
@@ -102,14 +126,16 @@ class PlainLoop:
         self.seconds += time.perf_counter() - start
 
     def end_epoch(self) -> None:
-        """Per-class validation accuracy and a checkpoint, then the next epoch's order."""
+        """Per-class validation accuracy and a checkpoint (if ``evaluate``), then the next epoch's order."""
         start = time.perf_counter()
-        self.net.eval()
-        with torch.no_grad():
-            batches = range(0, len(self.val_y), self.eval_batch_size)
-            preds = torch.cat([self.net(self.val_x[i : i + self.eval_batch_size]).argmax(1) for i in batches])
-            per_class = torch.stack([(preds[self.val_y == c] == c).float().mean() for c in range(10)])
-        torch.save({"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "per_class": per_class}, self.out / "plain.pt")
+        if self.evaluate:
+            self.net.eval()
+            with torch.no_grad():
+                batches = range(0, len(self.val_y), self.eval_batch_size)
+                preds = torch.cat([self.net(self.val_x[i : i + self.eval_batch_size]).argmax(1) for i in batches])
+                per_class = torch.stack([(preds[self.val_y == c] == c).float().mean() for c in range(10)])
+            state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "per_class": per_class}
+            torch.save(state, self.out / "plain.pt")
         self.epoch, self.steps_done = self.epoch + 1, 0
         self.order = self._epoch_order()
         self.seconds += time.perf_counter() - start
@@ -138,31 +164,84 @@ class Interleave(Callback):
             raise RuntimeError(f"the plain loop took {self.plain.total_steps} steps, the fit {trainer.global_step}: not the same work")
 
 
-def interleaved_fit(epochs: int, out: Path, chunk: int) -> tuple[float, PlainLoop]:
-    """One fit of configs/pretrain.yaml with the plain loop interleaved: Lightning's seconds, and the plain loop."""
+class BareTask(LightningModule):
+    """The plain loop's step in Lightning and nothing else: the floor any Lightning fit of this loop pays.
+
+    It steps as :class:`~unlearning.tasks.base.BaseTask` does (its own optimizer, the batch fetched
+    from ``dataloader_iter``), the cheapest way through Lightning's loop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = SeedMLP()
+        self.automatic_optimization = False
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=1e-3)
+
+    def training_step(self, dataloader_iter: Iterator[tuple[tuple[Tensor, Tensor], int, int]]) -> Tensor:
+        (x, y), _, _ = next(dataloader_iter)
+        loss = F.cross_entropy(self.net(x), y)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def interleaved_fit(epochs: int, out: Path, chunk: int, bare: bool = False, fit_args: Sequence[str] = ()) -> tuple[float, PlainLoop]:
+    """One fit of configs/pretrain.yaml with the plain loop interleaved: Lightning's seconds, and the plain loop.
+
+    ``bare``: the same steps through :class:`BareTask` on Lightning's ``barebones`` settings (with the
+    project's null profiler, which ``barebones=True`` would refuse), against the plain loop's steps alone.
+    ``fit_args``: more command-line arguments for the project's fit (``--trainer.logger=false``), to
+    measure what a feature costs; the plain loop does not change.
+    """
     cli = main(
-        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}"], run=False
+        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *fit_args],
+        run=False,
     )
     cli.datamodule.setup()
-    plain = PlainLoop(cli.datamodule, out)
-    cli.trainer.callbacks.append(Interleave(plain, chunk))
+    plain = PlainLoop(cli.datamodule, out, evaluate=not bare)
+    if bare:
+        trainer = Trainer(
+            max_epochs=epochs,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=0,
+            profiler=NoProfiler(),
+            callbacks=[Interleave(plain, chunk)],
+            default_root_dir=out,
+        )
+        model, data = BareTask(), {"train_dataloaders": cli.datamodule.loader("retain", "forget", train=True)}
+    else:
+        trainer, model, data = cli.trainer, cli.model, {"datamodule": cli.datamodule}
+        trainer.callbacks.append(Interleave(plain, chunk))
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    trainer.fit(model, **data)
     return time.perf_counter() - start - plain.seconds, plain
 
 
-def compare(epochs: int = 5, repeats: int = 3, chunk: int = 25) -> SpeedResult:
-    """``repeats`` interleaved fits after a one-epoch warm-up (first-call costs belong to neither side)."""
+def compare(epochs: int = 5, repeats: int = 3, chunk: int = 25, fit_args: Sequence[str] = ()) -> SpeedResult:
+    """``repeats`` rounds of an interleaved fit and a bare one, after a one-epoch warm-up of each
+    (first-call costs belong to neither side)."""
     if min(epochs, repeats, chunk) < 1:
         raise UsageError(f"epochs, repeats and chunk must be at least 1, got {epochs}, {repeats} and {chunk}")
-    plain, lightning = [], []
+    seconds: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
     with tempfile.TemporaryDirectory() as tmp:
-        interleaved_fit(1, Path(tmp), chunk)
+        for bare in (False, True):
+            interleaved_fit(1, Path(tmp), chunk, bare, fit_args)
         for _ in range(repeats):
-            fit_seconds, loop = interleaved_fit(epochs, Path(tmp), chunk)
-            lightning.append(fit_seconds)
-            plain.append(loop.seconds)
-    return SpeedResult(plain, lightning)
+            for bare, (plain, lightning) in seconds.items():
+                fit_seconds, loop = interleaved_fit(epochs, Path(tmp), chunk, bare, fit_args)
+                lightning.append(fit_seconds)
+                plain.append(loop.seconds)
+    return SpeedResult(*seconds[False], *seconds[True])
 
 
 if __name__ == "__main__":
@@ -171,9 +250,10 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3, help="interleaved fits; the median of their ratios is reported")
     parser.add_argument("--chunk", type=int, default=25, help="plain-loop steps per interleaved chunk")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both; 1 keeps timings stable on a shared CPU")
+    parser.add_argument("fit_args", nargs="*", help="after --: more arguments for the project's fit, e.g. -- --trainer.logger=false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        print(compare(args.epochs, args.repeats, args.chunk).report())
+        print(compare(args.epochs, args.repeats, args.chunk, args.fit_args).report())
     except UsageError as err:
         parser.error(str(err))
