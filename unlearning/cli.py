@@ -111,7 +111,7 @@ class SaveParsedConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.parser.save = partial(type(self.parser).save, self.parser, skip_check=True)  # type: ignore[method-assign]
+        self.parser.save = partial(type(self.parser).save, self.parser, skip_validation=True)  # type: ignore[method-assign]
         try:
             super().setup(trainer, pl_module, stage)
         finally:
