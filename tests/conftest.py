@@ -10,6 +10,7 @@ from lightning.pytorch import Callback
 
 from unlearning.checkpoints import last_checkpoint
 from unlearning.cli import main
+from unlearning.evaluation.data import load_eval_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -75,3 +76,37 @@ def pretrained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def oracle_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SeedMLP trained for 50 steps without digit 9."""
     return train_checkpoint(tmp_path_factory, "oracle", "--model.init_args.stage=oracle")
+
+
+# -- checkpoints for the evidence suite -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def evaluation_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full epoch: shorter runs leave features that barely know any digit, so nothing could be hidden."""
+    return train_checkpoint(tmp_path_factory, "evaluation_pretrained", batches="1.0")
+
+
+@pytest.fixture(scope="session")
+def evaluation_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_checkpoint(tmp_path_factory, "evaluation_oracle", "--model.init_args.stage=oracle", batches="1.0")
+
+
+def edited(source: Path, target: Path, bias_9: float | None = None, **hparams) -> Path:
+    """A copy of a checkpoint with the class-9 head bias and some hyperparameters replaced."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    if bias_9 is not None:
+        checkpoint["state_dict"]["net.head.bias"][9] = bias_9
+    checkpoint["hyper_parameters"].update(hparams)
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def evaluation_head_mask(evaluation_pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The notebook's hiding trick: the pretrained net with digit 9's logit pushed to -1e4 through the head's bias."""
+    return edited(evaluation_pretrained, tmp_path_factory.mktemp("head_mask") / "head_mask.ckpt", bias_9=-1e4, stage="head_mask")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """MNIST split for forget class 9, seed 0, as the evaluation suite sees it."""
+    return load_eval_data("data", [9], [], None, 5000, 0)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import train_checkpoint
+from tests.conftest import edited
 from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation import (
@@ -29,8 +30,10 @@ from unlearning.evaluation import (
 from unlearning.evaluation.cli import evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.outputs import label_log_probabilities
+from unlearning.evaluation.outputs import hidden_layers, label_log_probabilities, layer_features
+from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
 from unlearning.evaluation.suite import Budget, evaluate_net
+from unlearning.evaluation.verdict import most_telling_layer, probe_ratios
 from unlearning.metrics import unit_to_label
 from unlearning.models import LogisticRegression
 
@@ -43,39 +46,6 @@ def _one_thread():
     """Like the command: these checks are many small steps, which a second thread slows down on a busy 2-core machine."""
     with torch_threads(1):
         yield
-
-
-# -- checkpoints through the real CLI -----------------------------------------------------------
-@pytest.fixture(scope="session")
-def evaluation_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full epoch: shorter runs leave features that barely know any digit, so nothing could be hidden."""
-    return train_checkpoint(tmp_path_factory, "evaluation_pretrained", batches="1.0")
-
-
-@pytest.fixture(scope="session")
-def evaluation_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_checkpoint(tmp_path_factory, "evaluation_oracle", "--model.init_args.stage=oracle", batches="1.0")
-
-
-def _edited(source: Path, target: Path, bias_9: float | None = None, **hparams) -> Path:
-    """A copy of a checkpoint with the class-9 head bias and some hyperparameters replaced."""
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    if bias_9 is not None:
-        checkpoint["state_dict"]["net.head.bias"][9] = bias_9
-    checkpoint["hyper_parameters"].update(hparams)
-    torch.save(checkpoint, target)
-    return target
-
-
-@pytest.fixture(scope="session")
-def evaluation_head_mask(evaluation_pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The notebook's hiding trick: the pretrained net with digit 9's logit pushed to -1e4 through the head's bias."""
-    return _edited(evaluation_pretrained, tmp_path_factory.mktemp("head_mask") / "head_mask.ckpt", bias_9=-1e4, stage="head_mask")
-
-
-@pytest.fixture(scope="session")
-def mnist():
-    return load_eval_data("data", [9], [], None, 5000, 0)
 
 
 # -- check 1 and 7: accuracy -------------------------------------------------------------------
@@ -143,8 +113,8 @@ def test_mia_features_by_hand():
 
 # -- check 3 and 8: gap and verdict ------------------------------------------------------------
 ORACLE = {
-    "ua": 100.0, "ra": 97.0, "ta": 96.0, "mia": 100.0, "forget_test_acc": 0.0, "probe_auc": 0.96, "relearn_steps": 20,
-    "reach_noise_linf": 0.0, "reach_real_linf": 8.0,
+    "ua": 100.0, "ra": 97.0, "ta": 96.0, "mia": 100.0, "forget_test_acc": 0.0, "relearn_steps": 20, "recovered_acc": 0.0,
+    "probe_auc_layer1": 0.96, "probe_auc_layer2": 0.90, "reach_noise_linf": 0.0, "reach_real_linf": 8.0,
 }  # fmt: skip
 
 
@@ -160,30 +130,72 @@ def test_oracle_gap_is_salun_avg_gap():
         ({"forget_test_acc": 40.0}, "incomplete"),
         ({"ua": 50.0}, "incomplete"),
         ({"reach_real_linf": 60.0}, "incomplete"),
-        ({"reach_real_linf": 30.0}, "forgets"),  # within the reach margin of the oracle's 8%
-        ({"probe_auc": 0.995}, "hides"),
-        ({"probe_auc": 0.97}, "forgets"),  # better than the oracle, but not far
+        ({"probe_auc_layer1": 0.995}, "hides"),
+        ({"probe_auc_layer2": 0.99}, "hides"),  # any layer may tell: here the second
+        ({"probe_auc_layer1": 0.97}, "forgets"),  # better than the oracle, but not far
         ({"relearn_steps": 3}, "hides"),
         ({"relearn_steps": 90}, "forgets"),
         ({"relearn_steps": None}, "forgets"),
-        ({"probe_auc": 0.999, "forget_test_acc": 80.0}, "incomplete"),  # output evidence outranks hiding
+        ({"recovered_acc": 40.0}, "hides"),
+        ({"ta": 90.0}, "damages"),
+        ({"ta": 90.0, "probe_auc_layer1": 0.999}, "hides"),  # a hidden class outranks damage
+        ({"probe_auc_layer1": 0.999, "forget_test_acc": 80.0}, "incomplete"),  # output evidence outranks hiding
     ],
 )
 def test_verdict_on_hand_made_numbers(changes, expected):
     result = verdict({**ORACLE, **changes}, ORACLE)
     assert result["verdict"] == expected
-    assert bool(result["output_evidence"] or result["representation_evidence"]) == (expected != "forgets")
+    evidence = result["output_evidence"] + result["representation_evidence"] + result["utility_evidence"]
+    assert bool(evidence) == (expected != "forgets")
+
+
+T = Thresholds()
+# Each default, pinned: a value exactly at the limit passes, one a hair beyond it does not. Moving a default,
+# or turning a strict comparison into a loose one (or back), fails one of the pair.
+BOUNDARIES = [
+    ("forget_test_acc", ORACLE["forget_test_acc"] + T.acc_margin, ORACLE["forget_test_acc"] + T.acc_margin + 0.01, "output_evidence"),
+    ("ua", 100 - T.acc_margin, 100 - T.acc_margin - 0.01, "output_evidence"),
+    ("reach_real_linf", ORACLE["reach_real_linf"] + T.reach_margin, ORACLE["reach_real_linf"] + T.reach_margin + 0.01, "output_evidence"),
+    ("probe_auc_layer1", 1 - T.probe_ratio * (1 - 0.96), 1 - (T.probe_ratio - 0.001) * (1 - 0.96), "representation_evidence"),
+    ("relearn_steps", 6, 5, "representation_evidence"),  # the oracle's 20 steps x 0.25 = 5: five is at once, six is not
+    ("recovered_acc", T.recovery_margin, T.recovery_margin + 0.01, "representation_evidence"),
+    ("ta", ORACLE["ta"] - T.utility_margin, ORACLE["ta"] - T.utility_margin - 0.01, "utility_evidence"),
+]
+
+
+@pytest.mark.parametrize(("key", "inside", "outside", "kind"), BOUNDARIES, ids=[b[0] for b in BOUNDARIES])
+def test_every_threshold_sits_exactly_at_its_default(key, inside, outside, kind):
+    assert verdict({**ORACLE, key: inside}, ORACLE)["verdict"] == "forgets"
+    beyond = verdict({**ORACLE, key: outside}, ORACLE)
+    assert len(beyond[kind]) == 1 and beyond["verdict"] == {"output_evidence": "incomplete", "representation_evidence": "hides",
+                                                           "utility_evidence": "damages"}[kind]  # fmt: skip
+
+
+def test_the_defaults_are_the_calibrated_ones():
+    """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
+    assert asdict(Thresholds()) == {
+        "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.4, "relearn_ratio": 0.25, "recovery_margin": 5.0,
+        "utility_margin": 1.0, "mia_margin": 20.0,
+    }  # fmt: skip
 
 
 def test_verdict_when_the_oracle_never_relearns_and_in_random_mode():
     assert verdict({**ORACLE, "relearn_steps": 40}, {**ORACLE, "relearn_steps": None})["verdict"] == "hides"
     random_oracle = {"ua": 3.0, "ra": 97.0, "ta": 96.0, "mia": 60.0}
     assert verdict(random_oracle, random_oracle)["verdict"] == "forgets"
-    assert verdict({**random_oracle, "mia": 20.0}, random_oracle)["verdict"] == "incomplete"
+    assert verdict({**random_oracle, "mia": 40.0}, random_oracle)["verdict"] == "forgets"  # exactly mia_margin below
+    assert verdict({**random_oracle, "mia": 39.99}, random_oracle)["verdict"] == "incomplete"
     assert verdict({**random_oracle, "ua": 0.0}, random_oracle, Thresholds(acc_margin=1.0))["verdict"] == "incomplete"
 
 
-# -- check 5: linear probe ---------------------------------------------------------------------
+def test_the_most_telling_layer_is_the_one_furthest_below_the_oracle():
+    metrics = {**ORACLE, "probe_auc_layer1": 0.98, "probe_auc_layer2": 0.98}  # misses 0.02 against 0.04 and 0.10
+    assert probe_ratios(metrics, ORACLE) == pytest.approx({1: 0.5, 2: 0.2})
+    assert most_telling_layer(metrics, ORACLE) == (2, pytest.approx(0.2))
+    assert most_telling_layer({"ua": 0.0}, ORACLE) is None
+
+
+# -- check 5: the linear probe itself ----------------------------------------------------------
 def test_probe_scores_high_on_features_that_encode_the_class_and_chance_on_noise():
     rng = np.random.default_rng(0)
     is_forget = rng.random(6000) < 0.1
@@ -231,21 +243,83 @@ def test_reachability_fails_within_the_budget_in_the_oracle_and_where_the_class_
             assert reach_class(masked, starts, [9], norm, eps, step, 50).summary()["reach"] == 0.0
 
 
-# -- check 4: relearn --------------------------------------------------------------------------
+# -- check 4: relearn and recovery --------------------------------------------------------------
+@pytest.fixture(scope="session")
+def relearn_set(mnist):
+    """100 training nines beside 100 retain images, and the held-out nines of the test set."""
+    rows = torch.cat([mnist.splits["forget"][:100], mnist.splits["retain"][:100]])
+    held_out = mnist.test_y == 9
+    return mnist.train_x[rows], mnist.train_y[rows], mnist.test_x[held_out], mnist.test_y[held_out], torch.arange(10)
+
+
 def test_relearn_is_immediate_for_a_model_that_knows_the_class_and_takes_steps_for_the_oracle(
-    evaluation_pretrained, evaluation_oracle, mnist
+    evaluation_pretrained, evaluation_oracle, relearn_set
 ):
-    nines, held_out = mnist.splits["forget"][:100], mnist.test_y == 9
-    rows = torch.cat([nines, mnist.splits["retain"][:100]])
-    args = (mnist.train_x[rows], mnist.train_y[rows], mnist.test_x[held_out], mnist.test_y[held_out], torch.arange(10))
     oracle = build_net(evaluation_oracle)
-    known = relearn_steps(build_net(evaluation_pretrained), *args)
-    steps = relearn_steps(oracle, *args)
+    known = relearn_steps(build_net(evaluation_pretrained), *relearn_set)
+    steps = relearn_steps(oracle, *relearn_set)
     assert known is not None and known <= 2
     assert steps is not None and 5 <= steps <= 100
-    assert relearn_steps(oracle, *args, max_steps=1) is None
-    assert relearn_steps(oracle, *args) == steps  # deterministic
+    assert relearn_steps(oracle, *relearn_set, max_steps=steps - 1) is None
+    assert relearn_steps(oracle, *relearn_set, max_steps=steps) == steps
+    assert relearn_steps(oracle, *relearn_set) == steps  # deterministic
     assert torch.equal(oracle.head.weight, build_net(evaluation_oracle).head.weight)  # a copy was trained, not the net
+
+
+def test_relearning_takes_the_attackers_best_cell_of_the_grid(evaluation_oracle, relearn_set):
+    oracle = build_net(evaluation_oracle)
+    grid = [("adam", 1e-3), ("adam", 3e-3), ("sgd", 3e-3)]
+    result = relearn_attack(oracle, *relearn_set, attackers=grid)
+    cells = {f"relearn/{attacker_name(name, lr)}": relearn_steps(oracle, *relearn_set, lr=lr, optimizer=name) for name, lr in grid}
+    assert {k: v for k, v in result.items() if k != "relearn_steps"} == cells
+    assert result["relearn_steps"] == min(cells.values())
+    assert len(set(cells.values())) > 1  # the optimisers and rates really differ
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        relearn_attack(oracle, *relearn_set, attackers=[("rmsprop", 1e-3)])
+
+
+def test_a_pinned_logit_slows_adam_down_but_not_the_attackers_best(evaluation_head_mask, evaluation_oracle, relearn_set):
+    """Adam's bounded step mostly measures how far the class's logit was pushed: one optimiser alone can be gamed."""
+    nets = {"pinned": build_net(evaluation_head_mask), "oracle": build_net(evaluation_oracle)}  # the head mask pins the logit at -1e4
+    adam = {name: relearn_steps(net, *relearn_set, lr=1e-3, optimizer="adam") for name, net in nets.items()}
+    best = {name: relearn_attack(net, *relearn_set, attackers=Budget().attackers())["relearn_steps"] for name, net in nets.items()}
+    assert adam["pinned"] is None or adam["pinned"] > 3 * adam["oracle"]  # under Adam alone it looks far more forgotten than the oracle
+    assert best["pinned"] is not None and best["pinned"] <= 3 * best["oracle"]  # the attacker's best brings it back within a few steps
+
+
+def test_retain_only_finetuning_brings_back_a_class_that_was_only_pushed_down(evaluation_pretrained, evaluation_oracle, mnist):
+    retain, held_out = mnist.splits["retain"], mnist.test_y == 9
+    args = (mnist.train_x[retain], mnist.train_y[retain], mnist.test_x[held_out], mnist.test_y[held_out], torch.arange(10))
+    assert retain_finetune_recovery(build_net(evaluation_oracle), *args, steps=30) == 0.0
+    pretrained = build_net(evaluation_pretrained)
+    known = retain_finetune_recovery(pretrained, *args, steps=30)
+    assert known == pytest.approx(float((pretrained(args[2]).argmax(1) == 9).float().mean() * 100))  # its best is where it started
+    assert retain_finetune_recovery(pretrained, *args, steps=30) == known  # seeded batches: deterministic
+
+
+# -- check 5: probes of every hidden layer -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "widths"),
+    [("SeedMLP", [50, 40, 30, 20]), ("LeNet", [16 * 16, 32 * 16, 128]), ("RetrainMLP", [256, 128, 64]), ("LogisticRegression", [784])],
+)
+def test_every_hidden_layer_is_captured_and_conv_maps_are_pooled(model, widths):
+    import unlearning.models
+
+    net = getattr(unlearning.models, model)().eval()
+    x = torch.randn(5, 1, 28, 28)
+    features = layer_features(net, x, batch_size=2)
+    assert list(features) == hidden_layers(net) and [f.shape for f in features.values()] == [(5, w) for w in widths]
+    with torch.no_grad():
+        assert torch.allclose(list(features.values())[-1], net.features(x).flatten(1), atol=1e-6)  # the last is the penultimate layer
+    assert not net.features._forward_hooks and all(not m._forward_hooks for m in net.modules())  # the hooks are removed
+
+
+def test_evaluate_net_probes_every_hidden_layer(evaluation_pretrained, mnist):
+    result = evaluate_net(build_net(evaluation_pretrained), torch.arange(10), mnist, Budget(train_samples=2000, reach_starts=4, relearn_steps=5))
+    assert [k for k in result.metrics if k.startswith("probe_auc_layer")] == [f"probe_auc_layer{i}" for i in range(1, 5)]
+    assert all(0.9 < result.metrics[f"probe_auc_layer{i}"] <= 1 for i in range(1, 5))
+    assert {f"relearn/{attacker_name(n, lr)}" for n, lr in Budget().attackers()} <= set(result.metrics)
+    assert result.metrics["recovered_acc"] > 50  # the pretrained model never lost the class
 
 
 # -- class replacement with reused units ---------------------------------------------------------
@@ -255,7 +329,7 @@ def test_a_reused_unit_makes_relearn_and_reach_not_applicable_but_reports_new_ac
     result = evaluate_net(build_net(evaluation_pretrained), unit_to_label(10, [6], [3]), data, budget)
     assert result.metrics["forget_test_acc"] == 0.0  # no unit means 6 any more
     assert result.metrics["new_acc"] > 50  # threes still win on unit 3, which keeps meaning 3
-    assert "probe_auc" in result.metrics and set(result.not_applicable) == {"relearn", "reach"}
+    assert "probe_auc_layer4" in result.metrics and set(result.not_applicable) == {"relearn", "reach"}
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -271,7 +345,8 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
         "checkpoint": "hides", "oracle": "forgets", "pretrained": "incomplete",
     }  # fmt: skip
     masked = report["metrics"]["checkpoint"]
-    assert masked["forget_test_acc"] == 0.0 and masked["probe_auc"] == report["metrics"]["pretrained"]["probe_auc"]
+    assert masked["forget_test_acc"] == 0.0
+    assert all(masked[f"probe_auc_layer{i}"] == report["metrics"]["pretrained"][f"probe_auc_layer{i}"] for i in range(1, 5))  # same features
     assert report["seconds"] < 30
     printed = capsys.readouterr().out
     assert "checkpoint" in printed and "oracle" in printed and "verdict: hides" in printed
@@ -289,8 +364,8 @@ def test_evaluate_calls_the_oracle_forgotten_with_identical_numbers(evaluation_o
 
 def test_random_sample_mode_marks_class_checks_not_applicable(evaluation_oracle, evaluation_pretrained, tmp_path):
     random_mode = {"forget_classes": [], "forget_fraction": 0.1}
-    oracle = _edited(evaluation_oracle, tmp_path / "oracle.ckpt", **random_mode)
-    pretrained = _edited(evaluation_pretrained, tmp_path / "pretrained.ckpt", **random_mode)
+    oracle = edited(evaluation_oracle, tmp_path / "oracle.ckpt", **random_mode)
+    pretrained = edited(evaluation_pretrained, tmp_path / "pretrained.ckpt", **random_mode)
     report = _evaluate(pretrained, oracle, pretrained, tmp_path / "out")
     assert set(report["not_applicable"]["checkpoint"]) == {"probe", "relearn", "reach"}
     assert "forget_test_acc" not in report["metrics"]["checkpoint"] and report["verdict"]["checkpoint"]["verdict"] in {
@@ -345,7 +420,7 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
     elif case == "oracle_is_pretrained":
         oracle = evaluation_pretrained
     elif case == "never_learned":
-        pretrained = _edited(evaluation_pretrained, tmp_path / "p.ckpt", new_classes=[9], forget_classes=[])
+        pretrained = edited(evaluation_pretrained, tmp_path / "p.ckpt", new_classes=[9], forget_classes=[])
     elif case == "seed_mismatch":
         extra = ["--seed", "3"]
     with pytest.raises(UsageError, match=message):

@@ -14,7 +14,7 @@ from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpo
 from unlearning.cli import main
 from unlearning.data import MNISTDataModule
 from unlearning.errors import UsageError
-from unlearning.saliency import diagonal_fisher, ssd_dampening
+from unlearning.saliency import diagonal_fisher, reinitialize, ssd_dampening
 from unlearning.tasks.forget import HeadMask, check_trained_on, split_batches
 
 UNLEARN = CONFIGS / "unlearn"
@@ -145,16 +145,25 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=1.5"], r"mask_fraction must lie in \(0, 1\], got 1.5"),
         ("random_label", "oracle", [], r"oracle run that never trained on class \[9\]"),
         ("layer_freeze_1", "pretrained", ["--model.init_args.layers=6"], r"layers must lie in 1..5 for SeedMLP, got 6"),
+        ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=0"], r"reset_fraction must lie in \(0, 1\], got 0"),
+        ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=1.5"], r"reset_fraction must lie in \(0, 1\], got 1.5"),
+        ("reinit_distill", "pretrained", ["--model.init_args.reset_unit_fraction=-0.1"], r"reset_unit_fraction must lie in \[0, 1\], got -0.1"),
+        ("reinit_distill", "none", [], r"ReinitDistill starts from trained weights: give --model.init_args.weights"),
+        ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
         (
             "random_label",
             "pretrained",
             ["--model.init_args.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau"],
-            "monitors no validation metric",
+            "ReduceLROnPlateau steps on a validation metric after each validation; RandomLabel monitors none",
         ),
     ],
 )
 def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, override, message, request, untrained_weights, tmp_path):
+    if weights == "none":
+        with pytest.raises(UsageError, match=message):
+            main(["fit", "-c", str(UNLEARN / f"{config}.yaml"), "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+        return
     if weights == "missing":
         path = tmp_path / "nowhere.ckpt"
     elif weights == "lenet":
@@ -163,6 +172,32 @@ def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, overrid
         path = request.getfixturevalue(f"{weights}_ckpt")
     with pytest.raises(UsageError, match=message):
         unlearn(UNLEARN / f"{config}.yaml", path, tmp_path, *override)
+
+
+def test_reinit_distill_resets_exactly_its_mask_and_then_trains_every_weight(pretrained_ckpt, tmp_path):
+    frozen = unlearn(UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path / "lr0", "--model.init_args.optimizer.init_args.lr=0")
+    reset = last_contents(frozen)["reset_masks"]
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(frozen.trainer))
+    for name, mask in reset.items():  # at learning rate 0 only the reset moved anything
+        assert torch.equal(after[name] != before[name], mask), name
+    kept = sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values())
+    assert kept >= 0.25  # the top quarter of all weights, plus whole units
+    units = reset["features.1.weight"].all(1)
+    assert units.sum() == 25 and torch.equal(reset["features.1.bias"], units)  # half the first layer's 50 units, rows and biases
+    trained = unlearn(UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path / "trained")
+    assert changed(before, net_state_dict(last_checkpoint(trained.trainer))) == set(before)  # no weight is frozen
+
+
+def test_undo_moves_every_weight_halfway_to_a_fresh_init_before_distilling(pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "undo.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0")
+    net = type(cli.model.net)()
+    net.load_state_dict(net_state_dict(pretrained_ckpt))
+    reinitialize(net, {name: torch.ones_like(p, dtype=torch.bool) for name, p in net.named_parameters()}, seed=0)
+    before, fresh, after = net_state_dict(pretrained_ckpt), net.state_dict(), net_state_dict(last_checkpoint(cli.trainer))
+    for name, value in after.items():
+        assert torch.allclose(value, 0.5 * before[name] + 0.5 * fresh[name]), name
+    seen = fit_recording(unlearn(UNLEARN / "undo.yaml", pretrained_ckpt, tmp_path / "streams", run=False)).labels
+    assert seen == {"train": set(range(10))}  # it distils on all training data, the forget class included
 
 
 def test_weights_without_a_training_record_are_trusted(pretrained_ckpt, oracle_ckpt, tmp_path):

@@ -132,6 +132,17 @@ def test_the_probe_fits_only_the_new_unit_before_training(replace_ckpt, tmp_path
     assert (net(x).argmax(1) == 3).float().mean() > 0.5  # the pretrained net never predicts 3; the probe alone gets most of them
 
 
+def test_replacement_by_reset_resets_what_serves_the_old_class_then_trains_every_weight(replace_ckpt, tmp_path):
+    cli = replace(REPLACE / "reinit_distill.yaml", replace_ckpt, tmp_path, "--trainer.max_steps=3")
+    checkpoint = read_checkpoint(last(cli))
+    reset, before, after = checkpoint["reset_masks"], net_state_dict(replace_ckpt), net_state_dict(last(cli))
+    assert reset["features.1.weight"].all(1).sum() == 25 and "weight_masks" not in checkpoint  # half the first layer's units; no freeze
+    assert changed(before, after) == set(before)
+    assert fit_recording(replace(REPLACE / "reinit_distill.yaml", replace_ckpt, tmp_path / "streams", run=False)).labels == {
+        "new": {3}, "retain": set(range(10)) - {3, 6}
+    }  # no old-class stream: the cross-entropy alone pushes the old unit down
+
+
 class FirstTen(nn.Module):
     """A 'network' whose logits are the first ten pixels of its input: metrics with hand-set predictions."""
 
@@ -176,6 +187,7 @@ def test_a_pretrained_model_that_knows_the_new_class_gets_a_clear_warning(pretra
         (["--data.init_args.new_classes=[3,5]", "--model.init_args.head_mode=reuse"], "pairs old and new classes one to one"),
         (['--model.init_args.stream_batch_sizes={"old": 10}'], "stream_batch_sizes takes sizes >= 1 for the streams"),
         (["--model.init_args.mask_layers=6"], r"mask_layers must lie in 1..5 for SeedMLP, got 6"),
+        (["--model.init_args.reset_fraction=2"], r"reset_fraction must lie in \(0, 1\], got 2"),
     ],
 )
 def test_bad_inputs_are_usage_errors_naming_the_problem(override, message, replace_ckpt, tmp_path):

@@ -8,10 +8,13 @@ from unlearning.saliency import (
     ExactFreeze,
     diagonal_fisher,
     mask_summary,
+    reinitialize,
     saliency_mask,
     saliency_scores,
+    specificity,
     ssd_dampening,
     top_fraction_mask,
+    unit_mask,
 )
 
 
@@ -140,3 +143,41 @@ def test_exact_freeze_keeps_unselected_weights_bit_identical(make_optimizer):
 def test_exact_freeze_rejects_masks_for_parameters_the_net_lacks():
     with pytest.raises(ValueError, match="head.weight"):
         ExactFreeze(nn.Linear(2, 2), {"head.weight": torch.ones(2, 2, dtype=torch.bool)})
+
+
+def test_specificity_divides_forget_by_retain_importance_and_floors_unused_weights():
+    forget = {"w": torch.tensor([4.0, 1.0, 3.0])}
+    retain = {"w": torch.tensor([2.0, 0.5, 0.0])}  # the last weight serves no retain sample: as specific as the smallest retain use allows
+    assert specificity(forget, retain)["w"].tolist() == [2.0, 2.0, 6.0]
+
+
+def test_unit_mask_takes_whole_first_layer_units_by_their_summed_score():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    scores = {name: torch.zeros_like(p) for name, p in net.named_parameters()}
+    scores["0.weight"][2] = 5.0
+    scores["0.bias"][0] = 9.0
+    scores["2.weight"][:] = 100.0  # later layers never count
+    masks = unit_mask(net, scores, 0.5)
+    assert masks["0.weight"].all(1).tolist() == [True, False, True, False] and not masks["0.weight"][[1, 3]].any()
+    assert masks["0.bias"].tolist() == [True, False, True, False] and not masks["2.weight"].any() and not masks["2.bias"].any()
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        unit_mask(net, scores, 0.0)
+
+
+def test_reinitialize_draws_the_layers_own_init_into_the_masked_entries_only():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = {name: torch.rand_like(p) < 0.3 for name, p in net.named_parameters()}
+    rng = torch.get_rng_state()
+    reinitialize(net, masks, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
+    torch.manual_seed(7)
+    fresh = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).state_dict()  # what reset_parameters draws under the seed
+    for name, value in net.state_dict().items():
+        assert torch.equal(value[masks[name]], fresh[name][masks[name]]), name
+        assert torch.equal(value[~masks[name]], before[name][~masks[name]]), name
+    again = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    again.load_state_dict(before)
+    reinitialize(again, masks, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))  # the same on every rank

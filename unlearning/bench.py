@@ -37,13 +37,21 @@ class Experiment:
     """A pretrain config, its oracle and the methods run from the pretrained weights.
 
     Each entry is a config path followed by optional CLI overrides, exactly as a user would type them.
+    ``after`` names methods that start from another method's checkpoint instead (``undo: selective_gradient``);
+    their fit time, and so their cost, includes that method's.
     """
 
     name: str
     pretrain: list[str]
     oracle: list[str]
     methods: dict[str, list[str]] = field(default_factory=dict)
+    after: dict[str, str] = field(default_factory=dict)
     evidence: bool = True
+
+    def __post_init__(self) -> None:
+        for method, upstream in self.after.items():
+            if method not in self.methods or upstream not in self.methods or list(self.methods).index(upstream) > list(self.methods).index(method):
+                raise UsageError(f"experiment {self.name}: after: {method}: {upstream} needs both methods listed, {upstream} first")
 
 
 def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
@@ -106,12 +114,15 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
                     "pretrained": _run(exp.pretrain, where / "pretrained", seed, bar),
                     "oracle": _run(exp.oracle, where / "oracle", seed, bar),
                 }
-                weights = f"--model.init_args.weights={stages['pretrained']['checkpoint']}"
-                timed_runs = {"oracle": exp.oracle, **{method: [*args, weights] for method, args in exp.methods.items()}}
-                for method in exp.methods:
+                timed_runs = {"oracle": exp.oracle}
+                for method, args in exp.methods.items():
+                    start = stages[exp.after.get(method, "pretrained")]["checkpoint"]
+                    timed_runs[method] = [*args, f"--model.init_args.weights={start}"]
                     stages[method] = _run(timed_runs[method], where / method, seed, bar)
                 seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
                 seconds |= _best_fit_seconds(timed_runs, stages, where, seed, timing_repeats, bar)
+                for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
+                    seconds[method] += seconds[upstream]
                 evidence = {}
                 if exp.evidence:
                     bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
@@ -135,7 +146,8 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
 COLUMNS = [
     ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "test %", 100, 2), ("new_acc", "new %", 100, 2),
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
-    ("probe_auc", "probe AUC", 1, 3), ("reach", "reach %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
+    ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
+    ("reach", "reach %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ rank of a DDP job that scores the same data with the same weights selects the sa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -124,13 +125,77 @@ def ssd_dampening(forget: dict[str, Tensor], full: dict[str, Tensor], alpha: flo
     }
 
 
+def specificity(forget: dict[str, Tensor], retain: dict[str, Tensor]) -> dict[str, Tensor]:
+    """How much more a weight matters to the forget data than to the retain data: ``I_f / I_r`` per weight.
+
+    ``forget`` and ``retain`` are importances on one scale (:func:`diagonal_fisher` of each). Raw
+    forget saliency also ranks weights every class relies on (a stroke detector shared by 4, 7 and 9);
+    resetting those damages the retain classes for nothing. A weight no retain sample uses is
+    maximally specific: its ratio is taken against the smallest positive retain importance.
+    """
+    floor = min((v[v > 0].min() for v in retain.values() if (v > 0).any()), default=torch.tensor(1e-30))
+    return {name: f / retain[name].clamp_min(floor) for name, f in forget.items()}
+
+
+def parameter_owners(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module that owns parameters (``Linear``, ``Conv2d``), input to output."""
+    return [(name, m) for name, m in net.named_modules() if next(m.parameters(recurse=False), None) is not None]
+
+
+def unit_mask(net: nn.Module, scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
+    """Whole units of the first layer (rows of its weight and their biases: a Linear's outputs, a conv's filters), the
+    ``round(fraction * units)`` with the largest summed score. Every other entry is ``False``.
+
+    A unit's incoming weights are what make it a detector: a reset unit detects nothing it learned.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the unit fraction must lie in (0, 1], got {fraction}")
+    name, layer = parameter_owners(net)[0]
+    prefix = f"{name}." if name else ""
+    weight = scores[f"{prefix}weight"]
+    unit_score = weight.flatten(1).sum(1)
+    if f"{prefix}bias" in scores:
+        unit_score = unit_score + scores[f"{prefix}bias"]
+    units = _top(unit_score, fraction)
+    masks = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}
+    masks[f"{prefix}weight"][units] = True
+    if f"{prefix}bias" in masks:
+        masks[f"{prefix}bias"][units] = True
+    return masks
+
+
+def union(*masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Entry-wise OR of masks over the same parameters."""
+    return {name: torch.stack([m[name] for m in masks]).any(0) for name in masks[0]}
+
+
+@torch.no_grad()
+def reinitialize(net: nn.Module, masks: dict[str, Tensor], seed: int) -> None:
+    """Set the masked entries of ``net``'s parameters to a fresh initialisation, in place; every other entry is untouched.
+
+    The fresh values are what each layer's own ``reset_parameters`` draws under ``seed``, so they are
+    the same on every rank and every run, and of the scale the layer was born with.
+    """
+    fresh = copy.deepcopy(net).cpu()  # drawn on the CPU: the same numbers whatever device the net is on
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    own = dict(net.named_parameters())
+    for name, value in fresh.named_parameters():
+        if name in masks:
+            mask = masks[name].to(own[name].device)
+            own[name].copy_(torch.where(mask, value.to(own[name].device), own[name]))
+
+
 def last_layers_mask(net: nn.Module, layers: int, argument: str = "layers") -> dict[str, Tensor]:
     """A mask of whole tensors that lets only the last ``layers`` parameter-owning layers move (LayerFreeze).
 
     A layer is a module that owns parameters (``Linear``, ``Conv2d``), counted back from the output.
     ``argument`` names the setting in the error a bad count raises.
     """
-    owners = [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+    owners = [m for _, m in parameter_owners(net)]
     if not 1 <= layers <= len(owners):
         raise UsageError(f"{argument} must lie in 1..{len(owners)} for {type(net).__name__}, got {layers}")
     moving = {id(p) for layer in owners[-layers:] for p in layer.parameters(recurse=False)}

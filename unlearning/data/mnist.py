@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
-from unlearning.data.splits import build_splits, check_classes
+from unlearning.data.splits import build_splits, check_classes, choose
 from unlearning.errors import UsageError
 
 MEAN, STD = 0.1307, 0.3081
@@ -156,6 +156,7 @@ class MNISTDataModule(LightningDataModule):
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self.split_index: dict[str, Tensor] = {}
         self._device = torch.device("cpu")
+        self._eval_rows: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}  # evaluation rows gathered per (splits, rank, world, device)
 
     def prepare_data(self) -> None:
         prepare_mnist(self.data_dir)
@@ -174,10 +175,15 @@ class MNISTDataModule(LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def split_tensors(self, *splits: str) -> tuple[Tensor, Tensor]:
-        """``(x, y)`` of the named splits, concatenated, on the trainer's device (moved there once)."""
+    def split_tensors(self, *splits: str, samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of the named splits, concatenated, on the trainer's device (moved there once).
+
+        ``samples``: at most this many of their rows, chosen by the seed (in split order).
+        """
         x, y, idx = self._split_source(*splits)
-        return x[idx], y[idx]
+        if samples is not None:
+            idx = idx[choose(len(idx), samples, self.seed).to(idx.device)]
+        return x.index_select(0, idx), y.index_select(0, idx)
 
     def _split_source(self, *splits: str) -> tuple[Tensor, Tensor, Tensor]:
         """The whole ``(x, y)`` the named splits index into, on the trainer's device, and their indices."""
@@ -187,6 +193,7 @@ class MNISTDataModule(LightningDataModule):
         if device != self._device:
             self._tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self._tensors.items()}
             self._device = device
+            self._eval_rows.clear()
         unknown = [s for s in splits if s not in self.split_index]
         if unknown:
             raise KeyError(f"unknown split {unknown}; the splits are {sorted(self.split_index)}")
@@ -209,10 +216,13 @@ class MNISTDataModule(LightningDataModule):
             raise UsageError(f"split {'+'.join(splits)} is empty")
         rank, world = self._rank_and_world() if shard else (0, 1)
         if not train:
-            # evaluation visits this rank's rows in the same order every time: gather them once, serve slices
-            rows = idx[rank::world]
-            x, y = x.index_select(0, rows), y.index_select(0, rows)
-            return TensorBatchLoader(x, y, batch_size or self.eval_batch_size, ShardedOrder(len(rows), shuffle=False, pad=False))
+            # evaluation visits this rank's rows in the same order every time: gather them once per device, serve slices
+            key = (splits, rank, world, x.device)
+            if key not in self._eval_rows:
+                rows = idx[rank::world]
+                self._eval_rows[key] = x.index_select(0, rows), y.index_select(0, rows)
+            x, y = self._eval_rows[key]
+            return TensorBatchLoader(x, y, batch_size or self.eval_batch_size, ShardedOrder(len(y), shuffle=False, pad=False))
         order = ShardedOrder(len(idx), shuffle=True, seed=self.seed, rank=rank, world_size=world)
         return TensorBatchLoader(x, y, batch_size or self.batch_size, order, index=idx)
 

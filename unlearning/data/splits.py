@@ -92,3 +92,9 @@ def build_splits(
                 f"forget_fraction={forget_fraction}, val_size={val_size}, {n} training samples)"
             )
     return splits
+
+
+def choose(n: int, k: int, seed: int) -> Tensor:
+    """``min(k, n)`` distinct positions out of ``n``, sorted, the same for the same arguments on every machine."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: min(k, n)].sort().values

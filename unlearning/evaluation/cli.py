@@ -20,6 +20,7 @@ from unlearning.evaluation.mia import Attack
 from unlearning.evaluation.report import write_outputs
 from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget
+from unlearning.evaluation.verdict import EVIDENCE
 
 ROLES = ("checkpoint", "oracle", "pretrained")
 
@@ -41,20 +42,20 @@ def parser() -> argparse.ArgumentParser:
     )
     budget = p.add_argument_group("budget", "what each check may spend (see unlearning.evaluation.suite.Budget)")
     for f in fields(Budget):
-        attack = f.name == "mia_attack"
-        budget.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=str if attack else type(f.default),
-            default=f.default,
-            choices=get_args(Attack) if attack else None,
-        )
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.name == "mia_attack":
+            budget.add_argument(flag, default=f.default, choices=get_args(Attack))
+        elif isinstance(f.default, tuple):  # a grid: one or more values
+            budget.add_argument(flag, type=type(f.default[0]), nargs="+", default=f.default)
+        else:
+            budget.add_argument(flag, type=type(f.default), default=f.default)
     return p
 
 
 def evaluate_main(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, run every check on the three checkpoints, print the table, write the outputs; returns the report."""
     args = parser().parse_args(argv)
-    budget = Budget(**{f.name: getattr(args, f.name) for f in fields(Budget)})
+    budget = Budget(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v for f in fields(Budget)})
     paths = dict(zip(ROLES, (args.ckpt, args.oracle, args.pretrained)))
     out = Path(args.out)
     with torch_threads(args.threads):
@@ -75,7 +76,7 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
         text = write_outputs(out, report, evaluations, budget)
     checkpoint = report["verdict"]["checkpoint"]
     print(text, f"\nverdict: {checkpoint['verdict']}", sep="\n")
-    for kind in ("output_evidence", "representation_evidence"):
+    for kind in EVIDENCE:
         for item in checkpoint[kind]:
             print(f"  {kind.split('_')[0]}: {item}")
     print(f"wrote {out / 'report.json'}, {out / 'summary.md'} and TensorBoard events ({report['seconds']:.1f} s)")

@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 
 from unlearning.data.mnist import load_mnist
-from unlearning.data.splits import build_splits, retain_classes
+from unlearning.data.splits import build_splits, choose, retain_classes
+
+__all__ = ["EvalData", "choose", "load_eval_data"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,3 @@ def load_eval_data(
     test_x, test_y = load_mnist(data_dir, train=False)
     splits = build_splits(train_y, forget_classes, new_classes, forget_fraction, val_size, seed)
     return EvalData(train_x, train_y, test_x, test_y, splits, tuple(forget_classes), tuple(new_classes))
-
-
-def choose(n: int, k: int, seed: int) -> Tensor:
-    """``min(k, n)`` distinct positions out of ``n``, sorted, the same for the same arguments on every machine."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[: min(k, n)].sort().values

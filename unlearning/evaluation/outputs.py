@@ -14,10 +14,45 @@ def net_logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     return torch.cat([net(chunk) for chunk in x.split(batch_size)])
 
 
+#: modules whose outputs are a network's hidden layers: the activation after each layer
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid)
+#: a convolutional map is average-pooled to this many cells per channel before probing, so a linear
+#: probe on it stays a few hundred inputs (LeNet's first map would otherwise be 12 544)
+POOLED_CELLS = (4, 4)
+
+
+def hidden_layers(net: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are ``net``'s hidden layers, input to output.
+
+    Every activation inside ``net.features``; a network with none (logistic regression, whose
+    features are the pixels) has one "layer", ``features`` itself.
+    """
+    names = [f"features.{name}" for name, module in net.features.named_modules() if isinstance(module, ACTIVATIONS)]
+    return names or ["features"]
+
+
 @torch.no_grad()
-def net_features(net: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """The penultimate activations ``net.features(x)``, flattened to ``(N, D)``."""
-    return torch.cat([net.features(chunk).flatten(1) for chunk in x.split(batch_size)])
+def layer_features(net: nn.Module, x: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
+    """Every hidden layer's output for ``x``, flattened to ``(N, D)`` (conv maps pooled to :data:`POOLED_CELLS` first)."""
+    modules = dict(net.named_modules())
+    captured: dict[str, list[Tensor]] = {name: [] for name in hidden_layers(net)}
+
+    def keep(name: str):
+        def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+            if output.dim() == 4:
+                output = nn.functional.adaptive_avg_pool2d(output, POOLED_CELLS)
+            captured[name].append(output.flatten(1))
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in captured]
+    try:
+        for chunk in x.split(batch_size):
+            net.features(chunk)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in captured.items()}
 
 
 def predicted_labels(logits: Tensor, unit_labels: Tensor) -> Tensor:

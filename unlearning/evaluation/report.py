@@ -9,15 +9,19 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from unlearning.evaluation.mia import HEADLINE_FEATURE
+from unlearning.evaluation.relearn import attacker_name
 from unlearning.evaluation.suite import REACH_NORMS, REACH_STARTS, Budget, NetEvaluation
-from unlearning.evaluation.verdict import GAP_METRICS
+from unlearning.evaluation.verdict import EVIDENCE, GAP_METRICS
 from unlearning.figures import class_bars, confusion_image, tile
 
 _ABSENT = object()  # a row a role has no value for: its check did not apply
 
 
-def table_rows(budget: Budget) -> list[tuple[str, str]]:
-    """``(key, label)`` of every row the table can show, in reading order; ``gap_*`` keys index the gap to the oracle."""
+def table_rows(budget: Budget, layers: int = 0) -> list[tuple[str, str]]:
+    """``(key, label)`` of every row the table can show, in reading order; ``gap_*`` keys index the gap to the oracle.
+
+    ``layers``: how many hidden layers were probed.
+    """
     norm_names = {"linf": f"L∞ ≤ {budget.linf_eps:g}", "l2": f"L2 ≤ {budget.l2_eps:g}"}
     rows = [
         ("ua", "UA: 100 - forget-set accuracy (%)"),
@@ -31,9 +35,14 @@ def table_rows(budget: Budget) -> list[tuple[str, str]]:
         ("mia_entropy", "MIA efficacy: entropy (%)"),
         *((f"gap_{k}", f"gap to oracle: {k.upper()}") for k in GAP_METRICS),
         ("gap_avg", "gap to oracle: average"),
-        ("probe_acc", "probe: balanced accuracy (%)"),
-        ("probe_auc", "probe: AUC"),
-        ("relearn_steps", f"relearn: steps to {budget.relearn_target:g}% forget-class test accuracy"),
+        *((f"probe_auc_layer{i}", f"probe AUC, hidden layer {i}") for i in range(1, layers + 1)),
+        *((f"probe_acc_layer{i}", f"probe balanced accuracy, hidden layer {i} (%)") for i in range(1, layers + 1)),
+        ("relearn_steps", f"relearn: attacker's best, steps to {budget.relearn_target:g}% forget-class test accuracy"),
+        *(
+            (f"relearn/{attacker_name(name, lr)}", f"relearn: {name}{' (momentum 0.9)' if name == 'sgd' else ''}, lr {lr:g}")
+            for name, lr in budget.attackers()
+        ),
+        ("recovered_acc", f"retain-only fine-tuning: forget-class test accuracy it brings back (%), {budget.recover_steps} steps"),
     ]
     for start in REACH_STARTS:
         for norm in REACH_NORMS:
@@ -54,14 +63,16 @@ def _cell(key: str, value) -> str:
         return "never"
     if isinstance(value, (str, int)):
         return str(value)
-    return f"{value:.4f}" if key in ("probe_auc", "forgetting_effectiveness", "utility_preservation") else f"{value:.2f}"
+    four_digits = key.startswith("probe_auc") or key in ("forgetting_effectiveness", "utility_preservation")
+    return f"{value:.4f}" if four_digits else f"{value:.2f}"
 
 
 def table(report: dict, budget: Budget) -> list[list[str]]:
     """Header and rows of the comparison: one column per checkpoint, only the rows some checkpoint has."""
     names = list(report["checkpoints"])
     cells = [["", *names]]
-    for key, label in table_rows(budget):
+    layers = max((int(k.removeprefix("probe_auc_layer")) for m in report["metrics"].values() for k in m if k.startswith("probe_auc_layer")), default=0)
+    for key, label in table_rows(budget, layers):
         values = {name: _row_value(report, name, key) for name in names}
         if all(v is _ABSENT for v in values.values()):
             continue
@@ -97,7 +108,7 @@ def markdown(report: dict, cells: list[list[str]]) -> str:
         f"**Verdict on {report['subject']}: {subject['verdict']}**",
         "",
     ]
-    for kind in ("output_evidence", "representation_evidence"):
+    for kind in EVIDENCE:
         for item in subject[kind]:
             lines.append(f"- {kind.split('_')[0]}: {item}")
     lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]

@@ -23,7 +23,7 @@ from unlearning.evaluation.inputs import (
     torch_threads,
 )
 from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets
-from unlearning.evaluation.verdict import Thresholds, oracle_gap, reach_keys, verdict
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, reach_keys, verdict
 
 
 def judge(
@@ -87,8 +87,10 @@ def evaluate_against(
     threads: int = 1,
     **settings: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps``, ``probe_auc`` and ``reach``
-    (the largest reachability over starts and norms), rates as fractions like test accuracies.
+    """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best), ``probe_auc`` and
+    ``probe_ratio`` (at the hidden layer whose probe finds the class best relative to the oracle's; see
+    :func:`~.verdict.most_telling_layer`), ``recovered`` (retain-only fine-tuning) and ``reach`` (the largest
+    reachability over starts and norms), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
     A ``cache`` file written for the same checkpoint files is read back instead of evaluating again.
@@ -104,12 +106,16 @@ def evaluate_against(
     summary = {}
     for name in paths:
         metrics, reach = report["metrics"][name], [report["metrics"][name][k] for k in reach_keys(report["metrics"][name])]
+        telling = most_telling_layer(metrics, report["metrics"][oracle])
         summary[name] = {
             "verdict": report["verdict"][name]["verdict"],
             "mia": metrics["mia"] / 100,
             "avg_gap": report["gap"][name]["avg"] / 100,
             "relearn_steps": metrics.get("relearn_steps"),
-            "probe_auc": metrics.get("probe_auc"),
+            "probe_layer": telling and telling[0],
+            "probe_auc": telling and metrics[f"probe_auc_layer{telling[0]}"],
+            "probe_ratio": telling and telling[1],
+            "recovered": metrics["recovered_acc"] / 100 if "recovered_acc" in metrics else None,
             "reach": max(reach) / 100 if reach else None,
         }
     if cache is not None:

@@ -17,10 +17,10 @@ from unlearning.data.mnist import MEAN, STD
 from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
 from unlearning.evaluation.data import EvalData, choose
 from unlearning.evaluation.mia import Attack, mia_check, mia_features
-from unlearning.evaluation.outputs import label_log_probabilities, net_features, net_logits, predicted_labels, units_for
+from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
 from unlearning.evaluation.probe import linear_probe
 from unlearning.evaluation.reachability import Norm, reach_class
-from unlearning.evaluation.relearn import relearn_steps
+from unlearning.evaluation.relearn import OptimizerName, relearn_attack, retain_finetune_recovery
 
 REACH_STARTS = ("noise", "real")
 REACH_NORMS: tuple[Norm, ...] = ("linf", "l2")
@@ -34,10 +34,13 @@ class Budget:
         train_samples: at most this many retain and forget training samples (seeded) for RA, UA and the MIA.
         mia_per_side: members and non-members each that the MIA's attack is fitted on.
         mia_attack: ``logistic`` (a threshold, stable) or ``svc`` (SalUn's exact RBF SVM; see :mod:`.mia`).
-        probe_per_side: forget-class and other training samples each that the probe is fitted on.
-        relearn_samples: forget-class training images the relearn test trains on, with as many retain
+        probe_per_side: forget-class and other training samples each that the probe of every hidden layer is fitted on.
+        relearn_samples: forget-class training images the relearn attack trains on, with as many retain
             images beside them so that answering "forget class" everywhere cannot pass.
-        relearn_lr, relearn_steps, relearn_target: Adam's rate, the step cap, and the forget-class test accuracy (%) to reach.
+        relearn_adam_lrs, relearn_sgd_lrs: the attacker's grid: Adam, and SGD with momentum 0.9, at each
+            of these learning rates; the fewest steps over the grid is the result.
+        relearn_steps, relearn_target: the step cap per cell, and the forget-class test accuracy (%) to reach.
+        recover_steps, recover_lr, recover_batch: the retain-only fine-tuning attack: Adam steps, rate and batch size.
         reach_starts: starts per kind (noise, real images of other classes).
         reach_steps: gradient steps per start.
         linf_eps, linf_step: the L∞ ball's radius and step in pixel units ([0, 1]).
@@ -50,9 +53,13 @@ class Budget:
     mia_attack: Attack = "logistic"
     probe_per_side: int = 1000
     relearn_samples: int = 100
-    relearn_lr: float = 1e-3
+    relearn_adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    relearn_sgd_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     relearn_steps: int = 100
     relearn_target: float = 90.0
+    recover_steps: int = 100
+    recover_lr: float = 1e-3
+    recover_batch: int = 128
     reach_starts: int = 64
     reach_steps: int = 50
     linf_eps: float = 0.3
@@ -60,6 +67,10 @@ class Budget:
     l2_eps: float = 3.0
     l2_step: float = 0.2
     sample_seed: int = 0
+
+    def attackers(self) -> list[tuple[OptimizerName, float]]:
+        """The relearning grid: ``(optimizer, lr)`` cells."""
+        return [("adam", lr) for lr in self.relearn_adam_lrs] + [("sgd", lr) for lr in self.relearn_sgd_lrs]
 
     def ball(self, norm: Norm) -> tuple[float, float]:
         """``(eps, step)`` of a norm."""
@@ -112,7 +123,8 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
         reason = f"no output unit stands for class {list(data.forget_classes)} any more"
         result.not_applicable.update(relearn=reason, reach=reason)
         return result
-    result.metrics["relearn_steps"] = _relearn(net, unit_labels, data, forget, budget)
+    result.metrics.update(_relearn(net, unit_labels, data, forget, budget))
+    result.metrics["recovered_acc"] = _recover(net, unit_labels, data, retain, budget)
     for start in REACH_STARTS:
         starts = _reach_starts(start, data, budget)
         for norm in REACH_NORMS:
@@ -126,16 +138,31 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
 
 
 def _probe(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budget: Budget) -> dict[str, float]:
+    """A linear probe "forget class vs the rest" on every hidden layer: ``probe_auc_layer<i>`` and ``probe_acc_layer<i>``, input to output.
+
+    Every layer, not only the penultimate one: the first layer of an MLP holds most of its weights,
+    and detectors of the class left there are invisible to a probe of the last.
+    """
     train_idx = torch.cat([retain, forget])
-    train_features = net_features(net, data.train_x[train_idx]).cpu().numpy()
-    train_is_forget = np.concatenate([np.zeros(len(retain), bool), np.ones(len(forget), bool)])
+    probe_per_side = min(budget.probe_per_side, len(retain), len(forget))
+    # the rows the probe fits on: only these need features
+    rows = torch.cat([choose(len(retain), probe_per_side, budget.sample_seed), len(retain) + choose(len(forget), probe_per_side, budget.sample_seed + 1)])
+    train_features = layer_features(net, data.train_x[train_idx[rows.to(train_idx.device)]])
+    train_is_forget = np.concatenate([np.zeros(probe_per_side, bool), np.ones(probe_per_side, bool)])
     in_probe = data.test_mask(data.retain_classes + data.forget_classes)
-    test_features = net_features(net, data.test_x[in_probe]).cpu().numpy()
+    test_features = layer_features(net, data.test_x[in_probe])
     test_is_forget = data.test_mask(data.forget_classes)[in_probe].cpu().numpy()
-    return linear_probe(train_features, train_is_forget, test_features, test_is_forget, budget.probe_per_side, budget.sample_seed)
+    result = {}
+    for i, layer in enumerate(train_features, start=1):
+        scores = linear_probe(
+            train_features[layer].cpu().numpy(), train_is_forget, test_features[layer].cpu().numpy(), test_is_forget,
+            probe_per_side, budget.sample_seed,
+        )  # fmt: skip
+        result |= {f"{key}_layer{i}": value for key, value in scores.items()}
+    return result
 
 
-def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> int | None:
+def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, int | None]:
     n = budget.relearn_samples
     retain = data.splits["retain"]
     rows = torch.cat([
@@ -143,9 +170,17 @@ def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor
         retain[choose(len(retain), n, budget.sample_seed + 3).to(retain.device)],
     ])  # fmt: skip
     held_out = data.test_mask(data.forget_classes)
-    return relearn_steps(
+    return relearn_attack(
         net, data.train_x[rows], data.train_y[rows], data.test_x[held_out], data.test_y[held_out], unit_labels,
-        budget.relearn_target, budget.relearn_lr, budget.relearn_steps,
+        budget.attackers(), budget.relearn_target, budget.relearn_steps,
+    )  # fmt: skip
+
+
+def _recover(net: nn.Module, unit_labels: Tensor, data: EvalData, retain: Tensor, budget: Budget) -> float:
+    held_out = data.test_mask(data.forget_classes)
+    return retain_finetune_recovery(
+        net, data.train_x[retain], data.train_y[retain], data.test_x[held_out], data.test_y[held_out], unit_labels,
+        budget.recover_steps, budget.recover_lr, budget.recover_batch, seed=budget.sample_seed + 5,
     )  # fmt: skip
 
 

@@ -1,54 +1,78 @@
-"""Check 3 (gap to the oracle) and check 8 (the verdict), from the numbers of checks 1-6 alone.
+"""Check 3 (gap to the oracle) and check 8 (the verdict), from the numbers of the other checks alone.
 
-The verdict never looks at what method made a checkpoint, only at evidence against the oracle:
+The verdict never looks at what method made a checkpoint, only at evidence against the oracle, in
+this order (the first that applies names it; every piece of evidence is listed either way):
 
 * ``incomplete``: the outputs still produce the class. The forget set's accuracy, or the forget
   classes' test accuracy, or the share of starts that gradient ascent drives to the class, is
   clearly above the oracle's. In random-sample mode also: the forget samples still look like
   members (MIA efficacy clearly below the oracle's).
 * ``hides``: the outputs look forgotten, but the representation still holds the class. A linear
-  probe on the penultimate features ranks the class far better than the oracle's features allow,
-  or a few forget samples bring the class back much faster than the oracle can learn it.
-* ``forgets``: neither. In random-sample mode there is no class to probe, so ``hides`` cannot
-  be told apart and the verdict rests on the output evidence.
+  probe on some hidden layer ranks the class far better than the oracle's same layer allows, or the
+  attacker's best relearning brings it back much faster than the oracle learns it, or fine-tuning on
+  retain data alone brings it back where it does not for the oracle.
+* ``damages``: nothing of the class is left, but neither is the model's utility: its test
+  accuracy on the retain classes is clearly below the oracle's. A fresh network trained for a few
+  steps "forgets" every class it was never taught; this keeps it from passing as unlearning.
+* ``forgets``: none of these. In random-sample mode there is no class to probe, so ``hides`` cannot
+  be told apart and the verdict rests on the output and utility evidence.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GAP_METRICS = ("ua", "ra", "ta", "mia")
+#: the verdict's lists of evidence, in the order they decide it
+EVIDENCE = ("output_evidence", "representation_evidence", "utility_evidence")
+PROBE_KEY = re.compile(r"probe_auc_layer(\d+)$")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where the evidence becomes a verdict. Calibrated on SeedMLP checkpoints (forget class 9): oracles of
-    seeds 0 and 1 (five epochs) and of one epoch, the pretrained models, and the pretrained model
-    with its class-9 head bias lowered (-5, -20, -1e4).
+    """Where the evidence becomes a verdict, set on a calibration set of SeedMLP checkpoints (forget class 9,
+    the bench's five-epoch recipe, seeds 0-2; ``python -m unlearning.evaluation.calibrate`` rebuilds the set
+    and prints every number below). The set: each seed's oracle judged against the other seeds' oracles
+    (must be ``forgets``), the pretrained models, the head mask (forget logit at -1e4), selective gradient,
+    the pretrained model distilled from itself with the forget logit pinned at -1e4 (must not be
+    ``forgets``), and a fresh network distilled for 100 steps on retain data (89% retain: must not be
+    ``forgets``). Tests pin every default at its boundary.
 
     Args:
-        acc_margin: percentage points of forget accuracy (forget set, or forget classes' test
-            set) above the oracle's that count as "still produced". Oracles score 0; a head bias
-            lowered only to -5 still leaves 47%.
-        reach_margin: percentage points of reachability above the oracle's, on any start and
-            norm. Five-epoch oracles are reached from 0-8% of starts, a one-epoch oracle from up
-            to 44% (real images, L∞); pretrained models from 67-100%.
-        probe_ratio: the features still encode the class when the probe's misranked share of
-            (forget, other) pairs, 1 - AUC, is below this fraction of the oracle's. Oracles of
-            two seeds misrank 0.037 and 0.038; pretrained features 0.10x (five epochs) and 0.22x
-            (one epoch) of their oracle's; features that know nothing more than the oracle's about 1x.
-        relearn_ratio: the class comes back "at once" when relearning takes at most this fraction
-            of the oracle's steps (or succeeds within the budget where the oracle does not).
-            Oracles of two seeds need 24 and 77 steps, so one oracle takes 0.31x of the other's:
-            the ratio stays below that. Pretrained models need 0-1 steps.
+        acc_margin: percentage points of forget accuracy (forget set, or forget classes' test set)
+            above the oracle's that count as "still produced". Oracles score 0 and the pretrained
+            models 92-94 points more; a head bias lowered only to -5 still leaves 47%.
+        reach_margin: percentage points of reachability above the oracle's, on any start and norm.
+            An oracle is reached from at most 7.8 points more starts than another seed's oracle (a
+            one-epoch oracle from up to 44%); the pretrained models from 95-98 points more than their
+            oracle, selective gradient from 52-84 and the pinned-logit model from 64-92.
+        probe_ratio: some hidden layer still encodes the class when its probe's misranked share of
+            (forget, other) pairs, 1 - AUC, is below this fraction of the oracle's at the same layer.
+            At its most telling layer an oracle is at 0.51-1.22x another seed's oracle; the pretrained,
+            head-mask, selective-gradient and pinned-logit models at 0.12-0.27x their oracle. The limit
+            sits between the two groups.
+        relearn_ratio: the class comes back "at once" when the attacker's best relearning (fewest
+            steps over the optimiser and learning-rate grid) takes at most this fraction of the
+            oracle's best, or succeeds within the budget where the oracle's does not. Oracles' best is
+            4-8 steps, so one oracle takes 0.5x another's: the ratio stays below that. The pretrained
+            models need 0 steps; selective gradient and the pinned logit 2-3, the head mask 8-9.
+        recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
+            data alone brings back above what it brings back for the oracle. The pretrained models
+            keep 92-94%; no other case (and no oracle) gets anything back.
+        utility_margin: percentage points of retain-class test accuracy (TA) below the oracle's that
+            count as damage. Oracles of three seeds lie within 0.44 points of each other, every
+            unlearned case within 0.22 of its oracle; the distilled fresh networks are 8-10 below.
         mia_margin: random-sample mode only: percentage points of MIA efficacy below the oracle's
             that mean the forget samples still look like training members.
     """
 
     acc_margin: float = 5.0
     reach_margin: float = 25.0
-    probe_ratio: float = 0.5
+    probe_ratio: float = 0.4
     relearn_ratio: float = 0.25
+    recovery_margin: float = 5.0
+    utility_margin: float = 1.0
     mia_margin: float = 20.0
 
 
@@ -64,8 +88,24 @@ def reach_keys(metrics: dict) -> list[str]:
     return [k for k in metrics if k.startswith("reach_") and not k.endswith("_steps")]
 
 
+def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
+    """Per hidden layer both have: the probe's misranked share of pairs (1 - AUC) over the oracle's at that layer."""
+    ratios = {}
+    for key, auc in metrics.items():
+        match = PROBE_KEY.match(key)
+        if match and key in oracle:
+            ratios[int(match.group(1))] = (1 - auc) / max(1 - oracle[key], 1e-12)
+    return ratios
+
+
+def most_telling_layer(metrics: dict, oracle: dict) -> tuple[int, float] | None:
+    """``(layer, ratio)`` of the hidden layer whose probe finds the class best relative to the oracle's; ``None`` without probes."""
+    ratios = probe_ratios(metrics, oracle)
+    return min(ratios.items(), key=lambda item: (item[1], item[0])) if ratios else None
+
+
 def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) -> dict:
-    """``{"verdict": forgets|hides|incomplete, "output_evidence": [...], "representation_evidence": [...]}``.
+    """``{"verdict": ..., "output_evidence": [...], "representation_evidence": [...], "utility_evidence": [...]}``.
 
     ``metrics`` and ``oracle`` are flat metric dicts as the suite produces them; a check that
     did not apply (its keys missing) contributes no evidence.
@@ -92,17 +132,31 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
         output.append(f"MIA efficacy {metrics['mia']:.1f}% is more than {t.mia_margin:g} points below the oracle's {oracle['mia']:.1f}%")
 
     representation: list[str] = []
-    if "probe_auc" in metrics:
-        missed, oracle_missed = 1 - metrics["probe_auc"], 1 - oracle["probe_auc"]
-        if missed < t.probe_ratio * oracle_missed:
+    for layer, ratio in sorted(probe_ratios(metrics, oracle).items()):
+        if ratio < t.probe_ratio:
+            key = f"probe_auc_layer{layer}"
             representation.append(
-                f"a linear probe on the features misranks {missed:.4f} of pairs, under {t.probe_ratio:g}x the oracle's {oracle_missed:.4f}"
+                f"a linear probe on hidden layer {layer} misranks {1 - metrics[key]:.4f} of pairs, {ratio:.2f}x the oracle's "
+                f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x)"
             )
     steps, oracle_steps = metrics.get("relearn_steps"), oracle.get("relearn_steps")
     if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
         representation.append(
-            f"the class is relearned in {steps} steps, the oracle needs {'more than the budget' if oracle_steps is None else oracle_steps}"
+            f"the attacker's best relearns the class in {steps} steps, the oracle's needs "
+            f"{'more than the budget' if oracle_steps is None else oracle_steps} (limit {t.relearn_ratio:g}x)"
+        )
+    recovered, oracle_recovered = metrics.get("recovered_acc"), oracle.get("recovered_acc")
+    if recovered is not None and oracle_recovered is not None and recovered > oracle_recovered + t.recovery_margin:
+        representation.append(
+            f"fine-tuning on retain data alone brings the class back to {recovered:.1f}% test accuracy, the oracle's to "
+            f"{oracle_recovered:.1f}% (margin {t.recovery_margin:g})"
         )
 
-    name = "incomplete" if output else "hides" if representation else "forgets"
-    return {"verdict": name, "output_evidence": output, "representation_evidence": representation}
+    utility: list[str] = []
+    if metrics["ta"] < oracle["ta"] - t.utility_margin:
+        utility.append(
+            f"retain-class test accuracy {metrics['ta']:.2f}% is more than {t.utility_margin:g} points below the oracle's {oracle['ta']:.2f}%"
+        )
+
+    name = "incomplete" if output else "hides" if representation else "damages" if utility else "forgets"
+    return {"verdict": name, "output_evidence": output, "representation_evidence": representation, "utility_evidence": utility}

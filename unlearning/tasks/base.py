@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MetricCollection
@@ -48,6 +49,8 @@ class BaseTask(LightningModule):
         log_figures: log confusion matrices and weight images to TensorBoard.
         gradient_clip_val: clip the gradients' global norm to this before each step (the task steps
             its optimizer itself, so this takes the place of the trainer's ``gradient_clip_val``).
+        scheduler_interval: when ``lr_scheduler`` steps: after each ``epoch`` (``ReduceLROnPlateau``: after
+            each validation) or after each optimizer ``step`` (a schedule over a run shorter than an epoch).
     """
 
     #: metric that picks the best checkpoint, and whether higher is better
@@ -71,15 +74,20 @@ class BaseTask(LightningModule):
         weights: str | None = None,
         log_figures: bool = True,
         gradient_clip_val: float | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
     ):
         super().__init__()
         check_classes(forget_classes, new_classes)
+        if scheduler_interval not in ("epoch", "step"):
+            raise UsageError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.save_hyperparameters(ignore=["weights", "net", "optimizer", "lr_scheduler"] if not _from_cli(self) else ["weights"])
         self.net = net
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
         self.forget_fraction, self.log_figures, self.gradient_clip_val = forget_fraction, log_figures, gradient_clip_val
+        self.scheduler_interval = scheduler_interval
         self.configure_models()
+        self.weights = weights
         if weights is not None:
             load_net_weights(self.net, weights)
         self.configure_losses()
@@ -139,9 +147,13 @@ class BaseTask(LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
-        if isinstance(scheduler, ReduceLROnPlateau) and self.monitor is None:
-            raise UsageError(f"{type(self).__name__} monitors no validation metric, so ReduceLROnPlateau has nothing to step on")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
+        if isinstance(scheduler, ReduceLROnPlateau) and (self.monitor is None or self.scheduler_interval == "step"):
+            raise UsageError(
+                f"ReduceLROnPlateau steps on a validation metric after each validation; {type(self).__name__} "
+                + ("monitors none" if self.monitor is None else "was asked for scheduler_interval 'step'")
+            )
+        config = {"scheduler": scheduler, **({"monitor": self.monitor} if isinstance(scheduler, ReduceLROnPlateau) else {})}
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def configure_callbacks(self) -> list[Callback]:
         """The best checkpoint by ``monitor``, then ``last.ckpt``: last, so it holds the best one's updated state."""
@@ -160,17 +172,20 @@ class BaseTask(LightningModule):
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
+        if self.scheduler_interval == "step" and self.lr_scheduler is not None:
+            self.lr_schedulers().step()
         return loss
 
     def step_scheduler(self, on_validation: bool) -> None:
         """Lightning leaves the scheduler to a task that steps its own optimizer: ``ReduceLROnPlateau``
-        steps on each validation's ``monitor`` value, any other scheduler at the end of each epoch."""
+        steps on each validation's ``monitor`` value, any other epoch-interval scheduler at the end of each epoch
+        (a step-interval one steps in :meth:`training_step`)."""
         scheduler = self.lr_schedulers()
         if scheduler is None or isinstance(scheduler, ReduceLROnPlateau) != on_validation:
             return
         if on_validation:
             scheduler.step(self.trainer.callback_metrics[self.monitor])
-        else:
+        elif self.scheduler_interval == "epoch":
             scheduler.step()
 
     def on_train_epoch_end(self) -> None:
@@ -219,23 +234,55 @@ class BaseTask(LightningModule):
             summary["forget_acc"] = self.forget_set_acc[stage].compute()
         return summary
 
-    def _eval_epoch_end(self, stage: str) -> None:
+    def _collect(self, stage: str) -> tuple[dict[str, Tensor], Tensor]:
+        """The stage's metrics (summaries and per-class accuracy) and confusion matrix, synced across ranks; resets the states."""
         results = self.eval_metrics[stage].compute()  # torchmetrics syncs the states across ranks here
         confmat = results.pop("confmat")
         summary = {f"{stage}/{k}": v for k, v in self.eval_summaries(confmat, stage).items()}
-        values = {**summary, **results}
         self.eval_metrics[stage].reset()
         self.forget_set_acc[stage].reset()
+        return {**summary, **results}, confmat
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values, confmat = self._collect(stage)
         if self.trainer.sanity_checking:
-            # Lightning drops what is logged in the sanity check; a full one is the pre-training (step 0) evaluation
-            if self.trainer.num_sanity_val_steps == float("inf") and self.logger is not None and self.trainer.is_global_zero:
-                self.logger.log_metrics({k: float(v) for k, v in values.items()}, step=0)
-            return
+            return  # Lightning drops what a sanity check logs; a run that starts from weights evaluates them itself
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by torchmetrics
         if self.log_figures:
             self.log_image(f"{stage}/confusion_matrix", confusion_image(confmat))
             if stage == "val":
                 self.log_image("weights/first_layer", first_layer_weights(self.net))
+
+    @torch.no_grad()
+    def validate_in_place(self) -> dict[str, float]:
+        """The validation metrics of ``net`` as it is now, logged at the current step with its confusion matrix.
+
+        One pass over each rank's validation rows outside Lightning's evaluation loop, with the same
+        metrics and summaries: a run that starts from trained weights records them at step 0 this
+        way, at a fraction of the cost of a full sanity check through the loop.
+        """
+        was_training = self.net.training
+        self.net.eval()
+        for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
+            for x, y in loader:
+                self._eval_step((x, y), "val", dataloader_idx)
+        self.net.train(was_training)
+        values, confmat = self._collect("val")
+        numbers = {k: float(v) for k, v in values.items()}
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(numbers, step=self.global_step)
+        if self.log_figures:
+            self.log_image("val/confusion_matrix", confusion_image(confmat))
+        return numbers
+
+    def broadcast_from_rank_zero(self, tensors: Any) -> Any:
+        """Rank 0's tensors (a tensor, or a dict or tuple of them) on every rank, each on its own device.
+
+        Broadcast as CPU copies: a CUDA tensor is unpickled onto the device it was saved from, so
+        rank 1 of a node would receive rank 0's ``cuda:0`` tensor and open a context on GPU 0.
+        """
+        received = self.trainer.strategy.broadcast(apply_to_collection(tensors, Tensor, Tensor.cpu), src=0)
+        return apply_to_collection(received, Tensor, Tensor.to, self.device)
 
     # -- TensorBoard helpers ---------------------------------------------------------------
     def _tensorboard(self) -> Any:

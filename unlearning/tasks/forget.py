@@ -1,14 +1,16 @@
 """Class forgetting: ``UnlearnTask`` holds the shared machinery, each method is a short subclass.
 
 A method says two things: its loss (``losses``) and, where it restricts them, which weights may
-move (``weight_mask``). Everything else (pretrained weights, forget and retain batches, the exact
-freeze, checkpointing the mask, metrics) is here once.
+move (``weight_mask``); a method that changes the network once before training (a reset, a probe)
+says so in ``prepare_net``. Everything else (pretrained weights, forget and retain batches, the exact
+freeze, checkpointing the mask, the frozen teacher, metrics) is here once.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -18,9 +20,28 @@ from unlearning.checkpoints import LatestCheckpoint, held_out_classes
 from unlearning.data.splits import retain_classes
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
-from unlearning.losses import ForgetObjective, forget_loss
-from unlearning.saliency import ExactFreeze, Scope, Score, diagonal_fisher, last_layers_mask, mask_summary, saliency_mask, ssd_dampening
+from unlearning.losses import ForgetObjective, distillation, forget_loss
+from unlearning.saliency import (
+    ExactFreeze,
+    Scope,
+    Score,
+    diagonal_fisher,
+    last_layers_mask,
+    mask_summary,
+    reinitialize,
+    saliency_mask,
+    saliency_scores,
+    specificity,
+    ssd_dampening,
+    top_fraction_mask,
+    union,
+    unit_mask,
+)
 from unlearning.tasks.base import BaseTask, Batch
+
+ResetScore = Literal["specificity", "abs_grad"]
+#: samples per backward pass where batching does not change a saliency (``abs_grad``): few passes, bounded memory
+SALIENCY_CHUNK = 2048
 
 
 class UnlearnTask(BaseTask):
@@ -53,7 +74,10 @@ class UnlearnTask(BaseTask):
             check_trained_on(kwargs["weights"], self.forget_classes)
         self.register_buffer("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)), persistent=False)
         self.weight_masks: dict[str, Tensor] | None = None
+        self.reset_masks: dict[str, Tensor] | None = None  # what prepare_net reset, if anything (kept in the checkpoint)
+        self.before: dict[str, float] | None = None  # the pretrained weights' validation metrics (kept in the checkpoint)
         self.freeze: ExactFreeze | None = None
+        object.__setattr__(self, "_teacher", None)  # see keep_teacher
 
     # -- what a method defines ----------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, Tensor]:
@@ -67,7 +91,64 @@ class UnlearnTask(BaseTask):
         """Which entries of ``net``'s parameters may change (``None``: all of them). Called once, at fit start."""
         return None
 
+    def prepare_net(self) -> None:
+        """Change ``net`` once before the first step (reset weights, fit a probe). Not called when a run resumes:
+        its checkpoint holds the prepared network already."""
+
     # -- shared pieces ------------------------------------------------------------------------
+    def keep_teacher(self) -> None:
+        """Keep a frozen copy of the pretrained ``net`` as ``teacher`` for distillation.
+
+        Set past ``nn.Module`` so it is no submodule: never trained, never in the state dict or the
+        checkpoint, and never broadcast by DDP (every rank loaded the same weights).
+        """
+        object.__setattr__(self, "_teacher", copy.deepcopy(self.net).requires_grad_(False).eval())
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        return self._teacher
+
+    def distill_retain(self, logits: Tensor, x: Tensor, temperature: float = 1.0) -> Tensor:
+        """KL(teacher ‖ net) over the remaining classes' logits only, on inputs ``x``.
+
+        The forget (and new) classes' logits are left out: the teacher's knowledge of them is not
+        distilled back, and the net's forget unit is left to the cross-entropy, which pushes it down
+        on every retain sample exactly as it does in the oracle's training.
+        """
+        assert self._teacher is not None, "keep_teacher() first"
+        with torch.no_grad():
+            target = self._teacher(x).index_select(1, self.remaining_classes)
+        return distillation(logits.index_select(1, self.remaining_classes), target, temperature)
+
+    def reset_specific_weights(
+        self, forget_split: str, fraction: float, unit_fraction: float, score: ResetScore, retain_samples: int, batch_size: int
+    ) -> dict[str, Tensor]:
+        """Reset to a fresh initialisation the weights that serve the ``forget_split`` most: the top ``fraction`` of all
+        weights by ``score`` and the top ``unit_fraction`` of the first layer's units (whole rows). Returns the reset mask.
+
+        ``specificity`` ranks by the forget split's diagonal Fisher over the retain split's (on a seeded
+        ``retain_samples``-sample subset), both in batches of ``batch_size``; ``abs_grad`` by the forget
+        loss's saliency alone. Rank 0's mask is broadcast; the fresh values are drawn from the split's
+        seed, so every rank resets the same entries to the same numbers. The mask is kept in the
+        checkpoint (``reset_masks``).
+        """
+        datamodule = self.trainer.datamodule
+        if score == "specificity":
+            retain = split_batches(datamodule, "retain", size=batch_size, samples=retain_samples)
+            scores = specificity(diagonal_fisher(self.net, split_batches(datamodule, forget_split, size=batch_size)), diagonal_fisher(self.net, retain))
+        else:
+            scores = saliency_scores(self.net, split_batches(datamodule, forget_split, size=SALIENCY_CHUNK), "abs_grad")
+        masks = [top_fraction_mask(scores, fraction)] + ([unit_mask(self.net, scores, unit_fraction)] if unit_fraction else [])
+        reset = self.broadcast_from_rank_zero(union(*masks))
+        reinitialize(self.net, reset, seed=datamodule.seed)
+        self.reset_masks = reset
+        summary = mask_summary(reset)
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics({f"reset/{k}": v for k, v in summary.items()}, step=0)
+        if self.log_figures:
+            self.log_image("reset/first_layer", mask_images(next(iter(reset.values()))))
+        return reset
+
     def forget_term(self, batch: Batch, stream: str = "forget") -> Tensor:
         x, y = batch[stream]
         return forget_loss(self.forget_objective, self.net(x), y, self.remaining_classes, self.ascent_bound)
@@ -86,26 +167,40 @@ class UnlearnTask(BaseTask):
         return [LatestCheckpoint()]
 
     def on_fit_start(self) -> None:
+        if self.weights is None and self.trainer.ckpt_path is None:
+            raise UsageError(missing_weights(self))
         if self.weight_masks is None:  # a resumed run restored its mask in on_load_checkpoint
             masks = self.weight_mask()
             # rank 0's mask is the mask: identical on every rank even if GPU reductions differ in the last bit
-            self.weight_masks = self.trainer.strategy.broadcast(masks, src=0) if masks is not None else None
+            self.weight_masks = self.broadcast_from_rank_zero(masks) if masks is not None else None
         if self.weight_masks is not None:
             self.weight_masks = {k: v.to(self.device) for k, v in self.weight_masks.items()}
             self.freeze = ExactFreeze(self.net, self.weight_masks)
             self.freeze.attach(self.trainer.optimizers[0])
             self._log_mask()
+        if self._teacher is not None:
+            self._teacher.to(self.device)
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is None:  # a resumed run restored both from its checkpoint
+            self.before = self.validate_in_place()  # step 0: the pretrained model itself, before anything changes it
+            self.prepare_net()
+        super().on_train_start()
 
     def on_fit_end(self) -> None:
         if self.freeze is not None:
             self.freeze.detach()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.weight_masks is not None:
-            checkpoint["weight_masks"] = {k: v.cpu() for k, v in self.weight_masks.items()}
+        for key in ("weight_masks", "reset_masks"):
+            if (masks := getattr(self, key)) is not None:
+                checkpoint[key] = {k: v.cpu() for k, v in masks.items()}
+        if self.before is not None:
+            checkpoint["before"] = self.before
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.weight_masks = checkpoint.get("weight_masks")
+        self.weight_masks, self.reset_masks = checkpoint.get("weight_masks"), checkpoint.get("reset_masks")
+        self.before = checkpoint.get("before")
 
     def _log_mask(self) -> None:
         assert self.weight_masks is not None
@@ -137,9 +232,15 @@ class SelectiveGradient(UnlearnTask):
         self.mask_fraction, self.mask_scope, self.mask_score = mask_fraction, mask_scope, mask_score
         super().__init__(*args, **kwargs)
 
-    def saliency_batches(self) -> Any:
-        """The data the saliency is measured on: the whole forget split, unsharded, so every rank sees the same."""
-        return split_batches(self.trainer.datamodule, "forget")
+    def saliency_batches(self, split: str = "forget") -> list[tuple[Tensor, Tensor]]:
+        """The data the saliency is measured on: the whole split, unsharded, so every rank sees the same.
+
+        ``abs_grad`` sums the gradient over every sample, which does not depend on the batching, so it
+        is taken in chunks of :data:`SALIENCY_CHUNK` (a tenth of the backward passes of training-size
+        batches); ``fisher`` squares each batch's gradient, so its batches are the training batches.
+        """
+        datamodule = self.trainer.datamodule
+        return split_batches(datamodule, split, size=datamodule.batch_size if self.mask_score == "fisher" else SALIENCY_CHUNK)
 
     def weight_mask(self) -> dict[str, Tensor]:
         return saliency_mask(self.net, self.saliency_batches(), self.mask_fraction, self.mask_scope, self.mask_score)
@@ -163,6 +264,108 @@ class LayerFreeze(UnlearnTask):
 
     def weight_mask(self) -> dict[str, Tensor]:
         return last_layers_mask(self.net, self.layers)
+
+
+class ReinitDistill(UnlearnTask):
+    """Reset what serves the forget class, then retrain every weight on retain data, distilling the pretrained model.
+
+    The weights most specific to the forget class (the top ``reset_fraction`` by ``reset_score``) and the
+    first layer's most specific units (the top ``reset_unit_fraction``, whole rows: in an MLP that layer
+    holds most of the weights, and its detectors of the class survive a scattered reset) go back to a
+    fresh initialisation. Then every weight trains on retain batches with cross-entropy plus
+    ``distill_weight`` · KL(pretrained ‖ net) over the remaining classes' logits (:meth:`UnlearnTask.distill_retain`),
+    which restores the retain classes far faster than retraining from scratch.
+
+    A different guarantee from :class:`SelectiveGradient`'s: no weight stays bit-identical here. What
+    it offers instead is the evidence suite's: outputs, probes of every hidden layer, relearning and
+    reachability like the oracle's.
+
+    Args:
+        reset_fraction: fraction of all weights reset, in (0, 1].
+        reset_unit_fraction: fraction of the first layer's units reset, in [0, 1].
+        reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
+            ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
+        rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by.
+        fisher_batch_size: samples per squared gradient in both Fishers.
+        distill_weight, distill_temperature: the distillation's weight and softening.
+    """
+
+    train_streams: Mapping[str, Sequence[str]] = {"retain": ("retain",)}
+
+    def __init__(
+        self,
+        *args: Any,
+        reset_fraction: float = 0.15,
+        reset_unit_fraction: float = 0.5,
+        reset_score: ResetScore = "specificity",
+        rank_retain_samples: int = 5000,
+        fisher_batch_size: int = 1000,
+        distill_weight: float = 1.0,
+        distill_temperature: float = 1.0,
+        **kwargs: Any,
+    ):
+        check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
+        if distill_weight < 0 or distill_temperature <= 0:
+            raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")
+        self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
+        self.rank_retain_samples, self.fisher_batch_size = rank_retain_samples, fisher_batch_size
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
+        super().__init__(*args, **kwargs)
+        if not self.forget_classes:
+            raise UsageError("ReinitDistill resets what serves whole classes; set forget_classes")
+        if distill_weight:
+            self.keep_teacher()
+
+    def prepare_net(self) -> None:
+        self.reset_specific_weights(
+            "forget", self.reset_fraction, self.reset_unit_fraction, self.reset_score, self.rank_retain_samples, self.fisher_batch_size
+        )
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        x, y = batch["retain"]
+        logits = self.net(x)
+        terms = {"retain_loss": self.criterion(logits, y)}
+        if self.distill_weight:
+            terms["distill_loss"] = self.distill_weight * self.distill_retain(logits, x, self.distill_temperature)
+        return terms
+
+
+class Undo(UnlearnTask):
+    """UNDO (Lee et al., 2025, "Distillation Robustifies Unlearning"): noise an unlearned model, then distil it back.
+
+    ``weights`` is an *unlearned* checkpoint (e.g. selective gradient's), which is also the teacher.
+    Before training, every weight moves ``noise`` of the way to a fresh initialisation (shrink and
+    perturb: ``(1 - noise) · θ + noise · θ_fresh``), which damages whatever the unlearning left hidden;
+    then the noised network learns the teacher's outputs on all training data (retain ∪ forget) by
+    distillation. The teacher's outputs never say the class, so what the student relearns never holds
+    it. Its cost includes the unlearning run it starts from (the bench adds that run's time).
+
+    Args:
+        noise: α, how far every weight moves towards a fresh initialisation, in (0, 1].
+        distill_temperature: softening of both distributions in the distillation.
+    """
+
+    train_streams: Mapping[str, Sequence[str]] = {"train": ("retain", "forget")}
+
+    def __init__(self, *args: Any, noise: float = 0.5, distill_temperature: float = 1.0, **kwargs: Any):
+        if not 0.0 < noise <= 1.0 or distill_temperature <= 0:
+            raise UsageError(f"noise must lie in (0, 1] and distill_temperature be > 0, got {noise} and {distill_temperature}")
+        self.noise, self.distill_temperature = noise, distill_temperature
+        super().__init__(*args, **kwargs)
+        self.keep_teacher()
+
+    def prepare_net(self) -> None:
+        with torch.no_grad():
+            start = [p.detach().clone() for p in self.net.parameters()]
+            reinitialize(self.net, {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.net.named_parameters()}, self.trainer.datamodule.seed)
+            for p, before in zip(self.net.parameters(), start):
+                p.mul_(self.noise).add_(before, alpha=1 - self.noise)
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        x, _ = batch["train"]
+        with torch.no_grad():
+            target = self.teacher(x)
+        return {"distill_loss": distillation(self.net(x), target, self.distill_temperature)}
 
 
 class FineTune(UnlearnTask):
@@ -288,11 +491,35 @@ class HeadMask(OneShotEdit):
             self.net.head.bias[self.forget_classes] = self.suppression
 
 
-def split_batches(datamodule: Any, *splits: str, size: int | None = None) -> list[tuple[Tensor, Tensor]]:
-    """The named splits, whole and in order, in batches of ``size`` (default: the training batch size): identical on every rank."""
-    x, y = datamodule.split_tensors(*splits)
+def split_batches(datamodule: Any, *splits: str, size: int | None = None, samples: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    """The named splits in order, in batches of ``size`` (default: the training batch size): identical on every rank.
+
+    ``samples``: only this many of them, a subset fixed by the datamodule's seed (gathered alone, not
+    the whole split first).
+    """
+    x, y = datamodule.split_tensors(*splits, samples=samples)
     size = size or datamodule.batch_size
     return list(zip(x.split(size), y.split(size)))
+
+
+def missing_weights(task: BaseTask) -> str:
+    """What to tell a user who starts unlearning without pretrained weights: on random ones every forget metric reads perfect."""
+    return (
+        f"{type(task).__name__} starts from trained weights: give --model.init_args.weights <checkpoint> "
+        "(or --ckpt_path to resume a run); on an untrained network every forget metric would read as perfect forgetting"
+    )
+
+
+def check_reset(fraction: float, unit_fraction: float, score: str, retain_samples: int, batch_size: int) -> None:
+    """Refuse reset settings that cannot work, before anything runs."""
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"reset_fraction must lie in (0, 1], got {fraction}")
+    if not 0.0 <= unit_fraction <= 1.0:
+        raise UsageError(f"reset_unit_fraction must lie in [0, 1], got {unit_fraction}")
+    if score not in ("specificity", "abs_grad"):
+        raise UsageError(f"reset_score must be 'specificity' or 'abs_grad', got {score!r}")
+    if retain_samples < 1 or batch_size < 1:
+        raise UsageError(f"rank_retain_samples and fisher_batch_size must be at least 1, got {retain_samples} and {batch_size}")
 
 
 def check_trained_on(weights: str, forget_classes: Sequence[int]) -> None:

@@ -4,12 +4,13 @@ The original notebook's assignment (replace the 6 with a 3): rank the weights in
 rest bit-identically, and train with a loss that favours the new class and penalises the old one.
 It is :class:`~unlearning.tasks.forget.SelectiveGradient` with a third data stream (the new class),
 a choice of where the saliency comes from, distillation from the pretrained model, a linear probe
-of the new output units before fine-tuning, and a choice of output unit for the new class.
+of the new output units before fine-tuning, and a choice of output unit for the new class. With
+``reset_fraction`` it resets what serves the old class first, as
+:class:`~unlearning.tasks.forget.ReinitDistill` does when forgetting.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,10 +26,11 @@ from unlearning.losses import distillation, forget_loss
 from unlearning.metrics import unit_to_label
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
-from unlearning.tasks.forget import SelectiveGradient, split_batches
+from unlearning.tasks.forget import ResetScore, SelectiveGradient, check_reset
 
 HeadMode = Literal["own", "reuse"]
 SaliencyFrom = Literal["old", "new", "both"]
+DistillUnits = Literal["all", "retain"]
 
 
 class ReplaceTask(SelectiveGradient):
@@ -57,6 +59,11 @@ class ReplaceTask(SelectiveGradient):
         distill_weight: weight of the distillation of the pretrained model's logits on retain images,
             which holds the retain classes in place while the new class moves in; 0 skips the teacher.
         distill_temperature: softening of both distributions in the distillation.
+        distill_units: ``all`` distils every logit; ``retain`` only the retain classes' (the old and new
+            units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
+        reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size: reset
+            what serves the old class to a fresh initialisation before anything else (the reset of
+            :class:`~unlearning.tasks.forget.ReinitDistill`); ``None`` resets nothing.
         probe_iterations: L-BFGS iterations of a linear probe that fits the new classes' output units
             on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
         probe_samples: shuffled samples of retain ∪ new the probe fits on: plenty for a few linear
@@ -77,6 +84,12 @@ class ReplaceTask(SelectiveGradient):
         forget_weight: float = 1.0,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
+        distill_units: DistillUnits = "all",
+        reset_fraction: float | None = None,
+        reset_unit_fraction: float = 0.0,
+        reset_score: ResetScore = "specificity",
+        rank_retain_samples: int = 5000,
+        fisher_batch_size: int = 1000,
         probe_iterations: int = 0,
         probe_samples: int = 3000,
         stream_batch_sizes: dict[str, int] | None = None,
@@ -90,6 +103,12 @@ class ReplaceTask(SelectiveGradient):
             raise UsageError(
                 "new_weight, forget_weight, distill_weight and probe_iterations must be >= 0, distill_temperature > 0, probe_samples >= 1"
             )
+        if distill_units not in ("all", "retain"):
+            raise UsageError(f"distill_units must be 'all' or 'retain', got {distill_units!r}")
+        if reset_fraction is not None:
+            check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
+        self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
+        self.rank_retain_samples, self.fisher_batch_size, self.distill_units = rank_retain_samples, fisher_batch_size, distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
@@ -120,9 +139,8 @@ class ReplaceTask(SelectiveGradient):
         self.register_buffer("target_unit", target_unit, persistent=False)
         old, new = (self.forget_classes, self.new_classes) if head_mode == "reuse" else ((), ())
         self.register_buffer("unit_label", unit_to_label(NUM_CLASSES, old, new), persistent=False)
-        # the pretrained model, frozen; set past nn.Module so it is no submodule: never trained, never in the state dict
-        teacher = copy.deepcopy(self.net).requires_grad_(False).eval() if distill_weight else None
-        object.__setattr__(self, "_teacher", teacher)
+        if distill_weight:
+            self.keep_teacher()
 
     @property
     def train_streams(self) -> Mapping[str, Sequence[str]]:  # type: ignore[override]
@@ -141,10 +159,15 @@ class ReplaceTask(SelectiveGradient):
             terms["forget_loss"] = self.forget_weight * old
         if self.retain_weight:
             terms["retain_loss"] = self.retain_weight * F.cross_entropy(logits["retain"], batch["retain"][1])
-        if self._teacher is not None:
-            with torch.no_grad():
-                teacher = self._teacher(batch["retain"][0])
-            terms["distill_loss"] = self.distill_weight * distillation(logits["retain"], teacher, self.distill_temperature)
+        if self.teacher is not None:
+            x = batch["retain"][0]
+            if self.distill_units == "retain":
+                distill = self.distill_retain(logits["retain"], x, self.distill_temperature)
+            else:
+                with torch.no_grad():
+                    target = self.teacher(x)
+                distill = distillation(logits["retain"], target, self.distill_temperature)
+            terms["distill_loss"] = self.distill_weight * distill
         return terms
 
     def weight_mask(self) -> dict[str, Tensor] | None:
@@ -156,7 +179,7 @@ class ReplaceTask(SelectiveGradient):
         if self.saliency_from in ("old", "both"):
             scores.append(saliency_scores(self.net, self.saliency_batches(), self.mask_score))
         if self.saliency_from in ("new", "both"):
-            new = [(x, self.target_unit[y]) for x, y in split_batches(self.trainer.datamodule, "new")]
+            new = [(x, self.target_unit[y]) for x, y in self.saliency_batches("new")]
             scores.append(saliency_scores(self.net, new, self.mask_score))
         if len(scores) == 2:
             scores = [{k: s / sum(v.sum() for v in score.values()) for k, s in score.items()} for score in scores]
@@ -166,16 +189,14 @@ class ReplaceTask(SelectiveGradient):
                 masks[name][self.target_unit[self.new_classes]] = True
         return masks
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self._teacher is not None:
-            self._teacher.to(self.device)
-
-    def on_train_start(self) -> None:
-        # after the step-0 validation, so TensorBoard's first point is the pretrained model itself
-        if self.probe_iterations and self.trainer.ckpt_path is None:  # a resumed run has probed already
+    def prepare_net(self) -> None:
+        """Reset what serves the old class (if asked), then probe the new units on the features that are left."""
+        if self.reset_fraction is not None:
+            self.reset_specific_weights(
+                "forget", self.reset_fraction, self.reset_unit_fraction, self.reset_score, self.rank_retain_samples, self.fisher_batch_size
+            )
+        if self.probe_iterations:
             self.probe()
-        super().on_train_start()
 
     @torch.no_grad()
     def probe(self) -> None:
@@ -207,7 +228,7 @@ class ReplaceTask(SelectiveGradient):
             return loss
 
         optimizer.step(closure)
-        weight, bias = self.trainer.strategy.broadcast((weight.detach(), bias.detach()), src=0)
+        weight, bias = self.broadcast_from_rank_zero((weight.detach(), bias.detach()))
         head.weight[units], head.bias[units] = weight, bias
 
     def eval_summaries(self, confmat: Tensor, stage: str) -> dict[str, Tensor]:

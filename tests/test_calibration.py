@@ -1,0 +1,70 @@
+"""The verdict's calibration set, rebuilt smaller (three-epoch SeedMLPs): every case must get a verdict it is allowed.
+
+``python -m unlearning.evaluation.calibrate`` measures the same cases on the bench's five-epoch checkpoints. One
+epoch is too few: such an oracle is still reachable from a third of the starts another seed's oracle resists.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS, edited, train_checkpoint
+from unlearning.checkpoints import build_net, last_checkpoint
+from unlearning.cli import main
+from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, pinned_logit
+from unlearning.evaluation.data import load_eval_data
+from unlearning.evaluation.inputs import torch_threads
+from unlearning.evaluation.suite import Budget, evaluate_net
+from unlearning.evaluation.verdict import Thresholds
+
+BUDGET = Budget(train_samples=3000, mia_per_side=2000, reach_starts=16)
+
+
+def _trained(tmp_path_factory, name: str, *overrides: str):
+    return train_checkpoint(tmp_path_factory, name, "--trainer.max_epochs=3", *overrides, batches="1.0")
+
+
+@pytest.fixture(scope="module")
+def calibration(mnist, tmp_path_factory) -> list[dict]:
+    pretrained_ckpt = _trained(tmp_path_factory, "calibration_pretrained")
+    oracles = [_trained(tmp_path_factory, f"calibration_oracle{seed}", "--model.init_args.stage=oracle", f"--seed_everything={seed}") for seed in (0, 1)]
+    head_mask = edited(pretrained_ckpt, tmp_path_factory.mktemp("calibration_head_mask") / "head_mask.ckpt", bias_9=-1e4, stage="head_mask")
+    unlearned = main(
+        ["fit", "-c", str(CONFIGS / "unlearn" / "selective_gradient.yaml"), f"--model.init_args.weights={pretrained_ckpt}",
+         f"--trainer.default_root_dir={tmp_path_factory.mktemp('selective_gradient')}", "--trainer.enable_progress_bar=false",
+         "--model.init_args.log_figures=false"]
+    )  # fmt: skip
+    pretrained = build_net(pretrained_ckpt)
+    nets = {
+        "oracle": build_net(oracles[0]),
+        "pretrained": pretrained,
+        "head_mask": build_net(head_mask),
+        "selective_gradient": build_net(last_checkpoint(unlearned.trainer)),
+        "pinned_logit": pinned_logit(pretrained, mnist),
+        "distilled_fresh": distilled_fresh(pretrained, mnist),
+    }
+    with torch_threads(1):
+        metrics = {0: {name: evaluate_net(net, torch.arange(10), mnist, BUDGET).metrics for name, net in nets.items()}}
+        other = load_eval_data("data", [9], [], None, 5000, 1)
+        metrics[1] = {"oracle": evaluate_net(build_net(oracles[1]), torch.arange(10), other, BUDGET).metrics}
+    return judge_cases(metrics, Thresholds())
+
+
+def test_every_calibration_case_is_judged_once_against_its_oracle(calibration):
+    assert sorted((r["case"], r["seed"], r["oracle_seed"]) for r in calibration) == sorted(
+        [(case, 0, 0) for case in EXPECTED if case != "oracle"] + [("oracle", 0, 1), ("oracle", 1, 0)]
+    )
+
+
+@pytest.mark.parametrize("case", list(EXPECTED))
+def test_each_calibration_case_gets_an_allowed_verdict(calibration, case):
+    rows = [r for r in calibration if r["case"] == case]
+    assert rows and all(r["verdict"] in EXPECTED[case] for r in rows), format_rows(rows)
+
+
+def test_the_pinned_logit_and_the_fresh_network_fail_for_their_own_reasons(calibration):
+    by_case = {r["case"]: r for r in calibration if r["seed"] == r["oracle_seed"]}
+    assert by_case["pinned_logit"]["probe_ratio"] < Thresholds().probe_ratio  # its features are the pretrained ones
+    assert by_case["distilled_fresh"]["ta_below"] > Thresholds().utility_margin  # its retain accuracy is far below the oracle's
+
