@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from unlearning.checkpoints import last_checkpoint
 from unlearning.cli import main
@@ -12,12 +15,69 @@ from unlearning.cli import main
 
 @dataclass
 class RunResult:
-    """What one ``fit`` + ``test`` of a config produced."""
+    """What one ``fit`` + ``test`` of a config produced; ``phases`` splits ``fit_seconds`` (see :class:`PhaseTimer`)."""
 
     checkpoint: Path
     log_dir: Path
     fit_seconds: float
     test_metrics: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseTimer(Callback):
+    """Where a fit's time goes: the fixed costs a short unlearning run pays beside its steps.
+
+    Phases, in seconds: ``setup`` (logger, data, config file, model setup), ``fit_start`` (the task's
+    ``on_fit_start``: a saliency mask), ``train_start`` (its ``on_train_start``: the step-0 validation,
+    a reset or probe, the first weight picture), ``steps``, ``validation``, ``checkpoint`` (what the
+    checkpoint callbacks write after each validation), ``end`` (from the last step's end to the fit's
+    return: the final checkpoint, teardown) and ``loop``, Lightning's own time between all of these.
+    Listed first among the callbacks, each of its hooks runs before the task's and the other callbacks'.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+
+    def mark(self, event: str) -> None:
+        self.events.append((event, time.perf_counter()))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("fit_start")
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("sanity_start")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("train_start")
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("epoch_start")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.mark("step_start")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.mark("step_end")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("validation_start")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("validation_end")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.mark("train_end")
+
+    def phases(self) -> dict[str, float]:
+        """Seconds per phase, from ``begin`` (the fit's start) to ``end`` (its return), which :func:`fit_and_test` marks."""
+        owner = {
+            "begin": "setup", "fit_start": "fit_start", "sanity_start": "validation", "train_start": "train_start",
+            "step_start": "steps", "validation_start": "validation", "validation_end": "checkpoint", "train_end": "end",
+        }  # an event starts the phase it names here; every other event hands the time to Lightning's loop  # fmt: skip
+        phases = dict.fromkeys(["setup", "fit_start", "train_start", "steps", "validation", "checkpoint", "end", "loop"], 0.0)
+        for (event, start), (_, stop) in zip(self.events, self.events[1:]):
+            phases[owner.get(event, "loop")] += stop - start
+        return phases
 
 
 def fit_and_test(
@@ -26,7 +86,7 @@ def fit_and_test(
     """``unlearning fit -c config overrides...`` under ``root``, then ``test`` on the last checkpoint.
 
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading or the test pass), which is
-    what the cost ratios compare. ``ckpt_path`` resumes an interrupted run.
+    what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an interrupted run.
     """
     args = [
         "-c",
@@ -38,12 +98,15 @@ def fit_and_test(
     ]
     cli = main(args, run=False)
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
-    start = time.perf_counter()
+    timer = PhaseTimer()
+    cli.trainer.callbacks.insert(0, timer)
+    timer.mark("begin")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    fit_seconds = time.perf_counter() - start
+    timer.mark("return")
+    fit_seconds = timer.events[-1][1] - timer.events[0][1]
     checkpoint = last_checkpoint(cli.trainer)
     metrics: dict[str, float] = {}
     if test:
         (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[:1]
         metrics = {k: float(v) for k, v in results.items()}
-    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, metrics)
+    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, metrics, timer.phases())

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from unlearning.checkpoints import held_out_classes
 from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
-from unlearning.losses import distillation, forget_loss
+from unlearning.losses import distillation
 from unlearning.metrics import unit_to_label
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
@@ -151,12 +151,10 @@ class ReplaceTask(SelectiveGradient):
         return self.unit_label[logits.argmax(dim=1)]
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
-        # one forward pass over the streams stacked: a small network's step is mostly per-call overhead
-        logits = dict(zip(batch, self.net(torch.cat([x for x, _ in batch.values()])).split([len(y) for _, y in batch.values()])))
+        logits = self.stream_logits(batch)
         terms = {"new_loss": self.new_weight * F.cross_entropy(logits["new"], self.target_unit[batch["new"][1]])}
         if self.forget_weight:
-            old = forget_loss(self.forget_objective, logits["forget"], batch["forget"][1], self.remaining_classes, self.ascent_bound)
-            terms["forget_loss"] = self.forget_weight * old
+            terms["forget_loss"] = self.forget_weight * self.forget_term(logits["forget"], batch["forget"][1])
         if self.retain_weight:
             terms["retain_loss"] = self.retain_weight * F.cross_entropy(logits["retain"], batch["retain"][1])
         if self.teacher is not None:
