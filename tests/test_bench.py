@@ -74,7 +74,7 @@ def test_speed_fit_args_reach_the_fit(tmp_path):
     """``python -m unlearning.speed -- ARGS`` measures the fit with a feature changed; a misspelled key fails as in ``fit``."""
     _, plain = interleaved_fit(1, tmp_path, chunk=25, fit_args=["--trainer.logger=false"])
     assert plain.total_steps == 275 and not (tmp_path / "lightning_logs").exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="did you mean --trainer.logger"):
         interleaved_fit(1, tmp_path, chunk=25, fit_args=["--trainer.loger=false"])
 
 

@@ -1,6 +1,9 @@
 import gzip
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,21 +34,98 @@ def test_bundled_files_unpack_verify_and_load_normalised(data_copy: Path):
     assert torch.bincount(y).tolist()[:3] == [980, 1135, 1032]  # the official test set's class counts
 
 
-def test_a_corrupt_file_names_the_file_and_its_expected_md5(data_copy: Path):
+def test_a_corrupt_unpacked_file_is_unpacked_again_from_its_archive(data_copy: Path, caplog):
     raw = prepare_mnist(data_copy)
     target = raw / "t10k-labels-idx1-ubyte"
     data = bytearray(target.read_bytes())
     data[100] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte is corrupt.*expected {MNIST_MD5['t10k-labels-idx1-ubyte']}"):
+    assert prepare_mnist(data_copy) == raw
+    assert hashlib.md5(target.read_bytes()).hexdigest() == MNIST_MD5[target.name]
+    assert "t10k-labels-idx1-ubyte is corrupt" in caplog.text and "unpacking it again" in caplog.text
+
+
+def test_a_corrupt_file_without_its_archive_names_the_file_and_its_expected_md5(data_copy: Path):
+    raw = prepare_mnist(data_copy)
+    target = raw / "t10k-labels-idx1-ubyte"
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte is corrupt.*expected {MNIST_MD5['t10k-labels-idx1-ubyte']}.*restore"):
         prepare_mnist(data_copy)
 
 
-def test_a_truncated_archive_is_reported(data_copy: Path):
+def test_a_rewrite_that_keeps_size_and_modification_time_is_still_caught(data_copy: Path):
+    raw = prepare_mnist(data_copy)
+    target = raw / "t10k-labels-idx1-ubyte"
+    before = target.stat()
+    data = bytearray(target.read_bytes())
+    data[200] ^= 0x01
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: only the ctime tells
+    prepare_mnist(data_copy)
+    assert hashlib.md5(target.read_bytes()).hexdigest() == MNIST_MD5[target.name]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zlib"])
+def test_a_damaged_archive_is_one_error_naming_it_and_leaves_no_debris(data_copy: Path, damage: str):
     archive = data_copy / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
-    archive.write_bytes(archive.read_bytes()[:1000])
-    with pytest.raises(DataError, match="cannot unpack .*train-labels-idx1-ubyte.gz"):
+    data = bytearray(archive.read_bytes())
+    if damage == "truncated":
+        data = data[:1000]
+    else:
+        data[5000:5004] = b"\xde\xad\xbe\xef"  # inside the deflate stream: zlib itself fails, or the CRC does
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"train-labels-idx1-ubyte.gz is (corrupt|missing).*{MNIST_MD5['train-labels-idx1-ubyte']}|train-labels-idx1-ubyte.gz is corrupt"):
         prepare_mnist(data_copy)
+    assert sorted(p.name for p in archive.parent.iterdir() if p.name.startswith("train-labels") or p.suffix == ".part") == [archive.name]
+
+
+def test_fuzzed_files_are_repaired_or_refused_and_never_loaded_corrupt(data_copy: Path):
+    """Seeded random 4-byte corruptions of every archive (nothing unpacked yet) and every unpacked file (archives intact)."""
+    raw = data_copy / "MNIST" / "raw"
+    pristine = {p.name: p.read_bytes() for p in raw.iterdir() if p.name.endswith(".gz")}
+    prepare_mnist(data_copy)
+    pristine |= {name: (raw / name).read_bytes() for name in MNIST_MD5}
+    generator = torch.Generator().manual_seed(0)
+    counts = {"tried": 0, "survived": 0, "refused": 0, "lost": 0}
+    for name in sorted(pristine):
+        for _ in range(7):
+            for file, contents in pristine.items():  # every case starts from intact files
+                if not (raw / file).exists() or (raw / file).read_bytes() != contents:
+                    (raw / file).write_bytes(contents)
+            if name.endswith(".gz"):
+                (raw / name.removesuffix(".gz")).unlink()  # a fresh clone: the archive must be read
+            data = bytearray(pristine[name])
+            at = int(torch.randint(len(data) - 4, (1,), generator=generator))
+            data[at : at + 4] = bytes(torch.randint(256, (4,), generator=generator).tolist())
+            (raw / name).write_bytes(bytes(data))
+            counts["tried"] += 1
+            try:
+                prepare_mnist(data_copy)
+            except DataError as err:
+                refused = name in str(err) and "\n" not in str(err)
+                counts["refused" if refused else "lost"] += 1
+            else:
+                intact = all(hashlib.md5((raw / f).read_bytes()).hexdigest() == md5 for f, md5 in MNIST_MD5.items())
+                counts["survived" if intact else "lost"] += 1
+            debris = [p.name for p in raw.iterdir() if p.suffix == ".part"]
+            counts["lost"] += bool(debris)
+    print(f"data fuzz: {counts}")
+    assert counts["tried"] == 56 and counts["lost"] == 0 and counts["survived"] + counts["refused"] == 56
+    assert counts["survived"] >= 28  # every unpacked file's corruption is repaired from its archive
+
+
+def test_two_processes_unpacking_at_once_both_succeed(data_copy: Path):
+    """Both start on a fresh copy: each writes its own temporary file and renames it into place."""
+    code = "import sys; from unlearning.data.mnist import prepare_mnist; prepare_mnist(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(data_copy)], cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0], results
+    raw = data_copy / "MNIST" / "raw"
+    assert all(hashlib.md5((raw / f).read_bytes()).hexdigest() == md5 for f, md5 in MNIST_MD5.items())
+    assert not [p for p in raw.iterdir() if p.suffix == ".part"]
 
 
 def test_a_missing_data_dir_without_network_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -65,8 +145,6 @@ def test_an_unpacked_copy_is_used_without_its_archive(data_copy: Path):
 
 
 def test_gzip_member_matches_the_canonical_md5():
-    import hashlib
-
     with gzip.open(ROOT / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz") as f:
         assert hashlib.md5(f.read()).hexdigest() == MNIST_MD5["t10k-labels-idx1-ubyte"]
 

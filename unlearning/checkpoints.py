@@ -9,10 +9,13 @@ needs several things from one file reads it once (the path then only names it in
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
@@ -40,24 +43,92 @@ class LatestCheckpoint(ModelCheckpoint):
 
 
 def last_checkpoint(trainer: Trainer) -> Path:
-    """The ``last.ckpt`` a fit wrote (see :class:`LatestCheckpoint`)."""
+    """The ``last.ckpt`` a fit wrote (see :class:`LatestCheckpoint`).
+
+    Under ``ddp_spawn`` the workers' callbacks never report back to this process; the file is then
+    found in the run folder, which this process claimed before the workers started.
+    """
     latest = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LatestCheckpoint)]
-    if not latest or not latest[0].best_model_path:
-        raise RuntimeError("this fit wrote no last.ckpt")
-    return Path(latest[0].best_model_path)
+    if latest and latest[0].best_model_path:
+        return Path(latest[0].best_model_path)
+    written = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    if written.is_file():
+        return written
+    raise RuntimeError("this fit wrote no last.ckpt")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written whole or not at all: into a temporary file beside the target, then renamed over it.
+
+    Lightning writes a checkpoint in place, so a run killed during the write (or a full disk) leaves
+    a truncated ``last.ckpt`` that the next ``--ckpt_path last`` would try to resume from.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint or state dict read with ``weights_only=True``; anything else is a one-line :class:`UsageError`."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and unsafe-global errors all mean "not a weights file we accept"
-        raise UsageError(f"cannot read {path} as a weights-only checkpoint: {err}") from err
+        raise UsageError(
+            f"{path} is not a readable checkpoint (expected a Lightning .ckpt or a state dict saved with torch.save; "
+            f"{_why_unreadable(path, err)})"
+        ) from err
     if not isinstance(obj, dict):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
     return obj
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What a failed ``torch.load`` means, in words: a zip archive that ends early was cut short while being written."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        return "this file is not one: it does not start like a torch.save archive"
+    if "central directory" in str(err) or "failed finding" in str(err):
+        return "it is truncated: the write was cut short"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+
+
+def check_resumable(path: str | Path) -> Path:
+    """``path`` if it is a checkpoint a fit can resume from; otherwise one :class:`UsageError` saying which readable
+    checkpoints sit beside it (a crash can leave ``last.ckpt`` unusable while ``best-*.ckpt`` is fine)."""
+    path = Path(path)
+    try:
+        checkpoint = read_checkpoint(path)
+        missing = [key for key in ("state_dict", "global_step", "loops") if key not in checkpoint]
+        if missing:
+            raise UsageError(f"{path} is not a training checkpoint (no {', '.join(missing)}): pass it as --model.init_args.weights instead")
+    except UsageError as err:
+        others = [p for p in sorted(path.parent.glob("*.ckpt")) if p != path and _readable(p)]
+        hint = f"; resume from {' or '.join(map(str, others))} instead" if others else ""
+        raise UsageError(f"cannot resume: {err}{hint}") from None
+    return path
+
+
+def _readable(path: Path) -> bool:
+    try:
+        return "state_dict" in read_checkpoint(path)
+    except UsageError:
+        return False
 
 
 def net_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Tensor]:

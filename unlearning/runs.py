@@ -10,7 +10,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from unlearning.checkpoints import last_checkpoint
-from unlearning.cli import main
+from unlearning.training import lightning_main
 
 
 @dataclass
@@ -96,7 +96,7 @@ def fit_and_test(
         "--trainer.enable_progress_bar=false",
         *overrides,
     ]
-    cli = main(args, run=False)
+    cli = lightning_main(args, run=False)
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from unlearning.cli import NoProfiler, main
+from unlearning.training import NoProfiler, lightning_main
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.models import SeedMLP
@@ -198,7 +198,7 @@ def interleaved_fit(epochs: int, out: Path, chunk: int, bare: bool = False, fit_
     ``fit_args``: more command-line arguments for the project's fit (``--trainer.logger=false``), to
     measure what a feature costs; the plain loop does not change.
     """
-    cli = main(
+    cli = lightning_main(
         ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *fit_args],
         run=False,
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
+import logging
+import os
+import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from torchvision.datasets import MNIST
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
 from unlearning.data.splits import build_splits, check_classes, choose
 from unlearning.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 MEAN, STD = 0.1307, 0.3081
 
@@ -46,8 +51,11 @@ def _md5(path: Path) -> str:
 def prepare_mnist(data_dir: str | Path) -> Path:
     """Make ``data_dir/MNIST/raw`` hold the four unpacked, md5-verified IDX files.
 
-    Bundled ``.gz`` files are unpacked once; where neither the files nor the archives are
-    present, torchvision's own download is tried. Returns the raw folder.
+    Bundled ``.gz`` files are unpacked once; an unpacked file that is missing or fails its md5 is
+    unpacked again from its archive (a self-repair). Every write goes to a temporary file of its own
+    and is renamed into place only once verified, so runs started together on a fresh clone, or on
+    several nodes sharing one folder, never read or leave half a file. Where neither the files nor the
+    archives are present, torchvision's own download is tried. Returns the raw folder.
     """
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
@@ -66,32 +74,69 @@ def prepare_mnist(data_dir: str | Path) -> Path:
     except (OSError, ValueError):
         stamps = {}
     for name, expected in MNIST_MD5.items():
-        target = raw / name
-        if not target.exists():
-            tmp = target.with_suffix(".part")
-            try:
-                with gzip.open(raw / f"{name}.gz", "rb") as src, tmp.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (OSError, EOFError) as err:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"cannot unpack {raw / (name + '.gz')}: {err}") from err
-            tmp.replace(target)
-        stat = target.stat()
-        stamp = [stat.st_size, stat.st_mtime_ns, expected]
-        if stamps.get(name) == stamp:
-            continue  # verified before and untouched since: skip re-hashing 55 MB on every run
-        actual = _md5(target)
-        if actual != expected:
-            raise DataError(
-                f"{target} is corrupt: md5 {actual}, expected {expected}. Delete it (and its .gz if that is "
-                f"damaged too) and restore the original MNIST file."
-            )
-        stamps[name] = stamp
-    try:
-        stamp_path.write_text(json.dumps(stamps))
-    except OSError:
-        pass  # a read-only data folder is fine: the files are simply hashed again next time
+        target, archive = raw / name, raw / f"{name}.gz"
+        if target.exists():
+            if stamps.get(name) == _stamp(target, expected):
+                continue  # verified before and untouched since: skip re-hashing 55 MB on every run
+            actual = _md5(target)
+            if actual == expected:
+                stamps[name] = _stamp(target, expected)
+                continue
+            if not archive.exists():
+                raise DataError(
+                    f"{target} is corrupt: md5 {actual}, expected {expected}, and there is no {archive.name} to unpack it "
+                    f"from again; restore the original MNIST file"
+                )
+            log.warning("%s is corrupt (md5 %s, expected %s): unpacking it again from %s", target, actual, expected, archive.name)
+        _unpack(archive, target, expected)
+        stamps[name] = _stamp(target, expected)
+    _write_atomically(stamp_path, json.dumps(stamps).encode())
     return raw
+
+
+def _stamp(path: Path, md5: str) -> list[Any]:
+    """What identifies a file's verified contents: size, modification and change times, inode. A rewrite in
+    place that keeps the size and the modification time still changes the change time."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, md5]
+
+
+def _unpack(archive: Path, target: Path, expected: str) -> None:
+    """Unpack ``archive`` to ``target`` through a temporary file of this process's own, renamed into place only if its md5 is right."""
+    restore = f"restore it (git checkout -- {archive}, or a fresh copy of the MNIST archive)"
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.md5()
+        with gzip.open(archive, "rb") as src, os.fdopen(fd, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+        if digest.hexdigest() != expected:
+            raise DataError(f"{archive} is corrupt: it unpacks to md5 {digest.hexdigest()}, expected {expected}; {restore}")
+        os.replace(tmp, target)
+    except DataError:
+        raise
+    except FileNotFoundError as err:
+        raise DataError(f"{archive} is missing: cannot unpack {target.name}; {restore}") from err
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a damaged stream fails in zlib
+        raise DataError(f"{archive} is corrupt ({type(err).__name__}: {err}); its contents should have md5 {expected}; {restore}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` by renaming a finished temporary file over it."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError:
+        return  # a read-only data folder is fine: nothing is cached, the files are hashed again next time
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 _loaded: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
@@ -105,7 +150,7 @@ def load_mnist(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
     writes to these tensors: loaders serve copies (row gathers) of them.
     """
     raw = prepare_mnist(data_dir)
-    key = (str(raw.resolve()), train, *((st.st_size, st.st_mtime_ns) for st in (raw.joinpath(name).stat() for name in MNIST_MD5)))
+    key = (str(raw.resolve()), train, *(tuple(_stamp(raw / name, md5)) for name, md5 in MNIST_MD5.items()))
     if key not in _loaded:
         dataset = MNIST(Path(data_dir), train=train, download=False)
         _loaded[key] = dataset.data.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD), dataset.targets.long()
@@ -158,10 +203,13 @@ class MNISTDataModule(LightningDataModule):
         self._device = torch.device("cpu")
         self._eval_rows: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}  # evaluation rows gathered per (splits, rank, world, device)
 
-    def prepare_data(self) -> None:
-        prepare_mnist(self.data_dir)
-
     def setup(self, stage: str | None = None) -> None:
+        """Read (and on first use unpack and verify) MNIST on every rank.
+
+        Not in ``prepare_data``: there local rank 0 works alone while the others wait at a barrier, so a
+        corrupt file would leave them waiting for the collective timeout. Here each rank fails at once
+        with the same one-line error, and concurrent unpacking is safe (see :func:`prepare_mnist`).
+        """
         if self._tensors:
             return
         train_x, train_y = load_mnist(self.data_dir, train=True)

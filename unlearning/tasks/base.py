@@ -7,7 +7,6 @@ they never touch the optimizer, metric or logging plumbing. The hooks follow tor
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -31,9 +30,6 @@ from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
 
-# ``training_step(dataloader_iter)`` is deliberate (see ``BaseTask.automatic_optimization``): silence Lightning's "experimental" notice
-warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
-
 
 class BaseTask(LightningModule):
     """A classifier ``net`` trained on named data streams and evaluated per class on val and test.
@@ -56,6 +52,10 @@ class BaseTask(LightningModule):
     #: metric that picks the best checkpoint, and whether higher is better
     monitor = "val/acc"
     mode = "max"
+    #: the first level of a run's folder, ``lightning_logs/<stage>/<method>`` (see :meth:`run_stage`)
+    stage_name = "train"
+    #: whether a fit must start from trained ``weights`` (or resume a run): unlearning and replacement do
+    starts_from_weights = False
     #: stream name -> splits concatenated into it; set per task (see ``MNISTDataModule``)
     train_streams: Mapping[str, Sequence[str]] = {}
     #: The task runs its own optimizer step (``training_step``). Lightning's automatic optimisation
@@ -155,12 +155,25 @@ class BaseTask(LightningModule):
         config = {"scheduler": scheduler, **({"monitor": self.monitor} if isinstance(scheduler, ReduceLROnPlateau) else {})}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def configure_callbacks(self) -> list[Callback]:
-        """The best checkpoint by ``monitor``, then ``last.ckpt``: last, so it holds the best one's updated state."""
+    @classmethod
+    def run_stage(cls, init_args: Mapping[str, Any]) -> str:
+        """The stage a run of this task with these arguments is filed under: ``pretrain``, ``oracle``, ``unlearn``, ``replace``."""
+        return cls.stage_name
+
+    def checkpoint_callbacks(self) -> list[Callback]:
+        """The best checkpoint by ``monitor``, then ``last.ckpt``: last, so it holds the best one's updated state.
+
+        The CLI gives them to the trainer; a trainer built without them gets them from :meth:`configure_callbacks`.
+        """
         return [
             ModelCheckpoint(monitor=self.monitor, mode=self.mode, filename="best-{epoch}-{step}", auto_insert_metric_name=False),
             LatestCheckpoint(),
         ]
+
+    def configure_callbacks(self) -> list[Callback]:
+        if any(isinstance(callback, LatestCheckpoint) for callback in self.trainer.callbacks):
+            return []  # the trainer has them already: returning them again would replace its own
+        return self.checkpoint_callbacks()
 
     def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> Tensor:
         """One optimizer step on the next batch; the batches are born on the device, so none is moved."""

@@ -58,6 +58,8 @@ class UnlearnTask(BaseTask):
     """
 
     monitor = None  # an unlearning run's result is its last state; the budget is set by max_steps
+    stage_name = "unlearn"
+    starts_from_weights = True
 
     @property
     def train_streams(self) -> Mapping[str, Sequence[str]]:  # type: ignore[override]
@@ -179,7 +181,7 @@ class UnlearnTask(BaseTask):
         self.log_loss("loss", loss, size)
         return loss
 
-    def configure_callbacks(self) -> list[Callback]:
+    def checkpoint_callbacks(self) -> list[Callback]:
         """``last.ckpt`` only: with no monitored metric there is no best to keep beside it."""
         return [LatestCheckpoint()]
 

@@ -24,6 +24,10 @@ class PretrainTask(BaseTask):
         self.stage = stage
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def run_stage(cls, init_args: Mapping[str, Any]) -> str:
+        return init_args.get("stage") or "pretrain"
+
     @property
     def train_streams(self) -> Mapping[str, Sequence[str]]:  # type: ignore[override]
         if self.stage == "pretrain":

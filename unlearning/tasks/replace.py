@@ -74,6 +74,8 @@ class ReplaceTask(SelectiveGradient):
         **kwargs: see :class:`~unlearning.tasks.forget.SelectiveGradient`.
     """
 
+    stage_name = "replace"
+
     def __init__(
         self,
         *args: Any,

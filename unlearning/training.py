@@ -1,0 +1,419 @@
+"""``unlearning fit|validate|test|predict``: LightningCLI with the project's run folders, console and safeguards.
+
+Everything here shapes how a run is set up and reported; what a run computes lives in the tasks and the
+datamodule. :func:`lightning_main` is what :mod:`unlearning.cli` dispatches to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import logging
+import re
+import math
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentError, Namespace, lazy_instance
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from unlearning.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpoint
+from unlearning.data.mnist import MNISTDataModule
+from unlearning.errors import UsageError
+from unlearning.run_dirs import RunLogger, logger_location, newest_resumable, run_dir_of, run_name
+from unlearning.tasks.base import BaseTask
+
+# -- notices checked to be harmless here, each silenced at its source -----------------------------------
+# Tasks take ``training_step(dataloader_iter)`` on purpose (see BaseTask.automatic_optimization) and fetch one
+# batch per step, which is all the two "experimental" notices warn about.
+warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`", module="lightning")
+warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step flavor", module="lightning")
+# Lightning's own call into torch's pytree module; nothing this project can change.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning")
+# Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
+# reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
+
+
+class _NoCloudTips(logging.Filter):
+    """Lightning advertises its cloud services on every run (``💡 Tip: ...``): nothing about the run itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoCloudTips())
+
+
+class UnlearningCLI(LightningCLI):
+    """LightningCLI whose task reads the classes from the datamodule (a user states them once), whose runs get
+    named, atomically claimed folders, and whose fit refuses what it cannot honour before anything is written."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("forget_classes", "new_classes", "forget_fraction"):
+            parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
+        parser.set_defaults({"trainer.logger": lazy_instance(RunLogger)})
+
+    # -- before anything is instantiated -----------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        """Name the run folder, check what a run needs, and resolve ``--ckpt_path``; every refusal here writes nothing."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        task = _import(config.model.class_path)
+        logger = config.trainer.logger
+        ckpt_path = config.get("ckpt_path")
+        if isinstance(logger, Namespace) and _import(logger.class_path) is RunLogger:
+            args = logger.init_args
+            if args.save_dir is None:
+                args.save_dir = str(Path(config.trainer.default_root_dir or ".") / "lightning_logs")
+            if args.name is None:
+                files = config.get("config") or []
+                args.name = run_name(task.run_stage(config.model.init_args), config.model.init_args.net.class_path,
+                                     config.data.init_args, files[0] if files else None)  # fmt: skip
+            if ckpt_path is not None:
+                ckpt_path = self._resolve_checkpoint(config, args)
+        if self.subcommand == "fit" and task.starts_from_weights and config.model.init_args.get("weights") is None and ckpt_path is None:
+            raise UsageError(
+                f"{task.__name__} starts from trained weights: give --model.init_args.weights <checkpoint> "
+                "(or --ckpt_path to resume a run); on an untrained network every forget metric would read as perfect forgetting"
+            )
+        if self.subcommand:
+            config.ckpt_path = ckpt_path  # the saved config.yaml records the file, never the word "last"
+
+    def _resolve_checkpoint(self, config: Namespace, logger_args: Namespace) -> str:
+        """``--ckpt_path``, checked and resolved, and the logger pointed at the run folder it belongs to.
+
+        ``fit`` resumes into the checkpoint's own run folder (``last``: the newest run of the same
+        configuration, see :func:`~unlearning.run_dirs.newest_resumable`); ``validate``, ``test`` and
+        ``predict`` log into it too, or into ``<stage>/<name>`` named for the checkpoint when it lies in none.
+        """
+        ckpt_path = config.ckpt_path
+        if ckpt_path == "last":
+            if self.subcommand != "fit":
+                raise UsageError(f"--ckpt_path last resumes a fit; `{self.subcommand}` needs a checkpoint file")
+            if (config.trainer.num_nodes or 1) > 1:
+                raise UsageError("--ckpt_path last is resolved from this node's files; with several nodes give the checkpoint's path")
+            dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_validation=True, skip_none=False))
+            ckpt_path = str(newest_resumable(Path(logger_args.save_dir) / logger_args.name, dumped))
+        if self.subcommand == "fit":
+            check_resumable(ckpt_path)
+        else:
+            read_checkpoint(ckpt_path)
+        run_dir = run_dir_of(ckpt_path)
+        if logger_args.version is None:
+            if run_dir is not None:
+                logger_args.save_dir, logger_args.name = logger_location(run_dir)
+                logger_args.version = int(run_dir.name.removeprefix("version_"))
+            elif self.subcommand != "fit":
+                logger_args.name = f"{self.subcommand}/{Path(ckpt_path).stem}"
+        return str(ckpt_path)
+
+    # -- the trainer ---------------------------------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, with the project's checkpoint files, console and (where the config names none) a
+        lighter profiler and progress bar.
+
+        The profiler and progress bar are per-step costs a small model feels (``python -m unlearning.speed``); a
+        config that sets ``trainer.profiler`` or a progress bar callback gets exactly that. The task's checkpoint
+        callbacks are the trainer's own (nothing for ``configure_callbacks`` to override), checkpoints are written
+        whole or not at all, and every run ends with a summary on the console.
+        """
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer", {})
+        if config.get("profiler") is None:
+            kwargs.setdefault("profiler", NoProfiler())
+        if not config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        callbacks = config.get("callbacks") or []
+        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]), *self.model.checkpoint_callbacks(), RunEnd()]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ThrottledProgressBar() if sys.stdout.isatty() else LogProgress())
+        kwargs.setdefault("callbacks", callbacks)
+        return super().instantiate_trainer(**kwargs)
+
+    def before_validate(self) -> None:
+        self.config_init["validate"]["verbose"] = False  # RunEnd prints the metrics, in percent
+
+    def before_test(self) -> None:
+        self.config_init["test"]["verbose"] = False  # RunEnd prints the metrics, in percent
+
+    def before_fit(self) -> None:
+        """Reject trainer options a task that steps its own optimizer cannot honour, then claim the run's folder.
+
+        Claimed here, in the process that parsed the command line, so that a ``ddp_spawn`` parent knows the
+        folder its workers write to; everything that could refuse the run has run by now.
+        """
+        if self.trainer.gradient_clip_val:
+            raise UsageError(
+                "tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val"
+            )
+        if self.trainer.accumulate_grad_batches != 1:
+            raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
+        if self.trainer.max_steps > 0 and self.trainer.log_every_n_steps > max(1, self.trainer.max_steps // 10):
+            self.trainer.log_every_n_steps = max(1, self.trainer.max_steps // 10)  # a 30-step run logs its loss ten times
+        limit = self.trainer.limit_train_batches
+        if isinstance(limit, int) and 0 < limit < self.trainer.log_every_n_steps:
+            self.trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
+        if isinstance(self.trainer.logger, RunLogger):
+            _ = self.trainer.logger.version
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default "no profiler", without its cost: ``PassThroughProfiler.profile`` builds a
+    generator context manager for each hook it wraps, about 30 a training step."""
+
+    _nothing = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:  # type: ignore[override]
+        return self._nothing
+
+
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn at most every ``min_interval`` seconds (tqdm's own default).
+
+    Lightning redraws it after every batch, hundreds of times a second for a small model; the last
+    batch of each bar is always drawn.
+    """
+
+    def __init__(self, min_interval: float = 0.1, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.min_interval = min_interval
+        self._drawn_at = -math.inf
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not super()._should_update(current, total):
+            return False
+        now = time.monotonic()
+        if current != total and now - self._drawn_at < self.min_interval:
+            return False
+        self._drawn_at = now
+        return True
+
+
+class LogProgress(ProgressBar):
+    """Progress as plain lines, for a log file (CI, ``> run.log``, SLURM) where a redrawn bar writes escape codes.
+
+    A line every ``interval`` seconds of training and one after each validation, with the step, the
+    epoch and the latest metrics.
+    """
+
+    SHOWN = ("val/acc", "val/forget_acc", "val/retain_acc", "val/new_acc")
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.interval, self._enabled, self._printed_at = interval, True, time.monotonic()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _line(self, trainer: Trainer, what: str) -> None:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        budget = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * trainer.num_training_batches
+        shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/loss") or k in self.SHOWN}
+        metrics = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
+        print(f"[{time.strftime('%H:%M:%S')}] epoch {trainer.current_epoch} step {trainer.global_step}/{budget} {what}  {metrics}".rstrip(), flush=True)
+        self._printed_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if time.monotonic() - self._printed_at >= self.interval:
+            self._line(trainer, "training")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._line(trainer, "validated")
+
+
+class RunEnd(Callback):
+    """What a user needs when a command returns: the result, and where it is; a failed run leaves no empty folder.
+
+    After ``fit``: the final validation metrics beside the pretrained weights' (for a run that started
+    from them), the run folder, and the best and last checkpoints. After ``validate``/``test``: the
+    metrics. Accuracies in percent, two decimals.
+    """
+
+    ROWS = ("acc", "forget_acc", "retain_acc", "new_acc", "old_acc")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        before = getattr(pl_module, "before", None) or {}
+        lines = _table("val", {"before": before, "after": after} if before else {"final": after})
+        lines.append(f"run folder   {trainer.log_dir}")
+        for callback in trainer.checkpoint_callbacks:
+            if callback.best_model_path:
+                lines.append(f"{'last' if callback.monitor is None else 'best':12s} {callback.best_model_path}")
+        _print(trainer, lines)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            _print(trainer, _table("val", {"": {k: float(v) for k, v in trainer.callback_metrics.items()}}))
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _print(trainer, _table("test", {"": {k: float(v) for k, v in trainer.callback_metrics.items()}}, per_class=True))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(trainer.logger, RunLogger):
+            trainer.logger.remove_if_empty_handed()
+
+
+def _table(stage: str, columns: dict[str, dict[str, float]], per_class: bool = False) -> list[str]:
+    """Accuracies in percent, one row per metric present (the summaries, then per class if asked), one column per dict."""
+    keys = [f"{stage}/{name}" for name in RunEnd.ROWS] + ([f"{stage}_class_acc/{c}" for c in range(10)] if per_class else [])
+    keys = [key for key in keys if any(key in values for values in columns.values())]
+    width = max(map(len, keys), default=0) + 2
+    lines = [" " * width + "".join(f"{c:>10s}" for c in columns)] if any(columns) else []
+    for key in keys:
+        lines.append(key.ljust(width) + "".join(f"{100 * v[key]:9.2f}%" if key in v else f"{'–':>10s}" for v in columns.values()))
+    return lines
+
+
+@rank_zero_only
+def _print(trainer: Trainer, lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
+class SaveParsedConfig(SaveConfigCallback):
+    """Writes the run's configuration into its folder: ``config.yaml`` for a fit, ``<stage>_config.yaml`` otherwise
+    (a ``test`` that logs into a fit's folder must not replace the config that reproduces the fit).
+
+    Saved without validating the config a second time: it was validated when it was parsed, and
+    jsonargparse's check on save costs about 0.1 s per run, a tenth of a short unlearning run's time.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        if stage != "fit":
+            self.config_filename = f"{stage}_config.yaml"
+        self.parser.save = partial(type(self.parser).save, self.parser, skip_validation=True)  # type: ignore[method-assign]
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            del self.parser.save
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True) -> UnlearningCLI:
+    """The Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``); ``run=False`` parses one config and builds
+    the trainer, task and datamodule without running anything (the bench and the tests drive them).
+
+    A mistake in the arguments or the config is one :class:`UsageError` line, whichever way it surfaces:
+    jsonargparse's report, Lightning's ``MisconfigurationException``, or a ``UsageError`` that
+    jsonargparse wrapped while instantiating a class.
+    """
+    try:
+        return UnlearningCLI(
+            BaseTask,
+            MNISTDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=SaveParsedConfig,
+            save_config_kwargs={"overwrite": True},  # a resumed fit rewrites its own folder's config; folders are never shared
+            parser_kwargs={"prog": "unlearning", "exit_on_error": False},
+            args=args,
+            run=run,
+        )
+    except (ArgumentError, MisconfigurationException) as err:  # the latter: Lightning's word for a trainer setting it cannot take
+        argv = list(sys.argv[1:] if args is None else args)
+        command = (argv[0] if argv else None) if run else "fit"
+        if isinstance(err, ArgumentError):
+            raise UsageError(parse_error(str(err), command, argv)) from None
+        raise UsageError(f"{str(err).strip().splitlines()[0]} (run 'unlearning {command} --help' for the options)") from None
+    except Exception as err:
+        usage_error = _usage_error(err)
+        if usage_error is None:
+            raise
+        raise usage_error from None
+
+
+def parse_error(message: str, command: str | None, argv: list[str] | None = None) -> str:
+    """jsonargparse's error report, as one line: what was wrong, the nearest known option for a misspelled one, and where help is.
+
+    jsonargparse explains an error in a nested report (the union of types tried, each one's problem);
+    the line that matters is the innermost. A misspelled key reads "unrecognized arguments: --x",
+    "does not accept option 'x'" (from a YAML file) or "Option 'x' is not accepted" (an argument of the
+    task, datamodule or optimizer class).
+    """
+    hint = f"run 'unlearning {command} --help' for the options" if command else "run 'unlearning --help'"
+    keys = re.findall(r'Parser key "([\w.\-]+)"', message)
+    classes = re.findall(r"""class_path[=\s]'?\s*(?:given class_path )?'([\w.]+)'""", message)
+    owner = classes[-1] if classes else None
+    unknown = re.search(r"unrecognized arguments: --?([\w.\-]+)|does not accept option '([\w.\-]+)'|Option '([\w\-]+)' is not accepted", message, re.I)
+    if unknown is not None:
+        key = next(group for group in unknown.groups() if group)
+        if "." not in key:  # an argument of a class: find its full key on the command line, else build it from the report
+            given = [a.lstrip("-").split("=", 1)[0] for a in argv or [] if re.match(rf"--[\w.]*\.{re.escape(key)}(=|$)", a)]
+            key = given[0] if given else ".init_args.".join([*keys, key])
+        nearest = _nearest_option(key, owner)
+        return f"unknown option or config key '{key}'" + (f"; did you mean --{nearest}?" if nearest else "") + f" ({hint})"
+    innermost = _innermost(message)
+    expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", innermost, re.M)
+    got = re.search(r"(?:Given|Got) value: (.+)$", innermost, re.M) or re.search(r"(?:Given|Got) value: (.+)$", message, re.M)
+    if keys and expected:
+        types = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", e).replace("typing.", "") for e in expected]
+        return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {got.group(1) if got else '?'} ({hint})"
+    lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip()]
+    return f"{lines[-1] if lines and keys else lines[0] if lines else message} ({hint})"
+
+
+def _innermost(message: str) -> str:
+    """The part of a nested report under its last ``Parser key`` line, up to where the indentation falls back."""
+    lines = message.splitlines()
+    starts = [i for i, line in enumerate(lines) if 'Parser key "' in line]
+    if not starts:
+        return message
+    depth = len(lines[starts[-1]]) - len(lines[starts[-1]].lstrip())
+    block = [lines[starts[-1]]]
+    for line in lines[starts[-1] + 1 :]:
+        if line.strip() and len(line) - len(line.lstrip()) <= depth:
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def _nearest_option(key: str, owner: str | None) -> str | None:
+    """The known key nearest a misspelled one: among the trainer's arguments for ``trainer.*``, else among the arguments
+    of the class the report names (the task, the datamodule, an optimizer), found as jsonargparse finds them."""
+    from jsonargparse import ArgumentParser
+
+    prefix, _, name = key.rpartition(".")
+    if prefix == "trainer":
+        owner = "lightning.pytorch.Trainer"
+    if owner is None:
+        return None
+    module, _, cls = owner.rpartition(".")
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(getattr(importlib.import_module(module), cls), "x")
+    except Exception:  # a class jsonargparse cannot describe: no suggestion
+        return None
+    known = [option.removeprefix("--x.") for action in parser._actions for option in action.option_strings if option.startswith("--x.")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f"{prefix}.{close[0]}" if close and prefix else close[0] if close else None
+
+
+def _usage_error(err: BaseException | None) -> UsageError | None:
+    """The user's mistake behind an error, if any: jsonargparse wraps errors raised while instantiating classes."""
+    while err is not None:
+        if isinstance(err, UsageError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
