@@ -1,10 +1,28 @@
-"""Interrupted runs resume to the same result, and a 2-process fit completes and agrees with 1 process."""
+"""Runs never collide, clobber or lie: run folders, resume, bad input, and a 2-process fit that agrees with 1 process.
+
+The stress tests start real processes, bounded in number and time.
+"""
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tests.conftest import CONFIGS, fit
+from tests.conftest import CONFIGS, ROOT, fit
+from unlearning.checkpoints import AtomicCheckpointIO, last_checkpoint, read_checkpoint
+from unlearning.cli import main
+from unlearning.data.mnist import MNIST_MD5
 from unlearning.errors import UsageError
+from unlearning.run_dirs import RunLogger
 
 QUICK = ("--trainer.limit_train_batches=15", "--trainer.limit_val_batches=1.0", "--model.init_args.log_figures=false")
 
@@ -23,6 +41,170 @@ def test_a_run_stopped_after_one_epoch_resumes_to_the_uninterrupted_result(tmp_p
 def test_resuming_last_with_no_run_to_resume_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=r"--ckpt_path last: no run under .* has a checkpoints/last.ckpt"):
         fit(CONFIGS / "pretrain.yaml", tmp_path, "--ckpt_path=last", *QUICK)
+    assert not list(tmp_path.rglob("version_*"))
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` and its md5: what "nothing changed on disk" is checked against."""
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_last_resumes_the_newest_run_of_the_same_configuration_and_the_config_records_the_file(tmp_path):
+    ours = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    newer = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", "--seed_everything=1", *QUICK)  # same folder name, other seed
+    assert Path(ours.trainer.log_dir).name == "version_0" and Path(newer.trainer.log_dir).name == "version_1"
+    resumed = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last", *QUICK)
+    assert resumed.trainer.log_dir == ours.trainer.log_dir and resumed.trainer.global_step == 30
+    saved = yaml.safe_load((Path(ours.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["ckpt_path"] == str(Path(ours.trainer.log_dir) / "checkpoints" / "last.ckpt")  # the file, never the word "last"
+    assert saved["trainer"]["logger"]["init_args"]["version"] == 0
+    with pytest.raises(UsageError, match=r"no run under .*pretrain/seed_mlp has this configuration; candidates: .*version_1 \(other seed_everything") as error:
+        fit(CONFIGS / "pretrain.yaml", tmp_path, "--seed_everything=2", "--ckpt_path=last", *QUICK)
+    assert "\n" not in str(error.value)
+
+
+def test_a_failed_resume_changes_nothing_and_offers_the_checkpoint_that_is_still_good(tmp_path):
+    run = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    last = last_checkpoint(run.trainer)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a last.ckpt cut short by a crash
+    before = _snapshot(tmp_path)
+    (best,) = last.parent.glob("best-*.ckpt")
+    for ckpt_path in ("last", str(last)):
+        with pytest.raises(UsageError, match=rf"cannot resume: .*last.ckpt is not a readable checkpoint .*truncated.*; resume from {best} instead"):
+            fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={ckpt_path}", *QUICK)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("contents", [b"not a checkpoint at all\n", b"PK\x03\x04 cut short"], ids=["text", "truncated"])
+def test_a_bad_checkpoint_path_is_one_line_saying_what_is_wrong(tmp_path, contents):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(contents)
+    for command, message in (("fit", "cannot resume: .*bad.ckpt is not a readable checkpoint"), ("test", "bad.ckpt is not a readable checkpoint")):
+        with pytest.raises(UsageError, match=message) as error:
+            fit(CONFIGS / "pretrain.yaml", tmp_path, f"--ckpt_path={bad}", *QUICK) if command == "fit" else main_test(tmp_path, bad)
+        assert "\n" not in str(error.value) and "expected a Lightning .ckpt or a state dict" in str(error.value)
+    assert not list(tmp_path.rglob("version_*"))
+
+
+def main_test(root: Path, ckpt: Path):
+    return main(["test", "-c", str(CONFIGS / "pretrain.yaml"), f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt}", *QUICK])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["--data.init_args.forget_fraction=1.5", "--data.init_args.val_size=60000", "--data.init_args.forget_classes=[]"],
+)
+def test_a_usage_error_leaves_no_run_folder_and_overwrites_nothing(tmp_path, override):
+    fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    before = _snapshot(tmp_path)
+    with pytest.raises(UsageError):
+        fit(CONFIGS / "pretrain.yaml", tmp_path, override, *QUICK, *(["--data.init_args.forget_classes=[]"] if "fraction" in override else []))
+    assert _snapshot(tmp_path) == before
+    assert [p.name for p in tmp_path.rglob("version_*")] == ["version_0"]
+
+
+def test_a_run_reproduces_from_its_folder_alone(tmp_path):
+    first = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    again = main(["fit", "-c", str(Path(first.trainer.log_dir) / "config.yaml")])  # the saved config alone, nothing layered on it
+    assert Path(again.trainer.log_dir) == Path(first.trainer.log_dir).parent / "version_1"  # a new run, beside the first
+    assert all(torch.equal(first.trainer.callback_metrics[k], again.trainer.callback_metrics[k]) for k in first.trainer.callback_metrics)
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+
+    def crash(obj, f):
+        f.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("unlearning.checkpoints.torch.save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert torch.equal(read_checkpoint(target)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_run_logger_claims_a_fresh_folder_and_keeps_a_given_version(tmp_path):
+    """RunLogger relies on TensorBoardLogger keeping its version in ``_version``: this fails loudly if that changes."""
+    (tmp_path / "x" / "version_0").mkdir(parents=True)
+    claimed = RunLogger(save_dir=str(tmp_path), name="x")
+    assert claimed.version == 1 and claimed.claimed and (tmp_path / "x" / "version_1").is_dir()
+    given = RunLogger(save_dir=str(tmp_path), name="x", version=0)
+    assert given.version == 0 and not given.claimed
+
+
+# -- stress: real processes -----------------------------------------------------------------------
+@pytest.fixture
+def fresh_clone(tmp_path: Path) -> Path:
+    """A folder with only the bundled archives, nothing unpacked: what a fresh clone has."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_MD5:
+        shutil.copy(ROOT / "data" / "MNIST" / "raw" / f"{name}.gz", raw)
+    return tmp_path
+
+
+TINY_RUN = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+            "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]  # fmt: skip
+
+
+def _start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "unlearning", "fit", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fresh_clone):
+    procs = [
+        _start(fresh_clone, "-c", str(CONFIGS / ("pretrain.yaml" if i % 2 == 0 else "oracle.yaml")), f"--seed_everything={i}", *TINY_RUN)
+        for i in range(8)
+    ]
+    results = [(p.wait(timeout=400), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0] * 8, [err[-2000:] for rc, err in results if rc]
+    runs = sorted(fresh_clone.glob("lightning_logs/*/*/version_*"))
+    assert len(runs) == 8
+    seeds = set()
+    for run in runs:
+        assert {"config.yaml", "hparams.yaml", "checkpoints"} <= {p.name for p in run.iterdir()} and list(run.glob("events.out.tfevents.*"))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+        # the folder's config, its hparams and its checkpoint all belong to one and the same run
+        assert checkpoint["datamodule_hyper_parameters"]["seed"] == config["seed_everything"]
+        assert checkpoint["hyper_parameters"]["stage"] == config["model"]["init_args"]["stage"] == run.parent.parent.name
+        assert yaml.safe_load((run / "hparams.yaml").read_text())["stage"] == config["model"]["init_args"]["stage"]
+        seeds.add(config["seed_everything"])
+    assert seeds == set(range(8))
+    assert not list((fresh_clone / "data").rglob("*.part"))
+
+
+@pytest.mark.timeout(600)
+def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result_or_refuses_in_one_line(fresh_clone):
+    args = ["-c", str(CONFIGS / "pretrain.yaml"), "--trainer.max_epochs=4", "--trainer.limit_train_batches=40",
+            "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]  # fmt: skip
+    straight = fit(CONFIGS / "pretrain.yaml", fresh_clone / "straight", *args[2:])
+    generator, outcomes = random.Random(0), []
+    for _ in range(5):
+        resume = ["--ckpt_path=last"] if list(fresh_clone.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt")) else []
+        proc = _start(fresh_clone, *args, *resume)
+        time.sleep(generator.uniform(2.0, 7.0))  # python's start-up is about 2 s: the kill lands in a step, a validation or a write
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        outcomes.append("killed" if proc.returncode == -signal.SIGKILL else f"exited {proc.returncode}")
+    print(f"kill and resume: {outcomes}")
+    final = _start(fresh_clone, *args, "--ckpt_path=last")
+    rc, err = final.wait(timeout=300), final.stderr.read()
+    if rc != 0:  # nothing was ever saved: a clean refusal is the only other outcome allowed
+        assert rc == 2 and err.strip().splitlines()[-1].startswith("unlearning: error:") and "Traceback" not in err, err
+        return
+    (run,) = fresh_clone.glob("lightning_logs/pretrain/seed_mlp/version_*")  # every resume continued the one run
+    resumed = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == straight.trainer.global_step == 160, outcomes
+    expected = straight.model.net.state_dict()
+    assert all(torch.equal(resumed["state_dict"][f"net.{k}"], v) for k, v in expected.items()), outcomes
 
 
 def test_the_same_seed_gives_the_same_metrics_twice(tmp_path):

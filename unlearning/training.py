@@ -41,6 +41,9 @@ warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in t
 warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step flavor", module="lightning")
 # Lightning's own call into torch's pytree module; nothing this project can change.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning")
+# Lightning 2.6's LightningCLI still registers jsonargparse instantiators the old way; they work until jsonargparse 5,
+# which pyproject.toml excludes.
+warnings.filterwarnings("ignore", message=r"(?s).*``ArgumentParser.add_instantiator`` was deprecated", module="lightning")
 # Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
 # reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
@@ -68,8 +71,17 @@ class UnlearningCLI(LightningCLI):
         parser.set_defaults({"trainer.logger": lazy_instance(RunLogger)})
 
     # -- before anything is instantiated -----------------------------------------------------------------
-    def before_instantiate_classes(self) -> None:
-        """Name the run folder, check what a run needs, and resolve ``--ckpt_path``; every refusal here writes nothing."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then name the run folder, check what a run needs, and resolve ``--ckpt_path``; every refusal here writes nothing.
+
+        Done right after parsing because Lightning reads the ``--ckpt_path`` file next (for the task's
+        hyperparameters): a missing, truncated or foreign file must be refused in one line first.
+        """
+        super().parse_arguments(parser, args)
+        self.subcommand = self.config.get("subcommand")
+        self._prepare_run()
+
+    def _prepare_run(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         task = _import(config.model.class_path)
         logger = config.trainer.logger
