@@ -21,7 +21,8 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     replaced = {r["method"]: r for r in rows if r["experiment"] == "replace6to3"}
     assert set(replaced) == {"pretrained", "oracle", "selective_gradient"}
     assert replaced["pretrained"]["new_acc"] == 0 and replaced["selective_gradient"]["new_acc"] > 0.5  # the 3 was learned
-    assert replaced["oracle"]["cost"] == 1 and replaced["selective_gradient"]["cost"] > 0
+    assert replaced["oracle"]["cost"] == 1
+    assert replaced["selective_gradient"]["cost"] == replaced["selective_gradient"]["fit_seconds"] / replaced["oracle"]["fit_seconds"]
     seed0 = out / "runs" / "forget9" / "seed0"
     (timing_round,) = json.loads((seed0 / "timings.json").read_text())  # timing_repeats: 2, so one round besides the bench's fit
     assert set(timing_round) == {"oracle", "selective_gradient", "head_mask"}
@@ -39,9 +40,16 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     }
 
     checkpoints = sorted(out.glob("runs/**/*.ckpt"))
+    died = seed0 / "selective_gradient" / "result.json"
+    first_run = json.loads(died.read_text())
+    died.unlink()  # as if the run had died after writing its checkpoint
     again = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
-    assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again
-    assert [r["fit_seconds"] for r in again] == [r["fit_seconds"] for r in rows]
+    assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again, nor a second folder made
+    resumed = json.loads(died.read_text())
+    assert resumed["resumed"] and resumed["checkpoint"] == first_run["checkpoint"]  # it resumed from its own last.ckpt, in its folder
+    again_sg = next(r for r in again if r["experiment"] == "forget9" and r["method"] == "selective_gradient")
+    assert again_sg["fit_seconds"] == timing_round["selective_gradient"]  # a resumed fit timed part of a run: only the round counts
+    assert [r["fit_seconds"] for r in again if r is not again_sg] == [r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]]
 
 
 def test_speed_comparison_times_both_loops_side_by_side():

@@ -347,7 +347,6 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
     masked = report["metrics"]["checkpoint"]
     assert masked["forget_test_acc"] == 0.0
     assert all(masked[f"probe_auc_layer{i}"] == report["metrics"]["pretrained"][f"probe_auc_layer{i}"] for i in range(1, 5))  # same features
-    assert report["seconds"] < 30
     printed = capsys.readouterr().out
     assert "checkpoint" in printed and "oracle" in printed and "verdict: hides" in printed
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
@@ -368,10 +367,15 @@ def test_random_sample_mode_marks_class_checks_not_applicable(evaluation_oracle,
     pretrained = edited(evaluation_pretrained, tmp_path / "pretrained.ckpt", **random_mode)
     report = _evaluate(pretrained, oracle, pretrained, tmp_path / "out")
     assert set(report["not_applicable"]["checkpoint"]) == {"probe", "relearn", "reach"}
-    assert "forget_test_acc" not in report["metrics"]["checkpoint"] and report["verdict"]["checkpoint"]["verdict"] in {
-        "forgets",
-        "incomplete",
-    }
+    assert "forget_test_acc" not in report["metrics"]["checkpoint"]
+    # the pretrained model trained on these samples, the (class-9) oracle on a tenth fewer of them: the forget set still fits
+    ua, oracle_ua = report["metrics"]["checkpoint"]["ua"], report["metrics"]["oracle"]["ua"]
+    assert 100 - ua > 100 - oracle_ua + Thresholds().acc_margin
+    assert report["verdict"]["checkpoint"] == {
+        "verdict": "incomplete",
+        "output_evidence": [f"forget-set accuracy {100 - ua:.1f}% exceeds the oracle's {100 - oracle_ua:.1f}% by more than 5 points"],
+        "representation_evidence": [], "utility_evidence": [],
+    }  # fmt: skip
 
 
 def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
@@ -381,7 +385,8 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
     budget = Budget(train_samples=3000, mia_per_side=2000, reach_starts=16, relearn_steps=60)
     summary = evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json", budget=budget)
     assert {name: s["verdict"] for name, s in summary.items()} == {"pretrained": "incomplete", "oracle": "forgets", "head_mask": "hides"}
-    assert summary["pretrained"]["reach"] == 1.0 and summary["oracle"]["avg_gap"] == 0.0 and 0 <= summary["head_mask"]["mia"] <= 1
+    assert summary["pretrained"]["reach"] == 1.0 and summary["oracle"]["avg_gap"] == 0.0
+    assert summary["head_mask"]["mia"] == 1.0  # a class pushed to -1e4 gives its samples no probability: every one looks unseen
     monkeypatch.setattr("unlearning.evaluation.run.judge", lambda *a, **k: pytest.fail("evaluated again despite the cache"))
     assert evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json") == summary
 

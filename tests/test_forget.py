@@ -257,3 +257,18 @@ def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretra
         assert torch.equal(ranks[0][name], mask) and torch.equal(ranks[1][name], mask), name
         assert torch.equal(after[name][~mask], before[name][~mask]), name
     assert changed(before, after)
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_exactly_the_uninterrupted_result(pretrained_ckpt, tmp_path):
+    """The loaders are resumable (their position is in the checkpoint), the mask comes from it, nothing is evaluated again."""
+    budget = ("--trainer.val_check_interval=6", "--model.init_args.log_figures=false")
+    straight = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "straight", "--trainer.max_steps=12", *budget)
+    first = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "resumed", "--trainer.max_steps=6", *budget)
+    assert last_contents(first)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "pass": 0, "served": 6}] * 2
+    resumed = unlearn(
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "resumed", "--trainer.max_steps=12", *budget, "--ckpt_path=last"
+    )
+    assert resumed.trainer.global_step == 12 and resumed.trainer.log_dir == first.trainer.log_dir
+    expected, got = net_state_dict(last_checkpoint(straight.trainer)), net_state_dict(last_checkpoint(resumed.trainer))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert resumed.model.before == straight.model.before  # the pretrained weights' metrics, kept in the checkpoint

@@ -151,10 +151,19 @@ TINY_RUN = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trai
 
 
 def _start(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "unlearning", "fit", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-    )  # fmt: skip
+    """``unlearning fit ARGS`` in ``cwd``, its own process group (so a kill takes all of it), output to files (no pipe to fill)."""
+    log = cwd / f"fit-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unlearning", "fit", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        )  # fmt: skip
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    return proc.log.read_text()  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(600)
@@ -163,7 +172,7 @@ def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fre
         _start(fresh_clone, "-c", str(CONFIGS / ("pretrain.yaml" if i % 2 == 0 else "oracle.yaml")), f"--seed_everything={i}", *TINY_RUN)
         for i in range(8)
     ]
-    results = [(p.wait(timeout=400), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=400), _output(p)) for p in procs]
     assert [rc for rc, _ in results] == [0] * 8, [err[-2000:] for rc, err in results if rc]
     runs = sorted(fresh_clone.glob("lightning_logs/*/*/version_*"))
     assert len(runs) == 8
@@ -185,7 +194,11 @@ def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fre
 def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result_or_refuses_in_one_line(fresh_clone):
     args = ["-c", str(CONFIGS / "pretrain.yaml"), "--trainer.max_epochs=4", "--trainer.limit_train_batches=40",
             "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]  # fmt: skip
-    straight = fit(CONFIGS / "pretrain.yaml", fresh_clone / "straight", *args[2:])
+    straight = _start(fresh_clone, *args, f"--trainer.default_root_dir={fresh_clone / 'straight'}")  # the same environment as the killed runs
+    rc, log = straight.wait(timeout=300), _output(straight)
+    assert rc == 0, log
+    (expected,) = (fresh_clone / "straight").glob("lightning_logs/pretrain/seed_mlp/version_0/checkpoints/last.ckpt")
+    expected = read_checkpoint(expected)
     generator, outcomes = random.Random(0), []
     for _ in range(5):
         resume = ["--ckpt_path=last"] if list(fresh_clone.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt")) else []
@@ -193,18 +206,18 @@ def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result_or_re
         time.sleep(generator.uniform(2.0, 7.0))  # python's start-up is about 2 s: the kill lands in a step, a validation or a write
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        _output(proc)
         outcomes.append("killed" if proc.returncode == -signal.SIGKILL else f"exited {proc.returncode}")
     print(f"kill and resume: {outcomes}")
     final = _start(fresh_clone, *args, "--ckpt_path=last")
-    rc, err = final.wait(timeout=300), final.stderr.read()
+    rc, err = final.wait(timeout=300), _output(final)
     if rc != 0:  # nothing was ever saved: a clean refusal is the only other outcome allowed
         assert rc == 2 and err.strip().splitlines()[-1].startswith("unlearning: error:") and "Traceback" not in err, err
         return
     (run,) = fresh_clone.glob("lightning_logs/pretrain/seed_mlp/version_*")  # every resume continued the one run
     resumed = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == straight.trainer.global_step == 160, outcomes
-    expected = straight.model.net.state_dict()
-    assert all(torch.equal(resumed["state_dict"][f"net.{k}"], v) for k, v in expected.items()), outcomes
+    assert resumed["global_step"] == expected["global_step"] == 160, outcomes
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in expected["state_dict"].items()), outcomes
 
 
 def test_the_same_seed_gives_the_same_metrics_twice(tmp_path):

@@ -200,3 +200,15 @@ def test_each_stream_is_served_at_its_own_batch_size(replace_ckpt, tmp_path):
                   '--model.init_args.stream_batch_sizes={"new": 32, "forget": 16}', run=False)  # fmt: skip
     recorder = fit_recording(cli)
     assert recorder.sizes == {"forget": {16}, "new": {32}, "retain": {64}}
+
+
+def test_a_resumed_replacement_reuses_its_mask_skips_the_probe_and_ends_as_an_uninterrupted_run(replace_ckpt, tmp_path, monkeypatch):
+    budget = ("--trainer.val_check_interval=3", "--trainer.limit_val_batches=1")
+    straight = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "straight", "--trainer.max_steps=6", *budget)
+    first = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "resumed", "--trainer.max_steps=3", *budget)
+    monkeypatch.setattr(ReplaceTask, "probe", lambda self: pytest.fail("a resumed run probed again"))
+    resumed = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "resumed", "--trainer.max_steps=6", *budget, "--ckpt_path=last")
+    saved = read_checkpoint(last(first))["weight_masks"]
+    assert all(torch.equal(resumed.model.weight_masks[k].cpu(), v) for k, v in saved.items())
+    expected, got = net_state_dict(last(straight)), net_state_dict(last(resumed))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -26,8 +26,9 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
-from unlearning.checkpoints import newest_last_checkpoint
 from unlearning.errors import UsageError
+from unlearning.evaluation import evaluate_against
+from unlearning.evaluation.inputs import torch_threads
 from unlearning.runs import fit_and_test
 from unlearning.speed import compare
 
@@ -62,7 +63,7 @@ def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
         if Path(result["checkpoint"]).exists():
             bar.update()
             return result
-    resume = newest_last_checkpoint(root / "lightning_logs")
+    resume = next(iter(sorted(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))), None)  # one run per folder here
     bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
     run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume)
     result = {"checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "resumed": resume is not None, "test": run.test_metrics}
@@ -102,8 +103,6 @@ def _best_fit_seconds(
 
 def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_repeats: int = 1) -> list[dict[str, Any]]:
     """One row per (experiment, method, seed) with test metrics, fit seconds, cost against the oracle and evidence."""
-    from unlearning.evaluation import evaluate_against
-
     total = sum(len(seeds) * (2 + len(e.methods) + (timing_repeats - 1) * (1 + len(e.methods))) for e in experiments)
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc="bench", unit="run") as bar:
@@ -279,7 +278,7 @@ def bench_parser() -> ArgumentParser:
 def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the grid a config describes and write ``results.json``, ``results.md`` and the plots."""
     parser = bench_parser()
-    args = parser.instantiate_classes(parser.parse_args(argv))
+    args = parser.instantiate(parser.parse_args(argv))
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
@@ -287,14 +286,14 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:
         raise UsageError(f"--speed_repeats must be 0 (no speed comparison) or more, got {args.speed_repeats}")
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
-    speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
+    with torch_threads(args.threads):  # restored afterwards: a bench run from Python leaves the caller's setting alone
+        rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
+        speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {_cores()} cores, torch {torch.__version__}"
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), {_cores()} cores, torch {torch.__version__}"
     (out / "results.json").write_text(
         json.dumps(
             {

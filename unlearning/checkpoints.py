@@ -203,9 +203,3 @@ def held_out_classes(path: str | Path) -> tuple[str, set[int]] | None:
     if stage == "oracle":
         return "an oracle run", set(hparams.get("forget_classes") or [])
     return None
-
-
-def newest_last_checkpoint(log_root: str | Path) -> Path | None:
-    """The most recently written ``version_*/checkpoints/last.ckpt`` under a logger's root folder: the run to resume."""
-    found = sorted(Path(log_root).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None

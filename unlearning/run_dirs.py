@@ -6,6 +6,8 @@ Every command that writes a run folder (``fit``, ``validate``, ``test``, the ben
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -57,6 +59,7 @@ class RunLogger(TensorBoardLogger):
                 number += 1
                 continue
             self.claimed = True
+            atexit.register(_remove_if_empty, root / f"version_{number}")  # claimed for a run that never started
             return number
 
     def remove_if_empty_handed(self) -> None:
@@ -66,6 +69,11 @@ class RunLogger(TensorBoardLogger):
             if not any(run_dir.glob("checkpoints/*.ckpt")):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 self.claimed = False
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only succeeds while the folder is empty
 
 
 def run_dir_of(checkpoint: str | Path) -> Path | None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from unlearning.checkpoints import last_checkpoint
+from unlearning.checkpoints import check_resumable, last_checkpoint
+from unlearning.run_dirs import logger_location, run_dir_of
 from unlearning.training import lightning_main
 
 
@@ -86,7 +87,7 @@ def fit_and_test(
     """``unlearning fit -c config overrides...`` under ``root``, then ``test`` on the last checkpoint.
 
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading or the test pass), which is
-    what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an interrupted run.
+    what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an interrupted run, in its own folder.
     """
     args = [
         "-c",
@@ -96,6 +97,12 @@ def fit_and_test(
         "--trainer.enable_progress_bar=false",
         *overrides,
     ]
+    if ckpt_path is not None:
+        check_resumable(ckpt_path)
+        run_dir = run_dir_of(ckpt_path)
+        if run_dir is not None:
+            save_dir, name = logger_location(run_dir)
+            args += [f"--trainer.logger.init_args.{k}={v}" for k, v in (("save_dir", save_dir), ("name", name), ("version", run_dir.name.removeprefix("version_")))]
     cli = lightning_main(args, run=False)
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     timer = PhaseTimer()

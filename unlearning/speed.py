@@ -198,8 +198,9 @@ def interleaved_fit(epochs: int, out: Path, chunk: int, bare: bool = False, fit_
     ``fit_args``: more command-line arguments for the project's fit (``--trainer.logger=false``), to
     measure what a feature costs; the plain loop does not change.
     """
+    unused_logger = ["--trainer.logger=false"] if bare else []  # the bare fit builds its own trainer; this one only holds the datamodule
     cli = lightning_main(
-        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *fit_args],
+        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *unused_logger, *fit_args],
         run=False,
     )
     cli.datamodule.setup()

@@ -35,18 +35,24 @@ from unlearning.run_dirs import RunLogger, logger_location, newest_resumable, ru
 from unlearning.tasks.base import BaseTask
 
 # -- notices checked to be harmless here, each silenced at its source -----------------------------------
-# Tasks take ``training_step(dataloader_iter)`` on purpose (see BaseTask.automatic_optimization) and fetch one
-# batch per step, which is all the two "experimental" notices warn about.
-warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`", module="lightning")
-warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step flavor", module="lightning")
-# Lightning's own call into torch's pytree module; nothing this project can change.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning")
-# Lightning 2.6's LightningCLI still registers jsonargparse instantiators the old way; they work until jsonargparse 5,
-# which pyproject.toml excludes.
-warnings.filterwarnings("ignore", message=r"(?s).*``ArgumentParser.add_instantiator`` was deprecated", module="lightning")
-# Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
-# reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
+def silence_checked_notices() -> None:
+    """Filter Lightning's notices that do not apply to this project, each for the reason beside it; every other warning shows.
+
+    Called on import and again by :func:`lightning_main`, since a test runner resets the warning filters per test.
+    """
+    # Tasks take ``training_step(dataloader_iter)`` on purpose (see BaseTask.automatic_optimization) and fetch one
+    # batch per step, which is all the two "experimental" notices warn about.
+    warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`", module="lightning")
+    warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step flavor", module="lightning")
+    # Lightning's own call into torch's pytree module; nothing this project can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning")
+    # Lightning 2.6's LightningCLI still uses jsonargparse's older API; it works until jsonargparse 5, which pyproject.toml excludes.
+    warnings.filterwarnings("ignore", message=r"(?s).*(was deprecated in v4|only one JsonargparseDeprecationWarning)", module="lightning")
+    # Run folders are claimed fresh (RunLogger), so the only checkpoint folder that already holds files is a resumed run's own.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module="lightning")
+    # Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
+    # reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
 
 
 class _NoCloudTips(logging.Filter):
@@ -58,6 +64,7 @@ class _NoCloudTips(logging.Filter):
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_NoCloudTips())
+silence_checked_notices()
 
 
 class UnlearningCLI(LightningCLI):
@@ -152,7 +159,11 @@ class UnlearningCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ThrottledProgressBar() if sys.stdout.isatty() else LogProgress())
         kwargs.setdefault("callbacks", callbacks)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        check_trainer(trainer)
+        if self.subcommand in (None, "fit") and isinstance(trainer.logger, RunLogger):
+            _ = trainer.logger.version  # claimed now, in the process that parsed the command: a ddp_spawn parent knows its workers' folder
+        return trainer
 
     def before_validate(self) -> None:
         self.config_init["validate"]["verbose"] = False  # RunEnd prints the metrics, in percent
@@ -160,25 +171,18 @@ class UnlearningCLI(LightningCLI):
     def before_test(self) -> None:
         self.config_init["test"]["verbose"] = False  # RunEnd prints the metrics, in percent
 
-    def before_fit(self) -> None:
-        """Reject trainer options a task that steps its own optimizer cannot honour, then claim the run's folder.
 
-        Claimed here, in the process that parsed the command line, so that a ``ddp_spawn`` parent knows the
-        folder its workers write to; everything that could refuse the run has run by now.
-        """
-        if self.trainer.gradient_clip_val:
-            raise UsageError(
-                "tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val"
-            )
-        if self.trainer.accumulate_grad_batches != 1:
-            raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
-        if self.trainer.max_steps > 0 and self.trainer.log_every_n_steps > max(1, self.trainer.max_steps // 10):
-            self.trainer.log_every_n_steps = max(1, self.trainer.max_steps // 10)  # a 30-step run logs its loss ten times
-        limit = self.trainer.limit_train_batches
-        if isinstance(limit, int) and 0 < limit < self.trainer.log_every_n_steps:
-            self.trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
-        if isinstance(self.trainer.logger, RunLogger):
-            _ = self.trainer.logger.version
+def check_trainer(trainer: Trainer) -> None:
+    """Reject trainer options a task that steps its own optimizer cannot honour; log a short run's loss more often than every 50 steps."""
+    if trainer.gradient_clip_val:
+        raise UsageError("tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val")
+    if trainer.accumulate_grad_batches != 1:
+        raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
+    if trainer.max_steps > 0 and trainer.log_every_n_steps > max(1, trainer.max_steps // 10):
+        trainer.log_every_n_steps = max(1, trainer.max_steps // 10)  # a 30-step run logs its loss ten times
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and 0 < limit < trainer.log_every_n_steps:
+        trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
 
 
 def _import(class_path: str) -> type:
@@ -330,6 +334,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> Unlearnin
     jsonargparse's report, Lightning's ``MisconfigurationException``, or a ``UsageError`` that
     jsonargparse wrapped while instantiating a class.
     """
+    silence_checked_notices()
     try:
         return UnlearningCLI(
             BaseTask,

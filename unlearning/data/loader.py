@@ -70,9 +70,23 @@ class TensorBatchLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.x, self.y, self.batch_size, self.sampler, self.index = x, y, batch_size, sampler, index
+        self._position = {"epoch": 0, "pass": 0, "served": 0}  # where the current pass stands (see state_dict)
+        self._resume_at: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this loader stands: the epoch, which pass over the data within it, and the batches of that pass served.
+
+        Lightning stores it in every checkpoint and hands it back on resume, so a run stopped mid-epoch
+        (every unlearning run: a few hundred steps of a longer epoch) continues with exactly the batches
+        it would have seen.
+        """
+        return dict(self._position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = dict(state)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if self.index is None and not self.sampler.shuffle and self.sampler.world_size == 1:
@@ -80,10 +94,16 @@ class TensorBatchLoader:
             for start in range(0, len(self.x), self.batch_size):
                 yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
             return
+        skip = 0
+        if self._resume_at is not None and self._resume_at["epoch"] == self.sampler.epoch:
+            self.sampler.passes, skip = self._resume_at["pass"], self._resume_at["served"]
+        self._resume_at = None
+        self._position = {"epoch": self.sampler.epoch, "pass": self.sampler.passes, "served": skip}
         order = self.sampler.next_pass().to(self.x.device, non_blocking=True)
         if self.index is not None:
             order = self.index.index_select(0, order)
-        for start in range(0, len(order), self.batch_size):
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
+            self._position["served"] += 1
             # index_select, not x[idx]: a third of the time of advanced indexing for whole rows
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)

@@ -152,8 +152,7 @@ class BaseTask(LightningModule):
                 f"ReduceLROnPlateau steps on a validation metric after each validation; {type(self).__name__} "
                 + ("monitors none" if self.monitor is None else "was asked for scheduler_interval 'step'")
             )
-        config = {"scheduler": scheduler, **({"monitor": self.monitor} if isinstance(scheduler, ReduceLROnPlateau) else {})}
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}  # stepped by the task: see step_scheduler
 
     @classmethod
     def run_stage(cls, init_args: Mapping[str, Any]) -> str:
