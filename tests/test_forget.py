@@ -140,6 +140,7 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
     ("config", "weights", "override", "message"),
     [
         ("selective_gradient", "missing", [], "does not exist"),
+        ("selective_gradient", "text", [], r"is not a readable checkpoint \(expected a Lightning .ckpt or a state dict saved with torch.save; this file is not one"),
         ("selective_gradient", "lenet", [], r"do not fit SeedMLP: missing \['features.1.bias'"),
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=0"], r"mask_fraction must lie in \(0, 1\], got 0"),
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=1.5"], r"mask_fraction must lie in \(0, 1\], got 1.5"),
@@ -166,6 +167,9 @@ def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, overrid
         return
     if weights == "missing":
         path = tmp_path / "nowhere.ckpt"
+    elif weights == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("these are not weights\n")
     elif weights == "lenet":
         path = untrained_weights("unlearning.models.LeNet")
     else:

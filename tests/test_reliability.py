@@ -44,6 +44,12 @@ def test_resuming_last_with_no_run_to_resume_is_a_usage_error(tmp_path):
     assert not list(tmp_path.rglob("version_*"))
 
 
+def test_last_is_refused_across_several_nodes(tmp_path):
+    """Each node would resolve ``last`` from its own files before the process group exists."""
+    with pytest.raises(UsageError, match="with several nodes give the checkpoint's path"):
+        fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.num_nodes=2", "--ckpt_path=last", *QUICK)
+
+
 def _snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` and its md5: what "nothing changed on disk" is checked against."""
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
