@@ -186,7 +186,9 @@ def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
     from unlearning.data.mnist import MNISTDataModule
 
     dm = MNISTDataModule(batch_size=16)
-    task = SimpleNamespace(train_streams={"forget": ("forget",), "retain": ("retain",)}, stream_batch_sizes={"forget": 8})
+    task = SimpleNamespace(
+        train_streams={"forget": ("forget",), "retain": ("retain",)}, stream_batch_sizes={"forget": 8}, parameters=lambda: iter(())
+    )
     dm.trainer = SimpleNamespace(
         strategy=SimpleNamespace(root_device=device), global_rank=rank, world_size=world_size, lightning_module=task
     )

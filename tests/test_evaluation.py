@@ -431,3 +431,12 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
     with pytest.raises(UsageError, match=message):
         _evaluate(ckpt, oracle, pretrained, tmp_path / "out", *extra)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_data_builds_every_index_on_its_own_device(mnist):
+    """The meta device stands in for a GPU: any tensor built on the CPU and mixed in (CUDA's ``isin`` takes one device) fails."""
+    from unlearning.evaluation.suite import _reach_starts
+
+    data = mnist.to(torch.device("meta"))
+    assert data.test_mask([9]).device.type == "meta"
+    assert _reach_starts("noise", data, Budget(reach_starts=4)).device.type == "meta"  # (picking real starts needs values: not on meta)

@@ -15,7 +15,7 @@ from unlearning.cli import main
 from unlearning.data import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.saliency import diagonal_fisher, reinitialize, ssd_dampening
-from unlearning.tasks.forget import HeadMask, check_trained_on, split_batches
+from unlearning.tasks.forget import HeadMask, SelectiveGradient, check_trained_on, split_batches
 
 UNLEARN = CONFIGS / "unlearn"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1"]
@@ -223,13 +223,22 @@ def test_a_replacement_oracle_learned_its_new_classes_but_not_its_old(tmp_path):
         check_trained_on(str(path), [6])
 
 
+class RankDependentMask(SelectiveGradient):
+    """Rank 1 computes the opposite mask of rank 0's: only the broadcast can make the ranks agree."""
+
+    def weight_mask(self):
+        masks = super().weight_mask()
+        return {k: ~v for k, v in masks.items()} if self.global_rank == 1 else masks
+
+
 class MaskDump(Callback):
-    """Saves each rank's mask as the fit starts, so the parent process can compare the ranks."""
+    """Saves each rank's mask as the fit starts, so the parent process can compare the ranks; each must be on its rank's device."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
     def on_train_start(self, trainer, pl_module):
+        assert all(v.device == pl_module.device for v in pl_module.weight_masks.values())
         torch.save({k: v.cpu() for k, v in pl_module.weight_masks.items()}, self.folder / f"mask_{trainer.global_rank}.pt")
 
 
@@ -245,6 +254,7 @@ def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretra
     # two ranks with half the batch each: the same samples per step, so nearly the same optimisation
     cli = unlearn(
         UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, *budget, "--data.init_args.batch_size=100",
+        "--model.class_path=tests.test_forget.RankDependentMask",
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn", run=False,
     )  # fmt: skip
     cli.trainer.callbacks.append(MaskDump(tmp_path))

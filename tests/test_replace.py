@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from torch import nn
 
 from tests.conftest import CONFIGS, TINY, changed, fit_recording
@@ -212,3 +213,37 @@ def test_a_resumed_replacement_reuses_its_mask_skips_the_probe_and_ends_as_an_un
     assert all(torch.equal(resumed.model.weight_masks[k].cpu(), v) for k, v in saved.items())
     expected, got = net_state_dict(last(straight)), net_state_dict(last(resumed))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class RankDependentProbe(ReplaceTask):
+    """Rank 1 fits its probe on fewer samples than rank 0, so its local result differs: only the broadcast makes them agree."""
+
+    def probe(self):
+        if self.global_rank == 1:
+            self.probe_samples = 300
+        super().probe()
+
+
+class HeadDump(Callback):
+    """Each rank's new-class head row as training starts (after the probe), and the device it lives on."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        if trainer.global_step == 0:
+            head = pl_module.net.head
+            assert head.weight.device == pl_module.device
+            torch.save((head.weight[3].detach().cpu(), head.bias[3].detach().cpu()), self.folder / f"head_{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(300)
+def test_two_process_replacement_broadcasts_rank_zeros_probe(replace_ckpt, tmp_path):
+    cli = replace(
+        REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path, "--trainer.max_steps=2", "--model.class_path=tests.test_replace.RankDependentProbe",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn", run=False,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(HeadDump(tmp_path))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (w0, b0), (w1, b1) = (torch.load(tmp_path / f"head_{rank}.pt") for rank in (0, 1))
+    assert torch.equal(w0, w1) and torch.equal(b0, b1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -12,8 +13,12 @@ ForgetObjective = Literal["random_label", "bounded_ascent", "uniform_kl"]
 
 
 def random_labels(y: Tensor, allowed: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random label from ``allowed`` for every sample (SalUn's RL relabelling)."""
-    pick = torch.randint(len(allowed), y.shape, generator=generator, device="cpu").to(y.device)
+    """A uniformly random label from ``allowed`` for every sample (SalUn's RL relabelling).
+
+    Drawn on the labels' device (a ``generator`` must live there too): no host-to-device copy, and so no
+    synchronisation, in a training step.
+    """
+    pick = torch.randint(len(allowed), y.shape, generator=generator, device=y.device)
     return allowed.to(y.device)[pick]
 
 
@@ -28,7 +33,7 @@ def bounded_ascent(logits: Tensor, y: Tensor, bound: float) -> Tensor:
 def uniform_kl(logits: Tensor, allowed: Tensor) -> Tensor:
     """KL(u || softmax(logits)) for u uniform over ``allowed``: the forget class gets probability zero."""
     log_probs = F.log_softmax(logits, dim=1)[:, allowed.to(logits.device)]
-    return -log_probs.mean(dim=1).mean() - torch.log(torch.tensor(float(len(allowed)), device=logits.device))
+    return -log_probs.mean(dim=1).mean() - math.log(len(allowed))
 
 
 def forget_loss(

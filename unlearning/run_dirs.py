@@ -67,6 +67,7 @@ class RunLogger(TensorBoardLogger):
         if self.claimed and self._version is not None:
             run_dir = Path(self.log_dir)
             if not any(run_dir.glob("checkpoints/*.ckpt")):
+                self.finalize("failed")  # closes TensorBoard's writer: its thread must not write into a removed folder
                 shutil.rmtree(run_dir, ignore_errors=True)
                 self.claimed = False
 

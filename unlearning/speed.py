@@ -53,6 +53,7 @@ class SpeedResult:
     lightning_seconds: list[float]
     bare_plain_seconds: list[float]
     bare_seconds: list[float]
+    device: str = "cpu"  #: where both sides ran
 
     @property
     def run_ratios(self) -> list[float]:
@@ -75,6 +76,7 @@ class SpeedResult:
             return ", ".join(f"{v:.2f}" for v in values)
 
         return (
+            f"device           : {self.device} (both sides)\n"
             f"plain torch loop : {runs(self.plain_seconds)} s\n"
             f"lightning fit    : {runs(self.lightning_seconds)} s\n"
             f"ratio per run    : {runs(self.run_ratios)}\n"
@@ -97,18 +99,18 @@ class PlainLoop:
     """
 
     def __init__(self, dm: MNISTDataModule, out: Path, evaluate: bool = True):
-        self.x, self.y = dm.split_tensors("retain", "forget")
+        self.x, self.y = dm.split_tensors("retain", "forget")  # on the fit's device: both sides train where the other does
         self.val_x, self.val_y = dm.split_tensors("val")
         self.batch_size, self.eval_batch_size, self.out, self.evaluate = dm.batch_size, dm.eval_batch_size, out, evaluate
         torch.manual_seed(0)
-        self.net = SeedMLP()
+        self.net = SeedMLP().to(self.x.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         self.epoch, self.steps_done, self.total_steps, self.seconds = 0, 0, 0, 0.0
         self.order = self._epoch_order()
 
     def _epoch_order(self) -> Tensor:
         """This epoch's shuffle, seeded by the epoch."""
-        return torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
+        return torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch)).to(self.y.device)
 
     def steps(self, n: int) -> None:
         """``n`` optimizer steps, continuing this epoch's shuffled order."""
@@ -203,11 +205,13 @@ def interleaved_fit(epochs: int, out: Path, chunk: int, bare: bool = False, fit_
         ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *unused_logger, *fit_args],
         run=False,
     )
+    cli.datamodule.trainer = cli.trainer  # so the data lives on the device the fit will run on, from the start
     cli.datamodule.setup()
     plain = PlainLoop(cli.datamodule, out, evaluate=not bare)
     if bare:
         trainer = Trainer(
             max_epochs=epochs,
+            accelerator=cli.trainer.accelerator,
             devices=1,
             logger=False,
             enable_checkpointing=False,
@@ -242,7 +246,7 @@ def compare(epochs: int = 5, repeats: int = 3, chunk: int = 25, fit_args: Sequen
                 fit_seconds, loop = interleaved_fit(epochs, Path(tmp), chunk, bare, fit_args)
                 lightning.append(fit_seconds)
                 plain.append(loop.seconds)
-    return SpeedResult(*seconds[False], *seconds[True])
+    return SpeedResult(*seconds[False], *seconds[True], device=str(loop.x.device))
 
 
 if __name__ == "__main__":

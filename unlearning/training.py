@@ -24,6 +24,7 @@ from jsonargparse import ArgumentError, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -152,8 +153,10 @@ class UnlearningCLI(LightningCLI):
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer", {})
         if config.get("profiler") is None:
             kwargs.setdefault("profiler", NoProfiler())
-        if not config.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         callbacks = config.get("callbacks") or []
         callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]), *self.model.checkpoint_callbacks(), RunEnd()]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):

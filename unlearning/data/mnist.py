@@ -200,7 +200,7 @@ class MNISTDataModule(LightningDataModule):
         self.data_dir = data_dir
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self.split_index: dict[str, Tensor] = {}
-        self._device = torch.device("cpu")
+        self._placement = (torch.device("cpu"), torch.float32)  # where and in what dtype the tensors are now
         self._eval_rows: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}  # evaluation rows gathered per (splits, rank, world, device)
 
     def setup(self, stage: str | None = None) -> None:
@@ -234,13 +234,22 @@ class MNISTDataModule(LightningDataModule):
         return x.index_select(0, idx), y.index_select(0, idx)
 
     def _split_source(self, *splits: str) -> tuple[Tensor, Tensor, Tensor]:
-        """The whole ``(x, y)`` the named splits index into, on the trainer's device, and their indices."""
+        """The whole ``(x, y)`` the named splits index into, on the trainer's device and in the task's dtype, and their indices.
+
+        Under a ``*-true`` precision the task's parameters are bf16, fp16 or fp64; the images are cast once
+        here, so every batch, saliency pass and probe is born in the dtype the network computes in
+        (training steps take ``dataloader_iter``, which Lightning's own input conversion skips).
+        """
         if not self._tensors:
             self.setup()
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if device != self._device:
-            self._tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self._tensors.items()}
-            self._device = device
+        device, dtype = torch.device("cpu"), torch.float32
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            first = next(self.trainer.lightning_module.parameters(), None) if self.trainer.lightning_module is not None else None
+            dtype = first.dtype if first is not None else dtype
+        if (device, dtype) != self._placement:
+            self._tensors = {k: (x.to(device, dtype), y.to(device)) for k, (x, y) in self._tensors.items()}
+            self._placement = (device, dtype)
             self._eval_rows.clear()
         unknown = [s for s in splits if s not in self.split_index]
         if unknown:

@@ -42,7 +42,8 @@ class EvalData:
         return tuple(retain_classes(self.forget_classes, self.new_classes))
 
     def test_mask(self, classes: Sequence[int]) -> Tensor:
-        return torch.isin(self.test_y, torch.as_tensor(list(classes), dtype=self.test_y.dtype))
+        """Which test samples belong to ``classes``; built on the labels' device (CUDA's ``isin`` takes one device)."""
+        return torch.isin(self.test_y, torch.as_tensor(list(classes), dtype=self.test_y.dtype, device=self.test_y.device))
 
     def to(self, device: torch.device) -> EvalData:
         return EvalData(

@@ -93,6 +93,22 @@ class BaseTask(LightningModule):
         self.configure_losses()
         self.configure_metrics()
 
+    def constant(self, name: str, value: Tensor) -> None:
+        """A tensor the task reads every step (class indices, a label map), kept on the module's device.
+
+        Not a buffer: DDP broadcasts every buffer from rank 0 before each forward pass (``broadcast_buffers``),
+        a collective per step for numbers that never change.
+        """
+        self._constants = getattr(self, "_constants", set()) | {name}
+        object.__setattr__(self, name, value)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``.to(device)``, ``.cuda()`` and friends move the :meth:`constant` tensors with the parameters."""
+        super()._apply(fn, *args, **kwargs)
+        for name in getattr(self, "_constants", ()):
+            object.__setattr__(self, name, fn(getattr(self, name)))
+        return self
+
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook, ~45 times per step; nn.Module's
         # type checks on each made that a tenth of a small model's training time.
@@ -181,12 +197,16 @@ class BaseTask(LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
+        optimizer.step()  # clipping happens in on_before_optimizer_step, once the precision plugin has unscaled the gradients
         if self.scheduler_interval == "step" and self.lr_scheduler is not None:
             self.lr_schedulers().step()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Clip the gradients' global norm to ``gradient_clip_val``: here, because under ``16-mixed`` the GradScaler has
+        unscaled them by now (clipping in the step itself would clip gradients 65 536 times too large)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def step_scheduler(self, on_validation: bool) -> None:
         """Lightning leaves the scheduler to a task that steps its own optimizer: ``ReduceLROnPlateau``

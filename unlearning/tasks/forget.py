@@ -78,7 +78,7 @@ class UnlearnTask(BaseTask):
         super().__init__(*args, **kwargs)
         if kwargs.get("weights") is not None:
             check_trained_on(kwargs["weights"], self.forget_classes)
-        self.register_buffer("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)), persistent=False)
+        self.constant("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)))
         self.weight_masks: dict[str, Tensor] | None = None
         self.reset_masks: dict[str, Tensor] | None = None  # what prepare_net reset, if anything (kept in the checkpoint)
         self.before: dict[str, float] | None = None  # the pretrained weights' validation metrics (kept in the checkpoint)
@@ -197,8 +197,8 @@ class UnlearnTask(BaseTask):
             self.freeze = ExactFreeze(self.net, self.weight_masks)
             self.freeze.attach(self.trainer.optimizers[0])
             self._log_mask()
-        if self._teacher is not None:
-            self._teacher.to(self.device)
+        if self._teacher is not None:  # the net was moved and, under a *-true precision, cast: the teacher follows
+            self._teacher.to(device=self.device, dtype=next(self.net.parameters()).dtype)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run restored both from its checkpoint
@@ -439,6 +439,8 @@ class OneShotEdit(UnlearnTask):
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
             raise UsageError(f"{type(self).__name__} edits the weights once without gradient steps; run it on one device")
+        if self.trainer.precision == "16-mixed":  # its GradScaler refuses an optimizer step that saw no gradients
+            raise UsageError(f"{type(self).__name__} takes no gradient steps, which 16-mixed's GradScaler cannot step: use bf16-mixed or 32")
         super().on_fit_start()
 
     def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> None:

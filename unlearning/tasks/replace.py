@@ -138,9 +138,9 @@ class ReplaceTask(SelectiveGradient):
         target_unit = torch.arange(NUM_CLASSES)
         if head_mode == "reuse":
             target_unit[self.new_classes] = torch.tensor(self.forget_classes)
-        self.register_buffer("target_unit", target_unit, persistent=False)
+        self.constant("target_unit", target_unit)
         old, new = (self.forget_classes, self.new_classes) if head_mode == "reuse" else ((), ())
-        self.register_buffer("unit_label", unit_to_label(NUM_CLASSES, old, new), persistent=False)
+        self.constant("unit_label", unit_to_label(NUM_CLASSES, old, new))
         if distill_weight:
             self.keep_teacher()
 
