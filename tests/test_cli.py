@@ -37,7 +37,12 @@ def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_a
     assert {"val/acc", "val/forget_acc", "val_class_acc/9"} <= set(events.Tags()["scalars"])
     assert {"val/confusion_matrix", "weights/first_layer"} <= set(events.Tags()["images"])
     confusion = Image.open(io.BytesIO(events.Images("val/confusion_matrix")[-1].encoded_image_string))
-    assert confusion.size == (11 * 40, 11 * 22) and confusion.mode == "RGB"  # a 10x10 grid of cells plus the labels
+    assert confusion.size == (11 * 40 + 22, 11 * 22 + 38) and confusion.mode == "RGB"  # a 10x10 grid of cells, class indices, axis names, title
+    layout = {tag for tag in events.Tags()["tensors"]}
+    assert "custom_scalars__config__" in layout  # the charts that put per-class lines together
+    hparams = EventAccumulator(str(run_dir), size_guidance={"tensors": 0}).Reload().summary_metadata
+    assert any(meta.plugin_data.plugin_name == "hparams" for meta in hparams.values())  # the HParams tab
+    assert {"hparam/acc", "hparam/forget_acc", "hparam/retain_acc", "hparam/new_acc"} <= set(events.Tags()["scalars"])
 
 
 def test_last_checkpoint_holds_the_final_step_when_the_best_is_older(tmp_path):

@@ -29,6 +29,8 @@ from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
+#: the final validation metrics the HParams tab shows beside each run's settings
+HPARAM_METRICS = ("val/acc", "val/forget_acc", "val/retain_acc", "val/new_acc", "val/old_acc")
 
 
 class BaseTask(LightningModule):
@@ -246,9 +248,52 @@ class BaseTask(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def on_fit_start(self) -> None:
+        if (board := self._tensorboard()) is not None:
+            board.add_custom_scalars(self.chart_layout())
+
     def on_train_start(self) -> None:
         if self.log_figures:
             self.log_image("weights/first_layer", first_layer_weights(self.net))
+
+    def on_fit_end(self) -> None:
+        """The HParams tab: this run's key settings beside its final accuracies, so runs compare side by side."""
+        if self.logger is not None and self.trainer.is_global_zero:
+            final = {f"hparam/{k.removeprefix('val/')}": float(v) for k, v in self.trainer.callback_metrics.items() if k in HPARAM_METRICS}
+            if final:
+                self.logger.log_hyperparams(self.key_hyperparameters(), final)
+
+    def chart_layout(self) -> dict[str, dict[str, list[Any]]]:
+        """TensorBoard's Custom Scalars: per-class accuracy as ten lines in one chart, the summaries in another."""
+        summaries = ["acc", "forget_acc", "retain_acc"] + (["new_acc"] if self.new_classes else [])
+        return {
+            f"accuracy ({stage})": {
+                "per class": ["Multiline", [f"{stage}_class_acc/{c}" for c in range(NUM_CLASSES)]],
+                "forget, retain, new, all": ["Multiline", [f"{stage}/{name}" for name in summaries]],
+            }
+            for stage in ("val", "test")
+        }
+
+    def key_hyperparameters(self) -> dict[str, Any]:
+        """What tells runs apart: the task and network, the classes, the optimiser and rate, the budget, the seed and the
+        task's own scalar settings (a mask fraction, a reset fraction...)."""
+        hparams = dict(self.hparams)
+        optimizer = hparams.get("optimizer") if isinstance(hparams.get("optimizer"), dict) else {}
+        datamodule = self.trainer.datamodule
+        key = {
+            "task": type(self).__name__,
+            "net": type(self.net).__name__,
+            "forget_classes": str(self.forget_classes),
+            "new_classes": str(self.new_classes),
+            "optimizer": str(optimizer.get("class_path", "")).rpartition(".")[2],
+            "lr": (optimizer.get("init_args") or {}).get("lr"),
+            "max_steps": self.trainer.max_steps,
+            "max_epochs": self.trainer.max_epochs,
+            "batch_size": getattr(datamodule, "batch_size", None),
+            "seed": getattr(datamodule, "seed", None),
+        }
+        key |= {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k not in key}
+        return {k: v for k, v in key.items() if v is not None}
 
     # -- evaluation plumbing --------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, dataloader_idx: int) -> None:
@@ -281,7 +326,7 @@ class BaseTask(LightningModule):
             return  # Lightning drops what a sanity check logs; a run that starts from weights evaluates them itself
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by torchmetrics
         if self.log_figures:
-            self.log_image(f"{stage}/confusion_matrix", confusion_image(confmat))
+            self.log_image(f"{stage}/confusion_matrix", confusion_image(confmat, f"{stage} confusion matrix"))
             if stage == "val":
                 self.log_image("weights/first_layer", first_layer_weights(self.net))
 
@@ -304,7 +349,7 @@ class BaseTask(LightningModule):
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics(numbers, step=self.global_step)
         if self.log_figures:
-            self.log_image("val/confusion_matrix", confusion_image(confmat))
+            self.log_image("val/confusion_matrix", confusion_image(confmat, "val confusion matrix"))
         return numbers
 
     def broadcast_from_rank_zero(self, tensors: Any) -> Any:

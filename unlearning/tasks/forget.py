@@ -188,6 +188,7 @@ class UnlearnTask(BaseTask):
     def on_fit_start(self) -> None:
         if self.weights is None and self.trainer.ckpt_path is None:
             raise UsageError(missing_weights(self))
+        super().on_fit_start()
         if self.weight_masks is None:  # a resumed run restored its mask in on_load_checkpoint
             masks = self.weight_mask()
             # rank 0's mask is the mask: identical on every rank even if GPU reductions differ in the last bit
@@ -209,6 +210,7 @@ class UnlearnTask(BaseTask):
     def on_fit_end(self) -> None:
         if self.freeze is not None:
             self.freeze.detach()
+        super().on_fit_end()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for key in ("weight_masks", "reset_masks"):
