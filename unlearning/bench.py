@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
 
 from unlearning.errors import UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.runs import fit_and_test
+from unlearning.training import parse_error
 from unlearning.speed import compare
 
 
@@ -66,7 +68,10 @@ def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
     resume = next(iter(sorted(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))), None)  # one run per folder here
     bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
     run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume)
-    result = {"checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "resumed": resume is not None, "test": run.test_metrics}
+    result = {
+        "checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "phases": run.phases, "resumed": resume is not None,
+        "test": run.test_metrics,
+    }  # fmt: skip
     done.write_text(json.dumps(result, indent=1))
     bar.update()
     return result
@@ -132,7 +137,7 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
                 for method, result in stages.items():
                     rows.append(
                         {
-                            "experiment": exp.name, "method": method, "seed": seed,
+                            "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
                             "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
                             **{k.removeprefix("test/"): v for k, v in result["test"].items()}, **evidence.get(method, {}),
                         }
@@ -158,15 +163,15 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
-def markdown_tables(rows: list[dict[str, Any]]) -> str:
+def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, str, float, int]] = COLUMNS, level: str = "###") -> str:
     """Mean ± std over seeds per experiment and method; columns that an experiment lacks are left out."""
     lines = []
     for exp in dict.fromkeys(r["experiment"] for r in rows):
         mine = [r for r in rows if r["experiment"] == exp]
         seeds = sorted({r["seed"] for r in mine})
-        columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in mine)]
+        columns = [c for c in columns_wanted if any(r.get(c[0]) is not None for r in mine)]
         has_verdict = any("verdict" in r for r in mine)
-        lines += [f"### {exp} (seeds {', '.join(map(str, seeds))}, mean ± std)", ""]
+        lines += [f"{level} {exp} (seeds {', '.join(map(str, seeds))}, mean ± std)", ""]
         header = ["method", *[c[1] for c in columns]] + (["verdict"] if has_verdict else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in dict.fromkeys(r["method"] for r in mine):
@@ -272,13 +277,18 @@ def bench_parser() -> ArgumentParser:
         help="fits timed per oracle and method; the cost takes the best of each (the VM's noise only adds time)",
     )
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
+    parser.add_argument("--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)")
+    parser.add_argument("--headline", type=Path | None, default=None, help="a page whose headline section gets the short table (README.md)")
     return parser
 
 
 def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the grid a config describes and write ``results.json``, ``results.md`` and the plots."""
     parser = bench_parser()
-    args = parser.instantiate(parser.parse_args(argv))
+    try:
+        args = parser.instantiate(parser.parse_args(argv))
+    except ArgumentError as err:
+        raise UsageError(parse_error(str(err), "bench", list(argv or []))) from None
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
@@ -309,14 +319,66 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     tables = markdown_tables(rows)
     if speed is not None:
         tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop interleaved with it, same work\n\n```\n{speed.report()}\n```\n"
-    (out / "results.md").write_text(
-        f"Produced by `unlearning bench` in {seconds / 60:.1f} min on {machine}.\n\n{tables}\n{per_seed_tables(rows)}"
-    )
+    source = " ".join(["unlearning bench", *(argv or [])])
+    produced = f"Produced by `{source}` in {seconds / 60:.1f} min on {machine}."
+    report = f"{produced}\n\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
+    (out / "results.md").write_text(report)
+    written = [out / "results.md", out / "results.json"]
+    section = str(args.config[0]) if args.config else "bench"
+    if args.docs is not None:
+        replace_section(args.docs, section, f"## `{section}`\n\n{report}")
+        written.append(args.docs)
+    if args.headline is not None:
+        replace_section(args.headline, "headline", f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n")
+        written.append(args.headline)
     plots(rows, out)
     print(per_seed_tables(rows))
     print(tables)
-    print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.json'} and plots")
+    print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {', '.join(map(str, written))} and plots")
     return rows
+
+
+def replace_section(page: Path, key: str, text: str) -> None:
+    """Put ``text`` between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` in ``page`` (appended the first time), so the
+    numbers a page shows are always the last bench's; written to a temporary file and renamed over the page."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    old = page.read_text() if page.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S) if start in old else f"{old.rstrip()}\n\n{block}\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_name(f".{page.name}.part")
+    tmp.write_text(new)
+    tmp.replace(page)
+
+
+#: (column key, header, scale, digits) of the README's short table
+HEADLINE = [("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("new_acc", "new %", 100, 2), ("cost", "cost × oracle", 1, 3)]
+
+
+def headline_tables(rows: list[dict[str, Any]]) -> str:
+    """Per experiment: each method's forget, retain and new accuracy, cost and verdicts, mean ± std over seeds."""
+    return markdown_tables(rows, HEADLINE, level="####")
+
+
+PHASES = ("setup", "fit_start", "train_start", "steps", "validation", "checkpoint", "end", "loop")
+
+
+def phase_tables(rows: list[dict[str, Any]]) -> str:
+    """Where each method's fit time goes (the bench's own fit, milliseconds, median over seeds): the fixed costs beside the steps."""
+    lines = []
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        mine = [r for r in rows if r["experiment"] == exp and r.get("phases")]
+        if not mine:
+            continue
+        lines += [f"### {exp}: where a fit's time goes (ms, median over seeds; see unlearning.runs.PhaseTimer)", ""]
+        lines += ["| method | " + " | ".join(PHASES) + " | fit |", "|" + "---|" * (len(PHASES) + 2)]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            group = [r for r in mine if r["method"] == method]
+            cells = [f"{1000 * statistics.median(r['phases'][p] for r in group):.0f}" for p in PHASES]
+            total = 1000 * statistics.median(sum(r["phases"].values()) for r in group)
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _cores() -> int:

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -292,6 +293,15 @@ class RunEnd(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(trainer.logger, RunLogger):
             trainer.logger.remove_if_empty_handed()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Close the process group while the interpreter is whole (the last thing a command does; the next one opens it again).
+
+        A ``ddp_spawn`` worker exits right after this; one that reaches interpreter shutdown with Gloo's worker
+        threads still holding tensors aborts (pytorch/pytorch#179291), which failed a 2-process test now and then.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _table(stage: str, columns: dict[str, dict[str, float]], per_class: bool = False) -> list[str]:
