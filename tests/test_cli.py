@@ -1,6 +1,7 @@
 """The user's commands, through ``main([...])`` exactly as the console script runs them."""
 
 import io
+import re
 import subprocess
 import sys
 
@@ -248,3 +249,29 @@ def test_importing_the_package_skips_a_cuda_probe_that_cannot_load():
         expected = "0"
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
     assert torch.cuda.is_available() == (torch.cuda.device_count() > 0)
+
+
+def test_every_fit_ends_with_its_result_and_where_it_wrote_it(pretrained_ckpt, tmp_path, capsys):
+    cli = main(["fit", "-c", str(CONFIGS / "unlearn" / "selective_gradient.yaml"), f"--model.init_args.weights={pretrained_ckpt}",
+                f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                "--trainer.limit_val_batches=1", "--model.init_args.log_figures=false"])  # fmt: skip
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["before", "after"])
+    forget = lines[header + 2].split()  # acc, then forget_acc
+    assert forget[0] == "val/forget_acc" and forget[2] == f"{100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%"
+    assert forget[1] == f"{100 * cli.model.before['val/forget_acc']:.2f}%"
+    assert f"run folder   {cli.trainer.log_dir}" in out and f"last         {last_checkpoint(cli.trainer)}" in out
+    assert "\r" not in out and "\x1b[" not in out  # stdout is no terminal here: plain progress lines, no redrawn bar
+
+
+def test_test_logs_into_the_checkpoints_run_folder_and_prints_percent(pretrained_ckpt, tmp_path, capsys):
+    run_dir = pretrained_ckpt.parents[1]
+    before = set(run_dir.glob("events.out.tfevents.*"))
+    main(["test", "-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={pretrained_ckpt}"])
+    (events,) = set(run_dir.glob("events.out.tfevents.*")) - before  # no new version_N anywhere: the run's own folder
+    assert "test/acc" in EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert (run_dir / "test_config.yaml").exists() and not list(tmp_path.rglob("version_*"))
+    printed = capsys.readouterr().out
+    assert re.search(r"^test/acc\s+\d+\.\d\d%$", printed, re.M) and re.search(r"^test_class_acc/9\s+\d+\.\d\d%$", printed, re.M)
+    assert "0." not in printed.split("test/acc")[1].splitlines()[0]  # percent with two decimals, not Lightning's raw fraction

@@ -12,13 +12,15 @@ tables and per-seed rows, and PNG plots. Last, it times Lightning against a plai
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from unlearning.errors import UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.inputs import torch_threads
+from unlearning.pages import replace_section
 from unlearning.runs import fit_and_test
 from unlearning.training import parse_error
 from unlearning.speed import compare
@@ -299,7 +302,7 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with torch_threads(args.threads):  # restored afterwards: a bench run from Python leaves the caller's setting alone
+    with torch_threads(args.threads), quiet_lightning():  # restored afterwards: a bench run from Python leaves the caller's settings alone
         rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
@@ -338,19 +341,6 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def replace_section(page: Path, key: str, text: str) -> None:
-    """Put ``text`` between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` in ``page`` (appended the first time), so the
-    numbers a page shows are always the last bench's; written to a temporary file and renamed over the page."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    old = page.read_text() if page.exists() else ""
-    block = f"{start}\n{text.strip()}\n{end}"
-    new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S) if start in old else f"{old.rstrip()}\n\n{block}\n"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name(f".{page.name}.part")
-    tmp.write_text(new)
-    tmp.replace(page)
-
-
 #: (column key, header, scale, digits) of the README's short table
 HEADLINE = [("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("new_acc", "new %", 100, 2), ("cost", "cost × oracle", 1, 3)]
 
@@ -379,6 +369,20 @@ def phase_tables(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's per-fit notices ("GPU available", "Seed set") and each fit's result table off while the bench's own bar runs."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "unlearning.summary")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _cores() -> int:

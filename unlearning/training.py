@@ -52,6 +52,8 @@ def silence_checked_notices() -> None:
     warnings.filterwarnings("ignore", message=r"(?s).*(was deprecated in v4|only one JsonargparseDeprecationWarning)", module="lightning")
     # Run folders are claimed fresh (RunLogger), so the only checkpoint folder that already holds files is a resumed run's own.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module="lightning")
+    # The bench, the speed comparison and the tests pass each run's arguments explicitly while their own sit in sys.argv.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python", module="lightning")
     # Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
     # reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
@@ -177,13 +179,11 @@ class UnlearningCLI(LightningCLI):
 
 
 def check_trainer(trainer: Trainer) -> None:
-    """Reject trainer options a task that steps its own optimizer cannot honour; log a short run's loss more often than every 50 steps."""
+    """Reject trainer options a task that steps its own optimizer cannot honour; an epoch shorter than the logging interval logs each step."""
     if trainer.gradient_clip_val:
         raise UsageError("tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val")
     if trainer.accumulate_grad_batches != 1:
         raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
-    if trainer.max_steps > 0 and trainer.log_every_n_steps > max(1, trainer.max_steps // 10):
-        trainer.log_every_n_steps = max(1, trainer.max_steps // 10)  # a 30-step run logs its loss ten times
     limit = trainer.limit_train_batches
     if isinstance(limit, int) and 0 < limit < trainer.log_every_n_steps:
         trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
@@ -315,9 +315,24 @@ def _table(stage: str, columns: dict[str, dict[str, float]], per_class: bool = F
     return lines
 
 
+class _ToStdout(logging.Handler):
+    """Writes to whatever ``sys.stdout`` is at the time (a test's capture, a redirected log)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+#: what a command prints when it ends; ``unlearning bench`` turns it down while its own progress bar runs
+summary_log = logging.getLogger("unlearning.summary")
+if not summary_log.handlers:
+    summary_log.addHandler(_ToStdout())
+    summary_log.setLevel(logging.INFO)
+    summary_log.propagate = False
+
+
 @rank_zero_only
 def _print(trainer: Trainer, lines: list[str]) -> None:
-    print("\n".join(lines), flush=True)
+    summary_log.info("\n".join(lines))
 
 
 class SaveParsedConfig(SaveConfigCallback):

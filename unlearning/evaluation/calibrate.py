@@ -35,6 +35,7 @@ from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.suite import Budget, evaluate_net
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, reach_keys, verdict
 from unlearning.losses import distillation
+from unlearning.pages import replace_section
 
 #: case -> the verdicts it may get
 EXPECTED = {
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("results/calibration.json"))
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--docs", type=Path, help="a page whose calibration section gets the table (docs/evidence.md)")
     args = parser.parse_args(argv)
     try:
         with torch_threads(1):
@@ -178,7 +180,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"thresholds": Thresholds().__dict__, "rows": rows, "metrics": metrics}, indent=1))
     failed = [r for r in rows if not r["allowed"]]
-    print(f"{len(rows) - len(failed)} of {len(rows)} cases get an allowed verdict; wrote {args.out}")
+    summary = f"{len(rows) - len(failed)} of {len(rows)} cases get an allowed verdict"
+    if args.docs is not None:
+        replace_section(args.docs, "calibration", f"```\n{format_rows(rows)}\n```\n\n{summary} (`python -m unlearning.evaluation.calibrate --docs docs/evidence.md`).")
+    print(f"{summary}; wrote {args.out}")
     return rows
 
 

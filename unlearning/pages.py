@@ -1,0 +1,19 @@
+"""Pages whose numbers are written by the code that measures them (the bench, the calibration), never copied by hand."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def replace_section(page: Path, key: str, text: str) -> None:
+    """Put ``text`` between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` in ``page`` (appended the first time), so the
+    numbers a page shows are always the last bench's; written to a temporary file and renamed over the page."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    old = page.read_text() if page.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S) if start in old else f"{old.rstrip()}\n\n{block}\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_name(f".{page.name}.part")
+    tmp.write_text(new)
+    tmp.replace(page)
