@@ -163,7 +163,8 @@ def load_net_weights(net: nn.Module, path: str | Path, checkpoint: dict[str, Any
     net.load_state_dict(state)
 
 
-def _import(class_path: str) -> type:
+def import_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -181,7 +182,7 @@ def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None) -> nn.
     """Rebuild the network a task checkpoint describes and load its weights, in eval mode."""
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     config = task_hparams(path, checkpoint)["net"]
-    net = _import(config["class_path"])(**config.get("init_args", {}))
+    net = import_class(config["class_path"])(**config.get("init_args", {}))
     load_net_weights(net, path, checkpoint)
     return net.eval()
 

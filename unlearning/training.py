@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import logging
 import re
 import math
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ArgumentError, Namespace, lazy_instance
+from jsonargparse import ArgumentError, ArgumentParser, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -30,11 +29,12 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from unlearning.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpoint
+from unlearning.checkpoints import AtomicCheckpointIO, check_resumable, import_class, read_checkpoint
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.run_dirs import RunLogger, logger_location, newest_resumable, run_dir_of, run_name
 from unlearning.tasks.base import BaseTask
+from unlearning.tasks.forget import missing_weights
 
 # -- notices checked to be harmless here, each silenced at its source -----------------------------------
 def silence_checked_notices() -> None:
@@ -94,10 +94,10 @@ class UnlearningCLI(LightningCLI):
 
     def _prepare_run(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        task = _import(config.model.class_path)
+        task = import_class(config.model.class_path)
         logger = config.trainer.logger
         ckpt_path = config.get("ckpt_path")
-        if isinstance(logger, Namespace) and _import(logger.class_path) is RunLogger:
+        if isinstance(logger, Namespace) and import_class(logger.class_path) is RunLogger:
             args = logger.init_args
             if args.save_dir is None:
                 args.save_dir = str(Path(config.trainer.default_root_dir or ".") / "lightning_logs")
@@ -108,10 +108,7 @@ class UnlearningCLI(LightningCLI):
             if ckpt_path is not None:
                 ckpt_path = self._resolve_checkpoint(config, args)
         if self.subcommand == "fit" and task.starts_from_weights and config.model.init_args.get("weights") is None and ckpt_path is None:
-            raise UsageError(
-                f"{task.__name__} starts from trained weights: give --model.init_args.weights <checkpoint> "
-                "(or --ckpt_path to resume a run); on an untrained network every forget metric would read as perfect forgetting"
-            )
+            raise UsageError(missing_weights(task.__name__))
         if self.subcommand:
             config.ckpt_path = ckpt_path  # the saved config.yaml records the file, never the word "last"
 
@@ -187,11 +184,6 @@ def check_trainer(trainer: Trainer) -> None:
     limit = trainer.limit_train_batches
     if isinstance(limit, int) and 0 < limit < trainer.log_every_n_steps:
         trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
-
-
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 class NoProfiler(PassThroughProfiler):
@@ -437,18 +429,15 @@ def _innermost(message: str) -> str:
 def _nearest_option(key: str, owner: str | None) -> str | None:
     """The known key nearest a misspelled one: among the trainer's arguments for ``trainer.*``, else among the arguments
     of the class the report names (the task, the datamodule, an optimizer), found as jsonargparse finds them."""
-    from jsonargparse import ArgumentParser
-
     prefix, _, name = key.rpartition(".")
     if prefix == "trainer":
         owner = "lightning.pytorch.Trainer"
     if owner is None:
         return None
-    module, _, cls = owner.rpartition(".")
     parser = ArgumentParser(exit_on_error=False)
     try:
-        parser.add_class_arguments(getattr(importlib.import_module(module), cls), "x")
-    except Exception:  # a class jsonargparse cannot describe: no suggestion
+        parser.add_class_arguments(import_class(owner), "x")
+    except Exception:  # a class jsonargparse cannot describe, or none by that name: no suggestion
         return None
     known = [option.removeprefix("--x.") for action in parser._actions for option in action.option_strings if option.startswith("--x.")]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)

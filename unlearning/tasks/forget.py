@@ -187,7 +187,7 @@ class UnlearnTask(BaseTask):
 
     def on_fit_start(self) -> None:
         if self.weights is None and self.trainer.ckpt_path is None:
-            raise UsageError(missing_weights(self))
+            raise UsageError(missing_weights(type(self).__name__))
         super().on_fit_start()
         if self.weight_masks is None:  # a resumed run restored its mask in on_load_checkpoint
             masks = self.weight_mask()
@@ -525,10 +525,10 @@ def split_batches(datamodule: Any, *splits: str, size: int | None = None, sample
     return list(zip(x.split(size), y.split(size)))
 
 
-def missing_weights(task: BaseTask) -> str:
+def missing_weights(task: str) -> str:
     """What to tell a user who starts unlearning without pretrained weights: on random ones every forget metric reads perfect."""
     return (
-        f"{type(task).__name__} starts from trained weights: give --model.init_args.weights <checkpoint> "
+        f"{task} starts from trained weights: give --model.init_args.weights <checkpoint> "
         "(or --ckpt_path to resume a run); on an untrained network every forget metric would read as perfect forgetting"
     )
 
