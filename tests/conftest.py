@@ -15,6 +15,9 @@ from unlearning.evaluation.data import load_eval_data
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TINY = ROOT / "tests" / "conf" / "tiny.yaml"
+#: 16-mixed with a GradScaler on the CPU (Lightning itself maps 16-mixed to bf16-mixed there): a GPU's AMP path, simulated
+FP16_SCALER = ["--trainer.plugins=lightning.pytorch.plugins.precision.MixedPrecision", "--trainer.plugins.init_args.precision=16-mixed",
+               "--trainer.plugins.init_args.device=cpu"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

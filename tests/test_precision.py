@@ -7,14 +7,12 @@
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, TINY
+from tests.conftest import CONFIGS, FP16_SCALER, TINY
 from unlearning.checkpoints import last_checkpoint, net_state_dict
 from unlearning.cli import main
 from unlearning.errors import UsageError
 from unlearning.evaluation.cli import evaluate_main
 
-FP16_SCALER = ["--trainer.plugins=lightning.pytorch.plugins.precision.MixedPrecision", "--trainer.plugins.init_args.precision=16-mixed",
-               "--trainer.plugins.init_args.device=cpu"]  # fmt: skip
 PRECISIONS = {
     "32": ["--trainer.precision=32"],
     "bf16-mixed": ["--trainer.precision=bf16-mixed"],
@@ -49,19 +47,6 @@ def test_every_stage_runs_and_evaluates_at_each_precision(precision, tmp_path):
                             "--out", str(tmp_path / "evidence"), "--train-samples", "500", "--mia-per-side", "200", "--probe-per-side", "100",
                             "--reach-starts", "4", "--reach-steps", "3", "--relearn-steps", "3", "--recover-steps", "3"])  # fmt: skip
     assert report["verdict"]["checkpoint"]["verdict"] in {"forgets", "hides", "incomplete", "damages"}  # it ran to a verdict at all
-
-
-def test_gradient_clipping_acts_on_unscaled_gradients_under_a_grad_scaler(tmp_path):
-    """With SGD at lr 1, one step moves the weights by exactly the clipped gradient; clipped before unscaling it would move 65 536x less."""
-    cli = main(
-        ["-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1", *FP16_SCALER,
-         "--model.init_args.optimizer=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=1.0", "--model.init_args.gradient_clip_val=0.01"],
-        run=False,
-    )  # fmt: skip
-    before = [p.detach().clone() for p in cli.model.net.parameters()]
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(cli.model.net.parameters(), before)])
-    assert moved.norm().item() == pytest.approx(0.01, rel=1e-2)
 
 
 @pytest.mark.parametrize("method", ["ssd", "head_mask"])

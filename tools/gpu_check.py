@@ -34,6 +34,7 @@ from unlearning.cli import main  # noqa: E402
 CONFIGS = ROOT / "configs"
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
+WORK = Path(tempfile.gettempdir())  # set from --work
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.accelerator={ACCELERATOR}", "--trainer.devices=1"]
 
 
@@ -48,10 +49,18 @@ def report(name: str, ok: bool, numbers: str) -> None:
 
 
 def pretrained(out: Path) -> tuple[Path, Path, Path, Path]:
-    """Pretrain, oracle and the replacement pair on the GPU, five epochs each (what the other checks start from)."""
+    """Pretrain, oracle and the replacement pair on the GPU, five epochs each (what the other checks start from).
+
+    Trained by the first check that needs them and kept under ``--work`` for the next ones.
+    """
     paths = []
     for config in ("pretrain.yaml", "oracle.yaml", "replace/pretrain.yaml", "replace/oracle.yaml"):
-        cli, seconds = fit(config, out / config.replace("/", "_"))
+        folder = WORK / "pretrained" / config.replace("/", "_")
+        done = sorted(folder.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))
+        if done:
+            paths.append(done[0])
+            continue
+        cli, seconds = fit(config, folder)
         metrics = cli.trainer.callback_metrics
         device = next(cli.model.parameters()).device
         report(f"fit {config}", device.type == DEVICE, f"{seconds:.1f} s on {device}, val/acc {100 * float(metrics['val/acc']):.2f}%")
@@ -183,7 +192,9 @@ CHECKS = {"stages": check_stages, "evaluate": check_evaluate, "ddp": check_ddp, 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("check", choices=list(CHECKS))
+    parser.add_argument("--work", type=Path, required=True, help="a folder the checks share (the pretrained checkpoints)")
     args = parser.parse_args()
+    WORK = args.work
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print(f"SKIP {args.check}: no CUDA device on this machine (GPU_CHECK_DEVICE=cpu runs a dry run)", flush=True)
         sys.exit(0)

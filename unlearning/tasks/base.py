@@ -292,7 +292,8 @@ class BaseTask(LightningModule):
             "batch_size": getattr(datamodule, "batch_size", None),
             "seed": getattr(datamodule, "seed", None),
         }
-        key |= {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k not in key}
+        # LightningCLI's own bookkeeping (``_class_path``, ``_instantiator``) is not a setting
+        key |= {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k not in key and not k.startswith("_")}
         return {k: v for k, v in key.items() if v is not None}
 
     # -- evaluation plumbing --------------------------------------------------------------
