@@ -34,7 +34,7 @@ from unlearning.cli import main  # noqa: E402
 CONFIGS = ROOT / "configs"
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
-WORK = Path(tempfile.gettempdir())  # set from --work
+WORK: Path  # the folder the checks share, from --work
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.accelerator={ACCELERATOR}", "--trainer.devices=1"]
 
 
