@@ -9,6 +9,7 @@ from tests.conftest import ROOT
 from unlearning.bench import bench_parser
 from unlearning.cli import main
 from unlearning.errors import UsageError
+from unlearning.runs import fit_and_test
 from unlearning.speed import compare, interleaved_fit
 
 
@@ -47,9 +48,21 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again, nor a second folder made
     resumed = json.loads(died.read_text())
     assert resumed["resumed"] and resumed["checkpoint"] == first_run["checkpoint"]  # it resumed from its own last.ckpt, in its folder
+    written = (out / "results.json").read_text()
+    with pytest.raises(UsageError, match="was scored on test, not val: bench --holdout val into another --out"):
+        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out), "--holdout", "val"])
+    assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints and (out / "results.json").read_text() == written
     again_sg = next(r for r in again if r["experiment"] == "forget9" and r["method"] == "selective_gradient")
     assert again_sg["fit_seconds"] == timing_round["selective_gradient"]  # a resumed fit timed part of a run: only the round counts
     assert [r["fit_seconds"] for r in again if r is not again_sg] == [r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]]
+
+
+@pytest.mark.parametrize("holdout", ["test", "val"])
+def test_a_run_is_scored_on_the_holdout_it_names(holdout, tmp_path):
+    run = fit_and_test(ROOT / "configs" / "pretrain.yaml", "-c", str(ROOT / "tests" / "conf" / "tiny.yaml"), root=tmp_path, score=holdout)
+    assert {"acc", "forget_acc", "retain_acc"} <= {k.removeprefix(f"{holdout}/") for k in run.scores}
+    assert all(k.startswith(f"{holdout}/") or k.startswith(f"{holdout}_class_acc/") for k in run.scores)
+    assert run.checkpoint.exists() and run.fit_seconds > 0
 
 
 def test_speed_comparison_times_both_loops_side_by_side():
@@ -99,11 +112,16 @@ def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [("--timing_repeats=0", "--timing_repeats must be at least 1"), ("--speed_repeats=-1", "--speed_repeats must be 0")],
+    [
+        ("--timing_repeats=0", "--timing_repeats must be at least 1"),
+        ("--speed_repeats=-1", "--speed_repeats must be 0"),
+        ("--headline=README.md", "--headline takes test-set results"),  # the tiny config has no headline; with val it is refused
+    ],
 )
-def test_bench_rejects_bad_repeat_counts_before_writing_anything(tmp_path, option, message):
+def test_bench_rejects_bad_options_before_writing_anything(tmp_path, option, message):
+    holdout = ["--holdout=val"] if option.startswith("--headline") else []
     with pytest.raises(UsageError, match=message):
-        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results"), option])
+        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results"), option, *holdout])
     assert not (tmp_path / "results").exists()
 
 

@@ -390,6 +390,31 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
     monkeypatch.setattr("unlearning.evaluation.run.judge", lambda *a, **k: pytest.fail("evaluated again despite the cache"))
     assert evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json") == summary
 
+    class Judged(Exception):
+        pass
+
+    def judge(*args, **kwargs):
+        raise Judged(kwargs["holdout"])
+
+    monkeypatch.setattr("unlearning.evaluation.run.judge", judge)
+    with pytest.raises(Judged, match="val"):  # a cache of test-set evidence does not stand for the validation split's
+        evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json", holdout="val")
+
+
+
+def test_holdout_val_reads_the_validation_split_and_says_so(evaluation_oracle, evaluation_pretrained, tmp_path):
+    """Tuning reads the run's validation split, which no training split holds; the test set stays unseen."""
+    data = load_eval_data("data", [9], [], None, val_size=5000, seed=0, holdout="val")
+    val = data.splits["val"]
+    assert torch.equal(data.test_x, data.train_x[val]) and torch.equal(data.test_y, data.train_y[val])
+    assert not any(torch.isin(val, data.splits[name]).any() for name in ("retain", "forget"))
+    report = _evaluate(evaluation_oracle, evaluation_oracle, evaluation_pretrained, tmp_path, "--holdout", "val")
+    assert report["split"]["holdout"] == "val" and report["verdict"]["checkpoint"]["verdict"] == "forgets"
+    on_test = _evaluate(evaluation_oracle, evaluation_oracle, evaluation_pretrained, tmp_path / "test")
+    assert report["metrics"]["oracle"]["test_acc"] != on_test["metrics"]["oracle"]["test_acc"]  # other samples
+    assert report["metrics"]["oracle"]["ra"] == on_test["metrics"]["oracle"]["ra"]  # the same training samples
+    summary = (tmp_path / "summary.md").read_text()
+    assert "holdout: val" in summary and "forget-class validation accuracy" in summary and "test accuracy" not in summary
 
 # -- bad input -----------------------------------------------------------------------------------
 def _other_architecture(tmp_path: Path, like: Path) -> Path:
@@ -410,6 +435,7 @@ def _other_architecture(tmp_path: Path, like: Path) -> Path:
         ("oracle_is_pretrained", "is a pretrain checkpoint, not an oracle"),
         ("never_learned", "never learned class \\[9\\]"),
         ("seed_mismatch", "--seed 3 does not match"),
+        ("bad_holdout", "argument --holdout: invalid choice: 'tset' .*\\(run 'unlearning evaluate --help' for the options\\)"),
     ],
 )
 def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation_oracle, evaluation_pretrained, tmp_path):
@@ -428,6 +454,8 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
         pretrained = edited(evaluation_pretrained, tmp_path / "p.ckpt", new_classes=[9], forget_classes=[])
     elif case == "seed_mismatch":
         extra = ["--seed", "3"]
+    elif case == "bad_holdout":
+        extra = ["--holdout", "tset"]
     with pytest.raises(UsageError, match=message):
         _evaluate(ckpt, oracle, pretrained, tmp_path / "out", *extra)
     assert not (tmp_path / "out").exists()

@@ -1,8 +1,9 @@
 """``unlearning bench -c configs/bench.yaml``: every number in the README from the configs users run.
 
 For each experiment and seed it pretrains, retrains the oracle, runs every method from the
-pretrained weights, scores them on the test set, and (for class experiments) runs the evidence
-suite against that seed's oracle and pretrained model. The oracle and every method are timed
+pretrained weights, scores them on the test set (``--holdout val``: on the validation split, for
+tuning), and (for class experiments) runs the evidence suite on the same held-out samples against
+that seed's oracle and pretrained model. The oracle and every method are timed
 ``--timing_repeats`` times (the cost takes the best of each). A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
 ``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
@@ -23,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from unlearning.errors import UsageError
 from unlearning.evaluation import evaluate_against
+from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.pages import replace_section
 from unlearning.runs import fit_and_test
@@ -60,20 +62,27 @@ class Experiment:
                 raise UsageError(f"experiment {self.name}: after: {method}: {upstream} needs both methods listed, {upstream} first")
 
 
-def _run(args: list[str], root: Path, seed: int, bar: tqdm) -> dict[str, Any]:
-    """Fit and test one config under ``root``, or return what an earlier bench left there."""
+def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) -> dict[str, Any]:
+    """Fit one config under ``root`` and score it on ``holdout``, or return what an earlier bench left there.
+
+    The scores are kept under the holdout's name (``"test"`` or ``"val"``); a folder scored on the
+    other one is refused, so that one results folder never mixes the two.
+    """
     done = root / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
         if Path(result["checkpoint"]).exists():
+            if holdout not in result:
+                scored = next(name for name in get_args(Holdout) if name in result)
+                raise UsageError(f"{root} was scored on {scored}, not {holdout}: bench --holdout {holdout} into another --out")
             bar.update()
             return result
     resume = next(iter(sorted(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))), None)  # one run per folder here
     bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
-    run = fit_and_test(*args, root=root, seed=seed, ckpt_path=resume)
+    run = fit_and_test(*args, root=root, seed=seed, score=holdout, ckpt_path=resume)
     result = {
         "checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "phases": run.phases, "resumed": resume is not None,
-        "test": run.test_metrics,
+        holdout: run.scores,
     }  # fmt: skip
     done.write_text(json.dumps(result, indent=1))
     bar.update()
@@ -98,7 +107,7 @@ def _best_fit_seconds(
         with tempfile.TemporaryDirectory() as scratch:
             round_seconds = {}
             for name, args in runs.items():
-                round_seconds[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, test=False).fit_seconds
+                round_seconds[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, score=None).fit_seconds
                 bar.update()
         rounds.append(round_seconds)
         cache.write_text(json.dumps(rounds, indent=1))
@@ -109,8 +118,10 @@ def _best_fit_seconds(
     return best
 
 
-def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_repeats: int = 1) -> list[dict[str, Any]]:
-    """One row per (experiment, method, seed) with test metrics, fit seconds, cost against the oracle and evidence."""
+def run_grid(
+    experiments: list[Experiment], seeds: list[int], out: Path, timing_repeats: int = 1, holdout: Holdout = "test"
+) -> list[dict[str, Any]]:
+    """One row per (experiment, method, seed) with the ``holdout``'s metrics, fit seconds, cost against the oracle and evidence."""
     total = sum(len(seeds) * (2 + len(e.methods) + (timing_repeats - 1) * (1 + len(e.methods))) for e in experiments)
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc="bench", unit="run") as bar:
@@ -118,14 +129,14 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
             for seed in seeds:
                 where = out / "runs" / exp.name / f"seed{seed}"
                 stages = {
-                    "pretrained": _run(exp.pretrain, where / "pretrained", seed, bar),
-                    "oracle": _run(exp.oracle, where / "oracle", seed, bar),
+                    "pretrained": _run(exp.pretrain, where / "pretrained", seed, holdout, bar),
+                    "oracle": _run(exp.oracle, where / "oracle", seed, holdout, bar),
                 }
                 timed_runs = {"oracle": exp.oracle}
                 for method, args in exp.methods.items():
                     start = stages[exp.after.get(method, "pretrained")]["checkpoint"]
                     timed_runs[method] = [*args, f"--model.init_args.weights={start}"]
-                    stages[method] = _run(timed_runs[method], where / method, seed, bar)
+                    stages[method] = _run(timed_runs[method], where / method, seed, holdout, bar)
                 seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
                 seconds |= _best_fit_seconds(timed_runs, stages, where, seed, timing_repeats, bar)
                 for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
@@ -135,14 +146,14 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
                     bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
                     checkpoints = {name: Path(r["checkpoint"]) for name, r in stages.items()}
                     evidence = evaluate_against(
-                        checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json"
+                        checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json", holdout=holdout
                     )
                 for method, result in stages.items():
                     rows.append(
                         {
                             "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
                             "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
-                            **{k.removeprefix("test/"): v for k, v in result["test"].items()}, **evidence.get(method, {}),
+                            **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
                         }
                     )  # fmt: skip
     return rows
@@ -151,7 +162,7 @@ def run_grid(experiments: list[Experiment], seeds: list[int], out: Path, timing_
 # -- tables -------------------------------------------------------------------------------------
 #: (column key, header, scale, digits)
 COLUMNS = [
-    ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "test %", 100, 2), ("new_acc", "new %", 100, 2),
+    ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "all %", 100, 2), ("new_acc", "new %", 100, 2),
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
     ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
     ("reach", "reach %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
@@ -188,7 +199,7 @@ def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, 
 
 
 #: the per-seed table: what every target in the README is checked against
-SEED_COLUMNS = [("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "test %"), ("fit_seconds", "fit s"), ("cost", "cost × oracle")]  # fmt: skip
+SEED_COLUMNS = [("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("fit_seconds", "fit s"), ("cost", "cost × oracle")]  # fmt: skip
 
 
 def per_seed_tables(rows: list[dict[str, Any]]) -> str:
@@ -214,11 +225,13 @@ def per_seed_tables(rows: list[dict[str, Any]]) -> str:
 
 
 # -- plots --------------------------------------------------------------------------------------
-def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plots(rows: list[dict[str, Any]], out: Path, holdout: Holdout = "test") -> list[Path]:
     """Per experiment: forget vs retain accuracy, per-class bars before and after, retain accuracy against cost."""
     import matplotlib.pyplot as plt
 
     from unlearning.figures import class_bars  # selects matplotlib's Agg backend
+
+    held_out = HELD_OUT_NAME[holdout]
 
     written = []
     for exp in dict.fromkeys(r["experiment"] for r in rows):
@@ -231,7 +244,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         }
 
         for x_key, x_label, name in (
-            ("forget_acc", "forget-class test accuracy (%)", "forget_vs_retain"),
+            ("forget_acc", f"forget-class {held_out} accuracy (%)", "forget_vs_retain"),
             ("cost", "fit time / oracle fit time", "retain_vs_cost"),
         ):
             fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -242,7 +255,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 ax.annotate(m, (scale * mean[m][x_key], 100 * mean[m]["retain_acc"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
             if x_key == "cost":
                 ax.set_xscale("log")
-            ax.set(xlabel=x_label, ylabel="retain-class test accuracy (%)", title=f"{exp}: {name.replace('_', ' ')}")
+            ax.set(xlabel=x_label, ylabel=f"retain-class {held_out} accuracy (%)", title=f"{exp}: {name.replace('_', ' ')}")
             ax.grid(alpha=0.3)
             fig.tight_layout()
             path = out / f"{exp}_{name}.png"
@@ -251,11 +264,11 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             written.append(path)
 
         per_class = {
-            m: [statistics.mean(r[f"test_class_acc/{c}"] for r in mine if r["method"] == m) for c in range(10)]
-            for m in methods if "test_class_acc/0" in mine[0]
+            m: [statistics.mean(r[f"{holdout}_class_acc/{c}"] for r in mine if r["method"] == m) for c in range(10)]
+            for m in methods if f"{holdout}_class_acc/0" in mine[0]
         }  # fmt: skip
         if per_class:
-            fig = class_bars(per_class, f"{exp}: per-class test accuracy, before (pretrained) and after")
+            fig = class_bars(per_class, f"{exp}: per-class {held_out} accuracy, before (pretrained) and after")
             fig.set_size_inches(max(6, 0.9 * len(per_class) + 4), 3.5)
             path = out / f"{exp}_per_class.png"
             fig.savefig(path, dpi=110)
@@ -279,6 +292,12 @@ def bench_parser() -> ArgumentParser:
         default=1,
         help="fits timed per oracle and method; the cost takes the best of each (the VM's noise only adds time)",
     )
+    parser.add_argument(
+        "--holdout",
+        type=Holdout,
+        default="test",
+        help="what the runs and the evidence are scored on: the test set, or the validation split (to tune a method without seeing the test set)",
+    )
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
     parser.add_argument("--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)")
     parser.add_argument("--headline", type=Path | None, default=None, help="a page whose headline section gets the short table (README.md)")
@@ -299,11 +318,13 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:
         raise UsageError(f"--speed_repeats must be 0 (no speed comparison) or more, got {args.speed_repeats}")
+    if args.holdout == "val" and args.headline is not None:
+        raise UsageError("--headline takes test-set results; with --holdout val give --headline null")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with torch_threads(args.threads), quiet_lightning():  # restored afterwards: a bench run from Python leaves the caller's settings alone
-        rows = run_grid(experiments, args.seeds, out, args.timing_repeats)
+        rows = run_grid(experiments, args.seeds, out, args.timing_repeats, args.holdout)
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), {_cores()} cores, torch {torch.__version__}"
@@ -312,6 +333,7 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
             {
                 "machine": machine,
                 "seconds": seconds,
+                "holdout": args.holdout,
                 "experiments": [asdict(e) for e in experiments],
                 "rows": rows,
                 "speed": speed and asdict(speed),
@@ -323,18 +345,18 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if speed is not None:
         tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop interleaved with it, same work\n\n```\n{speed.report()}\n```\n"
     source = " ".join(["unlearning bench", *(argv or [])])
-    produced = f"Produced by `{source}` in {seconds / 60:.1f} min on {machine}."
+    produced = f"Produced by `{source}` in {seconds / 60:.1f} min on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
     report = f"{produced}\n\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
     (out / "results.md").write_text(report)
     written = [out / "results.md", out / "results.json"]
-    section = str(args.config[0]) if args.config else "bench"
+    section = (str(args.config[0]) if args.config else "bench") + (" --holdout val" if args.holdout == "val" else "")
     if args.docs is not None:
         replace_section(args.docs, section, f"## `{section}`\n\n{report}")
         written.append(args.docs)
     if args.headline is not None:
         replace_section(args.headline, "headline", f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n")
         written.append(args.headline)
-    plots(rows, out)
+    plots(rows, out, args.holdout)
     print(per_seed_tables(rows))
     print(tables)
     print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {', '.join(map(str, written))} and plots")

@@ -10,18 +10,22 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from unlearning.checkpoints import check_resumable, last_checkpoint
+from unlearning.evaluation.data import Holdout
 from unlearning.run_dirs import logger_location, run_dir_of
 from unlearning.training import lightning_main
 
 
 @dataclass
 class RunResult:
-    """What one ``fit`` + ``test`` of a config produced; ``phases`` splits ``fit_seconds`` (see :class:`PhaseTimer`)."""
+    """What one ``fit`` of a config, and its score on held-out data, produced; ``phases`` splits ``fit_seconds`` (see :class:`PhaseTimer`).
+
+    ``scores`` holds the metrics as logged (``test/acc``, or ``val/acc`` when scored on the validation split).
+    """
 
     checkpoint: Path
     log_dir: Path
     fit_seconds: float
-    test_metrics: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
 
 
@@ -82,9 +86,17 @@ class PhaseTimer(Callback):
 
 
 def fit_and_test(
-    config: str | Path, *overrides: str, root: str | Path, seed: int = 0, test: bool = True, ckpt_path: str | Path | None = None
+    config: str | Path,
+    *overrides: str,
+    root: str | Path,
+    seed: int = 0,
+    score: Holdout | None = "test",
+    ckpt_path: str | Path | None = None,
 ) -> RunResult:
-    """``unlearning fit -c config overrides...`` under ``root``, then ``test`` on the last checkpoint.
+    """``unlearning fit -c config overrides...`` under ``root``, then score the last weights on ``score``.
+
+    ``score``: ``"test"`` (Lightning's test loop), ``"val"`` (its validation loop, on the run's
+    validation split, for tuning) or ``None`` (no scoring: a timing run).
 
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading or the test pass), which is
     what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an interrupted run, in its own folder.
@@ -113,8 +125,9 @@ def fit_and_test(
     timer.mark("return")
     fit_seconds = timer.events[-1][1] - timer.events[0][1]
     checkpoint = last_checkpoint(cli.trainer)
-    metrics: dict[str, float] = {}
-    if test:
-        (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[:1]
-        metrics = {k: float(v) for k, v in results.items()}
-    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, metrics, timer.phases())
+    scores: dict[str, float] = {}
+    if score is not None:
+        loop = cli.trainer.test if score == "test" else cli.trainer.validate
+        (results,) = loop(cli.model, datamodule=cli.datamodule, verbose=False)[:1]
+        scores = {k: float(v) for k, v in results.items()}
+    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, scores, timer.phases())

@@ -14,7 +14,6 @@ from torch import Tensor
 from unlearning.errors import UsageError
 
 NUM_CLASSES = 10
-TRAIN_SPLITS = ("retain", "forget", "new", "val")
 
 
 def check_classes(forget_classes: Sequence[int], new_classes: Sequence[int], num_classes: int = NUM_CLASSES) -> None:

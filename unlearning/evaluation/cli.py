@@ -13,8 +13,10 @@ import argparse
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import get_args
+from typing import NoReturn, get_args
 
+from unlearning.errors import UsageError
+from unlearning.evaluation.data import Holdout
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.mia import Attack
 from unlearning.evaluation.report import write_outputs
@@ -25,8 +27,15 @@ from unlearning.evaluation.verdict import EVIDENCE
 ROLES = ("checkpoint", "oracle", "pretrained")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (a :class:`UsageError`) instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (run '{self.prog} --help' for the options)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unlearning evaluate", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="unlearning evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="the checkpoint to judge")
     p.add_argument("--oracle", required=True, help="a checkpoint retrained without the forget data")
     p.add_argument("--pretrained", required=True, help="the checkpoint unlearning started from")
@@ -36,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw")
     p.add_argument("--seed", type=int, help="the split's seed; default: the checkpoint run's (seed_everything), else 0")
     p.add_argument("--val-size", type=int, help="the split's validation size; default: the checkpoint run's, else 5000")
+    p.add_argument(
+        "--holdout", default="test", choices=get_args(Holdout),
+        help="the held-out samples every test-set check reads: the test set, or the run's validation split (for tuning a method)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads; the checks are many small steps, which more threads slow down"
@@ -71,6 +84,7 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
             args.data_dir,
             args.device,
             budget,
+            holdout=args.holdout,
         )
         report["seconds"] = time.perf_counter() - start
         text = write_outputs(out, report, evaluations, budget)

@@ -5,22 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from unlearning.data.mnist import load_mnist
 from unlearning.data.splits import build_splits, choose, retain_classes
+from unlearning.errors import UsageError
 
-__all__ = ["EvalData", "choose", "load_eval_data"]
+__all__ = ["HELD_OUT_NAME", "EvalData", "Holdout", "choose", "load_eval_data"]
+
+#: What the held-out checks read: the test set, or the validation split (for tuning, so that the test set stays unseen).
+Holdout = Literal["test", "val"]
+#: how tables and figures name each holdout's samples
+HELD_OUT_NAME: dict[str, str] = {"test": "test", "val": "validation"}
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """Normalised train and test tensors, the training splits' indices, and the classes they were split by.
+    """Normalised train and held-out tensors, the training splits' indices, and the classes they were split by.
 
-    ``forget_classes`` is empty in random-sample mode, where ``forget`` is a random subset of the
-    training samples instead of whole classes.
+    ``test_x``/``test_y`` are the held-out samples: the test set, or the validation split when the
+    evaluation was loaded with ``holdout="val"``. ``forget_classes`` is empty in random-sample mode,
+    where ``forget`` is a random subset of the training samples instead of whole classes.
     """
 
     train_x: Tensor
@@ -59,9 +67,19 @@ def load_eval_data(
     forget_fraction: float | None,
     val_size: int,
     seed: int,
+    holdout: Holdout = "test",
 ) -> EvalData:
-    """MNIST with the retain/forget/new/val splits that ``build_splits`` gives the checkpoint's run."""
+    """MNIST with the retain/forget/new/val splits that ``build_splits`` gives the checkpoint's run.
+
+    ``holdout="val"`` puts the run's validation split where the test set would be: no training split
+    holds it, so it serves every held-out check while a method is tuned.
+    """
     train_x, train_y = load_mnist(data_dir, train=True)
-    test_x, test_y = load_mnist(data_dir, train=False)
     splits = build_splits(train_y, forget_classes, new_classes, forget_fraction, val_size, seed)
+    if holdout == "val":
+        test_x, test_y = train_x[splits["val"]], train_y[splits["val"]]
+    elif holdout == "test":
+        test_x, test_y = load_mnist(data_dir, train=False)
+    else:
+        raise UsageError(f"holdout must be test or val, got {holdout!r}")
     return EvalData(train_x, train_y, test_x, test_y, splits, tuple(forget_classes), tuple(new_classes))

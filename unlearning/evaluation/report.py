@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from unlearning.evaluation.data import HELD_OUT_NAME
 from unlearning.evaluation.mia import HEADLINE_FEATURE
 from unlearning.evaluation.relearn import attacker_name
 from unlearning.evaluation.suite import REACH_NORMS, REACH_STARTS, Budget, NetEvaluation
@@ -72,7 +73,9 @@ def table(report: dict, budget: Budget) -> list[list[str]]:
     names = list(report["checkpoints"])
     cells = [["", *names]]
     layers = max((int(k.removeprefix("probe_auc_layer")) for m in report["metrics"].values() for k in m if k.startswith("probe_auc_layer")), default=0)
+    held_out = HELD_OUT_NAME[report["split"]["holdout"]]
     for key, label in table_rows(budget, layers):
+        label = label.replace("test accuracy", f"{held_out} accuracy")  # what the held-out checks read
         values = {name: _row_value(report, name, key) for name in names}
         if all(v is _ABSENT for v in values.values()):
             continue
@@ -104,6 +107,7 @@ def markdown(report: dict, cells: list[list[str]]) -> str:
         "",
         *(f"- {name}: `{path}`" for name, path in report["checkpoints"].items()),
         "- " + ", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in report["classes"].items()),
+        "- " + ", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in report["split"].items()),
         "",
         f"**Verdict on {report['subject']}: {subject['verdict']}**",
         "",
@@ -139,5 +143,6 @@ def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation]
             for variant, images in evaluations[name].reach_images.items():
                 writer.add_image(f"reach/{name}/{variant}", tile(images))
         bars = {name: torch.tensor(report["metrics"][name]["class_acc"]) / 100 for name in report["checkpoints"]}
-        writer.add_figure("class_accuracy", class_bars(bars, title="test accuracy per class"))
+        held_out = HELD_OUT_NAME[report["split"]["holdout"]]
+        writer.add_figure("class_accuracy", class_bars(bars, title=f"{held_out} accuracy per class"))
     return format_table(cells)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from unlearning.evaluation.data import load_eval_data
+from unlearning.evaluation.data import Holdout, load_eval_data
 from unlearning.evaluation.inputs import (
     check_architectures,
     check_references,
@@ -38,12 +38,14 @@ def judge(
     device: str = "auto",
     budget: Budget | None = None,
     thresholds: Thresholds | None = None,
+    holdout: Holdout = "test",
 ) -> tuple[dict[str, Any], dict[str, NetEvaluation]]:
     """Every check on every named checkpoint, its gap to the ``oracle`` entry and its verdict.
 
     The classes, split seed and validation size are what the first checkpoint that is neither
     the oracle nor the pretrained one records (the oracle's when there is none); given values
-    must agree; that checkpoint is the report's ``subject``. ``budget`` and ``thresholds`` default
+    must agree; that checkpoint is the report's ``subject``. ``holdout`` picks the held-out samples
+    (see :func:`~.data.load_eval_data`). ``budget`` and ``thresholds`` default
     to :class:`Budget` and :class:`Thresholds`. Returns the report (plain JSON-ready values) and the
     per-network evaluations.
     """
@@ -58,6 +60,7 @@ def judge(
     split = {
         "seed": resolve_setting("--seed", seed, recorded.get("seed"), 0),
         "val_size": resolve_setting("--val-size", val_size, recorded.get("val_size"), 5000),
+        "holdout": holdout,
     }
     data = load_eval_data(data_dir, classes["forget_classes"], classes["new_classes"], classes["forget_fraction"], **split).to(torch_device)
     nets = {name: (item.net.to(torch_device), item.unit_labels.to(torch_device)) for name, item in loaded.items()}
@@ -85,6 +88,7 @@ def evaluate_against(
     seed: int | None = None,
     cache: str | Path | None = None,
     threads: int = 1,
+    holdout: Holdout = "test",
     **settings: Any,
 ) -> dict[str, dict[str, Any]]:
     """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best), ``probe_auc`` and
@@ -93,16 +97,16 @@ def evaluate_against(
     reachability over starts and norms), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
-    A ``cache`` file written for the same checkpoint files is read back instead of evaluating again.
+    A ``cache`` file written for the same checkpoint files and ``holdout`` is read back instead of evaluating again.
     Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
     """
     paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
     if cache is not None and Path(cache).exists():
         stored = json.loads(Path(cache).read_text())
-        if stored["checkpoints"] == paths:
+        if stored["checkpoints"] == paths and stored.get("holdout", "test") == holdout:
             return stored["summary"]
     with torch_threads(threads):
-        report, _ = judge(paths, oracle, pretrained, seed=seed, **settings)
+        report, _ = judge(paths, oracle, pretrained, seed=seed, holdout=holdout, **settings)
     summary = {}
     for name in paths:
         metrics, reach = report["metrics"][name], [report["metrics"][name][k] for k in reach_keys(report["metrics"][name])]
@@ -119,5 +123,5 @@ def evaluate_against(
             "reach": max(reach) / 100 if reach else None,
         }
     if cache is not None:
-        Path(cache).write_text(json.dumps({"checkpoints": paths, "summary": summary}, indent=1))
+        Path(cache).write_text(json.dumps({"checkpoints": paths, "holdout": holdout, "summary": summary}, indent=1))
     return summary
