@@ -46,6 +46,8 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     died.unlink()  # as if the run had died after writing its checkpoint
     again = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
     assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again, nor a second folder made
+    assert f"(reusing 6 of 7 fits, and their timings, from an earlier bench in {out})" in (out / "results.md").read_text()
+    assert "reusing" not in table  # the first bench fitted everything
     resumed = json.loads(died.read_text())
     assert resumed["resumed"] and resumed["checkpoint"] == first_run["checkpoint"]  # it resumed from its own last.ckpt, in its folder
     written = (out / "results.json").read_text()

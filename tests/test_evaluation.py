@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from unlearning.evaluation import (
     accuracy_check,
     evaluate_against,
     linear_probe,
+    member_threshold,
     mia_check,
+    mia_efficacy,
     mia_features,
     notebook_metrics,
     oracle_gap,
@@ -32,7 +35,7 @@ from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import hidden_layers, label_log_probabilities, layer_features
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
-from unlearning.evaluation.suite import Budget, evaluate_net
+from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import most_telling_layer, probe_ratios
 from unlearning.metrics import unit_to_label
 from unlearning.models import LogisticRegression
@@ -86,7 +89,7 @@ def _confident(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return probs, labels, probs.argmax(1)
 
 
-@pytest.mark.parametrize("attack", ["logistic", "svc"])
+@pytest.mark.parametrize("attack", ["threshold", "svc"])
 def test_mia_calls_unseen_samples_non_members_and_seen_ones_members(attack):
     generator = torch.Generator().manual_seed(0)
     members = mia_features(*_confident(0.95 + 0.05 * torch.rand(1000, generator=generator, dtype=torch.float64)))
@@ -99,6 +102,19 @@ def test_mia_calls_unseen_samples_non_members_and_seen_ones_members(attack):
         assert forgotten[f"mia_{feature}"] > 95 and remembered[f"mia_{feature}"] < 5, feature
     assert forgotten["mia"] == forgotten["mia_m_entropy"]
     assert mia_check(members, non_members, unseen, attack=attack) == forgotten  # seeded: the same numbers again
+
+
+def test_the_threshold_attack_keeps_the_members_side_where_a_fitted_side_reverses():
+    """Outputs on members and non-members alike, with members a hair *less* confident in this sample: a fitted
+    side comes out reversed and calls far-off, forgotten samples members; the members' side cannot."""
+    generator = np.random.default_rng(0)
+    members = 0.10 + 0.01 * generator.standard_normal((2000, 1))  # modified entropy: low is confidently right
+    non_members = 0.09 + 0.01 * generator.standard_normal((2000, 1))
+    forgotten = np.full((500, 1), 3.0)  # confidently wrong
+    assert mia_efficacy(members, non_members, forgotten, member_side=-1) == 100.0
+    assert mia_efficacy(members, non_members, forgotten, member_side=None) == 0.0  # the logistic regression's reversed side
+    assert member_threshold(np.array([3.0, 4.0, 5.0]), np.array([1.0, 2.0, 4.5])) == 3.0  # the best split: 3 and up are members
+    assert member_threshold(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 1.0  # no power: everything is a member
 
 
 def test_mia_features_by_hand():
@@ -322,6 +338,17 @@ def test_evaluate_net_probes_every_hidden_layer(evaluation_pretrained, mnist):
     assert result.metrics["recovered_acc"] > 50  # the pretrained model never lost the class
 
 
+def test_the_oracle_relearns_under_a_budget_over_the_ratio(evaluation_oracle, evaluation_pretrained, mnist):
+    """Cut off at the others' cap, the oracle would leave "relearns within a fraction of the oracle's steps" unknown."""
+    nets = {name: (build_net(path), torch.arange(10)) for name, path in (("oracle", evaluation_oracle), ("pretrained", evaluation_pretrained))}
+    nets["copy"] = (build_net(evaluation_oracle), torch.arange(10))
+    budget = Budget(train_samples=2000, mia_per_side=1000, probe_per_side=500, reach_starts=4, relearn_steps=1, recover_steps=1)
+    results = evaluate_nets(nets, mnist, budget, "pretrained", oracle="oracle", oracle_relearn_steps=60)
+    assert results["copy"].metrics["relearn_steps"] is None  # the same weights, one step: not enough
+    assert 1 < results["oracle"].metrics["relearn_steps"] <= 60
+    assert results["pretrained"].metrics["relearn_steps"] <= 1  # the others keep their own cap
+
+
 # -- class replacement with reused units ---------------------------------------------------------
 def test_a_reused_unit_makes_relearn_and_reach_not_applicable_but_reports_new_acc(evaluation_pretrained):
     data = load_eval_data("data", [6], [3], None, 5000, 0)
@@ -399,6 +426,10 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
     monkeypatch.setattr("unlearning.evaluation.run.judge", judge)
     with pytest.raises(Judged, match="val"):  # a cache of test-set evidence does not stand for the validation split's
         evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json", holdout="val")
+    stat = evaluation_head_mask.stat()
+    os.utime(evaluation_head_mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a run written again at the same path
+    with pytest.raises(Judged, match="test"):
+        evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json")
 
 
 

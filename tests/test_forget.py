@@ -192,6 +192,17 @@ def test_reinit_distill_resets_exactly_its_mask_and_then_trains_every_weight(pre
     assert changed(before, net_state_dict(last_checkpoint(trained.trainer))) == set(before)  # no weight is frozen
 
 
+def test_reinit_distill_resets_its_fractions_per_forget_class(pretrained_ckpt, tmp_path):
+    """Two classes reset 1 - (1 - 0.25)² of the weights and 1 - (1 - 0.5)² of the first layer's units."""
+    cli = unlearn(
+        UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0",
+        "--data.init_args.forget_classes=[3,5]", "--trainer.max_steps=1",
+    )  # fmt: skip
+    reset = last_contents(cli)["reset_masks"]
+    assert reset["features.1.weight"].all(1).sum() == round(0.75 * 50)
+    assert sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values()) >= 1 - 0.75**2
+
+
 def test_undo_moves_every_weight_halfway_to_a_fresh_init_before_distilling(pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "undo.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0")
     net = type(cli.model.net)()

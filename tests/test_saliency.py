@@ -8,6 +8,7 @@ from unlearning.saliency import (
     ExactFreeze,
     diagonal_fisher,
     mask_summary,
+    per_class_share,
     reinitialize,
     saliency_mask,
     saliency_scores,
@@ -181,3 +182,11 @@ def test_reinitialize_draws_the_layers_own_init_into_the_masked_entries_only():
     again.load_state_dict(before)
     reinitialize(again, masks, seed=7)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))  # the same on every rank
+
+
+def test_per_class_share_compounds_and_keeps_one_class_exact():
+    assert per_class_share(0.25, 1) == 0.25
+    assert per_class_share(0.25, 2) == pytest.approx(0.4375)
+    assert per_class_share(0.5, 3) == pytest.approx(0.875) and per_class_share(1.0, 2) == 1.0
+    with pytest.raises(ValueError, match="at least one class"):
+        per_class_share(0.25, 0)

@@ -76,7 +76,7 @@ def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) ->
                 scored = next(name for name in get_args(Holdout) if name in result)
                 raise UsageError(f"{root} was scored on {scored}, not {holdout}: bench --holdout {holdout} into another --out")
             bar.update()
-            return result
+            return result | {"reused": True}
     resume = next(iter(sorted(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))), None)  # one run per folder here
     bar.set_postfix_str(f"{root.parent.parent.name}/{root.name} seed {seed}")
     run = fit_and_test(*args, root=root, seed=seed, score=holdout, ckpt_path=resume)
@@ -152,6 +152,7 @@ def run_grid(
                     rows.append(
                         {
                             "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
+                            "reused": result.get("reused", False),
                             "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
                             **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
                         }
@@ -345,7 +346,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if speed is not None:
         tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop interleaved with it, same work\n\n```\n{speed.report()}\n```\n"
     source = " ".join(["unlearning bench", *(argv or [])])
-    produced = f"Produced by `{source}` in {seconds / 60:.1f} min on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
+    reused = sum(r["reused"] for r in rows)
+    reuse_note = f" (reusing {reused} of {len(rows)} fits, and their timings, from an earlier bench in {out})" if reused else ""
+    produced = f"Produced by `{source}` in {seconds / 60:.1f} min{reuse_note} on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
     report = f"{produced}\n\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
     (out / "results.md").write_text(report)
     written = [out / "results.md", out / "results.json"]

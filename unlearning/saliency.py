@@ -61,6 +61,18 @@ def saliency_scores(
     return {name: total.abs() for name, total in totals.items()}
 
 
+def per_class_share(fraction: float, classes: int) -> float:
+    """The share ``1 - (1 - fraction) ** classes`` of a network that ``classes`` forget classes reset.
+
+    Each class claims ``fraction`` of what the classes before it left: one class resets exactly
+    ``fraction``, two classes (which share more of the network than one) ``fraction`` plus that of
+    the rest, and the share never reaches the whole network.
+    """
+    if classes < 1:
+        raise ValueError(f"at least one class, got {classes}")
+    return 1.0 - (1.0 - fraction) ** classes
+
+
 def top_fraction_mask(scores: dict[str, Tensor], fraction: float, scope: Scope = "global") -> dict[str, Tensor]:
     """Boolean masks keeping the ``round(fraction * n)`` highest scores (at least one).
 

@@ -18,7 +18,7 @@ benchmark grid. This package knows networks only through :mod:`unlearning.checkp
 """
 
 from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
-from unlearning.evaluation.mia import mia_check, mia_efficacy, mia_features
+from unlearning.evaluation.mia import member_threshold, mia_check, mia_efficacy, mia_features
 from unlearning.evaluation.probe import linear_probe
 from unlearning.evaluation.reachability import reach_class
 from unlearning.evaluation.relearn import relearn_steps
@@ -31,6 +31,7 @@ __all__ = [
     "evaluate_against",
     "judge",
     "linear_probe",
+    "member_threshold",
     "mia_check",
     "mia_efficacy",
     "mia_features",

@@ -7,6 +7,7 @@ method of a seed against that seed's oracle and pretrained model, each network e
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -64,14 +65,15 @@ def judge(
     }
     data = load_eval_data(data_dir, classes["forget_classes"], classes["new_classes"], classes["forget_fraction"], **split).to(torch_device)
     nets = {name: (item.net.to(torch_device), item.unit_labels.to(torch_device)) for name, item in loaded.items()}
-    evaluations = evaluate_nets(nets, data, budget, pretrained)
+    oracle_relearn_steps = math.ceil(budget.relearn_steps / thresholds.relearn_ratio)
+    evaluations = evaluate_nets(nets, data, budget, pretrained, oracle, oracle_relearn_steps)
     metrics = {name: evaluation.metrics for name, evaluation in evaluations.items()}
     report = {
         "subject": subject,
         "checkpoints": {name: str(Path(path).resolve()) for name, path in paths.items()},
         "classes": classes,
         "split": split,
-        "budget": asdict(budget),
+        "budget": asdict(budget) | {"oracle_relearn_steps": oracle_relearn_steps},
         "thresholds": asdict(thresholds),
         "metrics": metrics,
         "not_applicable": {name: evaluation.not_applicable for name, evaluation in evaluations.items()},
@@ -79,6 +81,11 @@ def judge(
         "verdict": {name: verdict(metrics[name], metrics[oracle], thresholds) for name in paths},
     }
     return report, evaluations
+
+
+def _stamps(paths: Mapping[str, str]) -> dict[str, list[int]]:
+    """Each file's size and modification time (ns), which change when a run writes it again."""
+    return {name: [(stat := Path(path).stat()).st_size, stat.st_mtime_ns] for name, path in paths.items()}
 
 
 def evaluate_against(
@@ -97,13 +104,14 @@ def evaluate_against(
     reachability over starts and norms), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
-    A ``cache`` file written for the same checkpoint files and ``holdout`` is read back instead of evaluating again.
+    A ``cache`` file written for the same checkpoint files (paths, sizes and modification times: a run
+    trained again at the same path is evaluated again) and ``holdout`` is read back instead of evaluating again.
     Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
     """
     paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
     if cache is not None and Path(cache).exists():
         stored = json.loads(Path(cache).read_text())
-        if stored["checkpoints"] == paths and stored.get("holdout", "test") == holdout:
+        if stored["checkpoints"] == paths and stored.get("files") == _stamps(paths) and stored.get("holdout") == holdout:
             return stored["summary"]
     with torch_threads(threads):
         report, _ = judge(paths, oracle, pretrained, seed=seed, holdout=holdout, **settings)
@@ -123,5 +131,6 @@ def evaluate_against(
             "reach": max(reach) / 100 if reach else None,
         }
     if cache is not None:
-        Path(cache).write_text(json.dumps({"checkpoints": paths, "holdout": holdout, "summary": summary}, indent=1))
+        stored = {"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "summary": summary}
+        Path(cache).write_text(json.dumps(stored, indent=1))
     return summary

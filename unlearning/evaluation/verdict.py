@@ -54,8 +54,10 @@ class Thresholds:
             sits between the two groups.
         relearn_ratio: the class comes back "at once" when the attacker's best relearning (fewest
             steps over the optimiser and learning-rate grid) takes at most this fraction of the
-            oracle's best, or succeeds within the budget where the oracle's does not. Oracles' best is
-            4-8 steps, so one oracle takes 0.5x another's: the ratio stays below that. The pretrained
+            oracle's best, or succeeds within the budget where the oracle's does not. The oracle's
+            budget is the others' over this ratio, so "does not" means it needs more than 1/ratio
+            times the others' budget. Oracles' best is 4-8 steps for one class, so one oracle takes
+            0.5x another's: the ratio stays below that. The pretrained
             models need 0 steps, selective gradient 2-3, the head mask 8-9 and the pinned logit 6-10
             (under Adam at 1e-3 alone the pinned logit takes twice the oracle's steps).
         recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
@@ -144,7 +146,7 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
     if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
         representation.append(
             f"the attacker's best relearns the class in {steps} steps, the oracle's needs "
-            f"{'more than the budget' if oracle_steps is None else oracle_steps} (limit {t.relearn_ratio:g}x)"
+            f"{'more than its budget' if oracle_steps is None else oracle_steps} (limit {t.relearn_ratio:g}x)"
         )
     recovered, oracle_recovered = metrics.get("recovered_acc"), oracle.get("recovered_acc")
     if recovered is not None and oracle_recovered is not None and recovered > oracle_recovered + t.recovery_margin:

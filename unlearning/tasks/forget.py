@@ -28,6 +28,7 @@ from unlearning.saliency import (
     diagonal_fisher,
     last_layers_mask,
     mask_summary,
+    per_class_share,
     reinitialize,
     saliency_mask,
     saliency_scores,
@@ -131,7 +132,8 @@ class UnlearnTask(BaseTask):
         self, forget_split: str, fraction: float, unit_fraction: float, score: ResetScore, retain_samples: int, batch_size: int
     ) -> dict[str, Tensor]:
         """Reset to a fresh initialisation the weights that serve the ``forget_split`` most: the top ``fraction`` of all
-        weights by ``score`` and the top ``unit_fraction`` of the first layer's units (whole rows). Returns the reset mask.
+        weights by ``score`` and the top ``unit_fraction`` of the first layer's units (whole rows), each per forget
+        class (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Returns the reset mask.
 
         ``specificity`` ranks by the forget split's diagonal Fisher over the retain split's (on a seeded
         ``retain_samples``-sample subset), both in batches of ``batch_size``; ``abs_grad`` by the forget
@@ -145,7 +147,10 @@ class UnlearnTask(BaseTask):
             scores = specificity(diagonal_fisher(self.net, split_batches(datamodule, forget_split, size=batch_size)), diagonal_fisher(self.net, retain))
         else:
             scores = saliency_scores(self.net, split_batches(datamodule, forget_split, size=SALIENCY_CHUNK), "abs_grad")
-        masks = [top_fraction_mask(scores, fraction)] + ([unit_mask(self.net, scores, unit_fraction)] if unit_fraction else [])
+        classes = max(1, len(self.forget_classes))
+        masks = [top_fraction_mask(scores, per_class_share(fraction, classes))]
+        if unit_fraction:
+            masks.append(unit_mask(self.net, scores, per_class_share(unit_fraction, classes)))
         reset = self.broadcast_from_rank_zero(union(*masks))
         reinitialize(self.net, reset, seed=datamodule.seed)
         self.reset_masks = reset
@@ -302,8 +307,9 @@ class ReinitDistill(UnlearnTask):
     reachability like the oracle's.
 
     Args:
-        reset_fraction: fraction of all weights reset, in (0, 1].
-        reset_unit_fraction: fraction of the first layer's units reset, in [0, 1].
+        reset_fraction: fraction of all weights reset per forget class, in (0, 1] (two classes reset
+            1 - (1 - reset_fraction)²: they share more of the network than one does).
+        reset_unit_fraction: fraction of the first layer's units reset per forget class, in [0, 1].
         reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
             ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
         rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by.
