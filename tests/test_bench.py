@@ -56,14 +56,16 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints and (out / "results.json").read_text() == written
     again_sg = next(r for r in again if r["experiment"] == "forget9" and r["method"] == "selective_gradient")
     assert again_sg["fit_seconds"] == timing_round["selective_gradient"]  # a resumed fit timed part of a run: only the round counts
-    assert [r["fit_seconds"] for r in again if r is not again_sg] == [r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]]
+    assert [r["fit_seconds"] for r in again if r is not again_sg] == [
+        r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]
+    ]
 
 
 @pytest.mark.parametrize("holdout", ["test", "val"])
 def test_a_run_is_scored_on_the_holdout_it_names(holdout, tmp_path):
     run = fit_and_test(ROOT / "configs" / "pretrain.yaml", "-c", str(ROOT / "tests" / "conf" / "tiny.yaml"), root=tmp_path, score=holdout)
     assert {"acc", "forget_acc", "retain_acc"} <= {k.removeprefix(f"{holdout}/") for k in run.scores}
-    assert all(k.startswith(f"{holdout}/") or k.startswith(f"{holdout}_class_acc/") for k in run.scores)
+    assert all(k.startswith((f"{holdout}/", f"{holdout}_class_acc/")) for k in run.scores)
     assert run.checkpoint.exists() and run.fit_seconds > 0
 
 

@@ -28,7 +28,10 @@ def _trained(tmp_path_factory, name: str, *overrides: str):
 @pytest.fixture(scope="module")
 def calibration(mnist, tmp_path_factory) -> list[dict]:
     pretrained_ckpt = _trained(tmp_path_factory, "calibration_pretrained")
-    oracles = [_trained(tmp_path_factory, f"calibration_oracle{seed}", "--model.init_args.stage=oracle", f"--seed_everything={seed}") for seed in (0, 1)]
+    oracles = [
+        _trained(tmp_path_factory, f"calibration_oracle{seed}", "--model.init_args.stage=oracle", f"--seed_everything={seed}")
+        for seed in (0, 1)
+    ]
     head_mask = edited(pretrained_ckpt, tmp_path_factory.mktemp("calibration_head_mask") / "head_mask.ckpt", bias_9=-1e4, stage="head_mask")
     unlearned = main(
         ["fit", "-c", str(CONFIGS / "unlearn" / "selective_gradient.yaml"), f"--model.init_args.weights={pretrained_ckpt}",
@@ -67,4 +70,3 @@ def test_the_pinned_logit_and_the_fresh_network_fail_for_their_own_reasons(calib
     by_case = {r["case"]: r for r in calibration if r["seed"] == r["oracle_seed"]}
     assert by_case["pinned_logit"]["probe_ratio"] < Thresholds().probe_ratio  # its features are the pretrained ones
     assert by_case["distilled_fresh"]["ta_below"] > Thresholds().utility_margin  # its retain accuracy is far below the oracle's
-

@@ -16,9 +16,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import CONFIGS, FP16_SCALER, ROOT, TINY, fit, fit_recording
 from unlearning.checkpoints import last_checkpoint
 from unlearning.cli import main
-from unlearning.training import LogProgress, NoProfiler, ThrottledProgressBar
 from unlearning.errors import UsageError
 from unlearning.tasks import PretrainTask
+from unlearning.training import LogProgress, NoProfiler, ThrottledProgressBar
 
 
 def _fit_recording_labels(config, tmp_path, *overrides):
@@ -39,14 +39,17 @@ def test_pretrain_fit_writes_checkpoints_beside_its_config_and_reloads_without_a
     assert {"val/acc", "val/forget_acc", "val_class_acc/9"} <= set(events.Tags()["scalars"])
     assert {"val/confusion_matrix", "weights/first_layer"} <= set(events.Tags()["images"])
     confusion = Image.open(io.BytesIO(events.Images("val/confusion_matrix")[-1].encoded_image_string))
-    assert confusion.size == (11 * 40 + 22, 11 * 22 + 38) and confusion.mode == "RGB"  # a 10x10 grid of cells, class indices, axis names, title
+    assert (
+        confusion.size == (11 * 40 + 22, 11 * 22 + 38) and confusion.mode == "RGB"
+    )  # a 10x10 grid of cells, class indices, axis names, title
     layout = {tag for tag in events.Tags()["tensors"]}
     assert "custom_scalars__config__" in layout  # the charts that put per-class lines together
     hparams = EventAccumulator(str(run_dir), size_guidance={"tensors": 0}).Reload().summary_metadata
     (session,) = [
         HParamsPluginData.FromString(meta.plugin_data.content).session_start_info
         for meta in hparams.values()
-        if meta.plugin_data.plugin_name == "hparams" and HParamsPluginData.FromString(meta.plugin_data.content).HasField("session_start_info")
+        if meta.plugin_data.plugin_name == "hparams"
+        and HParamsPluginData.FromString(meta.plugin_data.content).HasField("session_start_info")
     ]  # the HParams tab: one session, named by the settings that tell runs apart, without LightningCLI's bookkeeping
     assert {"task", "net", "forget_classes", "new_classes", "optimizer", "lr", "seed"} <= set(session.hparams)
     assert session.hparams["task"].string_value == "PretrainTask" and not any(k.startswith("_") for k in session.hparams)
@@ -133,7 +136,10 @@ def test_print_config_shows_the_linked_classes_once(capsys):
         ("--model.init_args.log_figure=false", r"'model.init_args.log_figure'; did you mean --model.init_args.log_figures\?"),
         ("--model.init_args.optimizer.init_args.lrr=0.1", r"did you mean --model.init_args.optimizer.init_args.lr\?"),
         ("--data.init_args.batchsize=3", r"did you mean --data.init_args.batch_size\?"),
-        ("--model.init_args.lerning_rate=0.1", r"^unknown option or config key 'model.init_args.lerning_rate' \(run 'unlearning fit --help'"),
+        (
+            "--model.init_args.lerning_rate=0.1",
+            r"^unknown option or config key 'model.init_args.lerning_rate' \(run 'unlearning fit --help'",
+        ),
         ("--trainer.max_epochs=abc", r"^trainer.max_epochs: expected int or NoneType, got abc"),
         ("--trainer.max_epochs=-5", r"`max_epochs` must be a non-negative integer or -1. You passed in -5."),
     ],
@@ -277,20 +283,36 @@ def test_every_fit_ends_with_its_result_and_where_it_wrote_it(pretrained_ckpt, t
 def test_test_logs_into_the_checkpoints_run_folder_and_prints_percent(pretrained_ckpt, tmp_path, capsys):
     run_dir = pretrained_ckpt.parents[1]
     before = set(run_dir.glob("events.out.tfevents.*"))
-    main(["test", "-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={pretrained_ckpt}"])
+    main(
+        [
+            "test",
+            "-c",
+            str(CONFIGS / "pretrain.yaml"),
+            "-c",
+            str(TINY),
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--ckpt_path={pretrained_ckpt}",
+        ]
+    )
     (events,) = set(run_dir.glob("events.out.tfevents.*")) - before  # no new version_N anywhere: the run's own folder
     assert "test/acc" in EventAccumulator(str(events)).Reload().Tags()["scalars"]
     assert (run_dir / "test_config.yaml").exists() and not list(tmp_path.rglob("version_*"))
     printed = capsys.readouterr().out
-    assert re.search(r"^test/acc\s+\d+\.\d\d%$", printed, re.M) and re.search(r"^test_class_acc/9\s+\d+\.\d\d%$", printed, re.M)
+    assert re.search(r"^test/acc\s+\d+\.\d\d%$", printed, re.MULTILINE) and re.search(
+        r"^test_class_acc/9\s+\d+\.\d\d%$", printed, re.MULTILINE
+    )
     assert "0." not in printed.split("test/acc")[1].splitlines()[0]  # percent with two decimals, not Lightning's raw fraction
 
 
 def test_help_lists_every_command_under_the_programs_own_name():
     for argv in (["--help"], ["fit", "--help"]):
-        result = subprocess.run([sys.executable, "-m", "unlearning", *argv], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "unlearning", *argv], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+        )
         assert result.returncode == 0 and result.stdout.startswith("usage: unlearning"), result.stdout[:200]
-    listing = subprocess.run([sys.executable, "-m", "unlearning", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "unlearning", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True
+    ).stdout
     for command in ("fit", "validate", "test", "predict", "evaluate", "bench"):
         (line,) = [line for line in listing.splitlines() if line.strip().startswith(command + " ")]
         assert len(line.split(None, 1)[1]) > 20, line  # a description, not cut short

@@ -77,7 +77,10 @@ def test_a_damaged_archive_is_one_error_naming_it_and_leaves_no_debris(data_copy
     else:
         data[5000:5004] = b"\xde\xad\xbe\xef"  # inside the deflate stream: zlib itself fails, or the CRC does
     archive.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=rf"train-labels-idx1-ubyte.gz is (corrupt|missing).*{MNIST_MD5['train-labels-idx1-ubyte']}|train-labels-idx1-ubyte.gz is corrupt"):
+    with pytest.raises(
+        DataError,
+        match=rf"train-labels-idx1-ubyte.gz is (corrupt|missing).*{MNIST_MD5['train-labels-idx1-ubyte']}|train-labels-idx1-ubyte.gz is corrupt",
+    ):
         prepare_mnist(data_copy)
     assert sorted(p.name for p in archive.parent.iterdir() if p.name.startswith("train-labels") or p.suffix == ".part") == [archive.name]
 

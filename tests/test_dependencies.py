@@ -8,7 +8,6 @@ import contextvars
 import inspect
 
 import torch
-
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger

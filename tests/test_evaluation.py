@@ -331,7 +331,9 @@ def test_every_hidden_layer_is_captured_and_conv_maps_are_pooled(model, widths):
 
 
 def test_evaluate_net_probes_every_hidden_layer(evaluation_pretrained, mnist):
-    result = evaluate_net(build_net(evaluation_pretrained), torch.arange(10), mnist, Budget(train_samples=2000, reach_starts=4, relearn_steps=5))
+    result = evaluate_net(
+        build_net(evaluation_pretrained), torch.arange(10), mnist, Budget(train_samples=2000, reach_starts=4, relearn_steps=5)
+    )
     assert [k for k in result.metrics if k.startswith("probe_auc_layer")] == [f"probe_auc_layer{i}" for i in range(1, 5)]
     assert all(0.9 < result.metrics[f"probe_auc_layer{i}"] <= 1 for i in range(1, 5))
     assert {f"relearn/{attacker_name(n, lr)}" for n, lr in Budget().attackers()} <= set(result.metrics)
@@ -340,7 +342,9 @@ def test_evaluate_net_probes_every_hidden_layer(evaluation_pretrained, mnist):
 
 def test_the_oracle_relearns_under_a_budget_over_the_ratio(evaluation_oracle, evaluation_pretrained, mnist):
     """Cut off at the others' cap, the oracle would leave "relearns within a fraction of the oracle's steps" unknown."""
-    nets = {name: (build_net(path), torch.arange(10)) for name, path in (("oracle", evaluation_oracle), ("pretrained", evaluation_pretrained))}
+    nets = {
+        name: (build_net(path), torch.arange(10)) for name, path in (("oracle", evaluation_oracle), ("pretrained", evaluation_pretrained))
+    }
     nets["copy"] = (build_net(evaluation_oracle), torch.arange(10))
     budget = Budget(train_samples=2000, mia_per_side=1000, probe_per_side=500, reach_starts=4, relearn_steps=1, recover_steps=1)
     results = evaluate_nets(nets, mnist, budget, "pretrained", oracle="oracle", oracle_relearn_steps=60)
@@ -373,7 +377,9 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
     }  # fmt: skip
     masked = report["metrics"]["checkpoint"]
     assert masked["forget_test_acc"] == 0.0
-    assert all(masked[f"probe_auc_layer{i}"] == report["metrics"]["pretrained"][f"probe_auc_layer{i}"] for i in range(1, 5))  # same features
+    assert all(
+        masked[f"probe_auc_layer{i}"] == report["metrics"]["pretrained"][f"probe_auc_layer{i}"] for i in range(1, 5)
+    )  # same features
     printed = capsys.readouterr().out
     assert "checkpoint" in printed and "oracle" in printed and "verdict: hides" in printed
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
@@ -432,7 +438,6 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
         evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json")
 
 
-
 def test_holdout_val_reads_the_validation_split_and_says_so(evaluation_oracle, evaluation_pretrained, tmp_path):
     """Tuning reads the run's validation split, which no training split holds; the test set stays unseen."""
     data = load_eval_data("data", [9], [], None, val_size=5000, seed=0, holdout="val")
@@ -446,6 +451,7 @@ def test_holdout_val_reads_the_validation_split_and_says_so(evaluation_oracle, e
     assert report["metrics"]["oracle"]["ra"] == on_test["metrics"]["oracle"]["ra"]  # the same training samples
     summary = (tmp_path / "summary.md").read_text()
     assert "holdout: val" in summary and "forget-class validation accuracy" in summary and "test accuracy" not in summary
+
 
 # -- bad input -----------------------------------------------------------------------------------
 def _other_architecture(tmp_path: Path, like: Path) -> Path:

@@ -140,7 +140,12 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
     ("config", "weights", "override", "message"),
     [
         ("selective_gradient", "missing", [], "does not exist"),
-        ("selective_gradient", "text", [], r"is not a readable checkpoint \(expected a Lightning .ckpt or a state dict saved with torch.save; this file is not one"),
+        (
+            "selective_gradient",
+            "text",
+            [],
+            r"is not a readable checkpoint \(expected a Lightning .ckpt or a state dict saved with torch.save; this file is not one",
+        ),
         ("selective_gradient", "lenet", [], r"do not fit SeedMLP: missing \['features.1.bias'"),
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=0"], r"mask_fraction must lie in \(0, 1\], got 0"),
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=1.5"], r"mask_fraction must lie in \(0, 1\], got 1.5"),
@@ -148,7 +153,12 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         ("layer_freeze_1", "pretrained", ["--model.init_args.layers=6"], r"layers must lie in 1..5 for SeedMLP, got 6"),
         ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=0"], r"reset_fraction must lie in \(0, 1\], got 0"),
         ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=1.5"], r"reset_fraction must lie in \(0, 1\], got 1.5"),
-        ("reinit_distill", "pretrained", ["--model.init_args.reset_unit_fraction=-0.1"], r"reset_unit_fraction must lie in \[0, 1\], got -0.1"),
+        (
+            "reinit_distill",
+            "pretrained",
+            ["--model.init_args.reset_unit_fraction=-0.1"],
+            r"reset_unit_fraction must lie in \[0, 1\], got -0.1",
+        ),
         ("reinit_distill", "none", [], r"ReinitDistill starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),

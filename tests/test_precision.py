@@ -31,9 +31,7 @@ def _fit(config, root, *overrides):
 def test_every_stage_runs_and_evaluates_at_each_precision(precision, tmp_path):
     flags = PRECISIONS[precision]
     pretrained = last_checkpoint(_fit(CONFIGS / "pretrain.yaml", tmp_path / "pretrain", "--trainer.limit_train_batches=10", *flags).trainer)
-    oracle = last_checkpoint(
-        _fit(CONFIGS / "oracle.yaml", tmp_path / "oracle", "--trainer.limit_train_batches=10", *flags).trainer
-    )
+    oracle = last_checkpoint(_fit(CONFIGS / "oracle.yaml", tmp_path / "oracle", "--trainer.limit_train_batches=10", *flags).trainer)
     unlearned = _fit(CONFIGS / "unlearn" / "reinit_distill.yaml", tmp_path / "unlearn", f"--model.init_args.weights={pretrained}",
                      "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--model.init_args.distill_weight=1", *flags)  # fmt: skip
     assert unlearned.trainer.global_step == 3 and torch.isfinite(unlearned.trainer.callback_metrics["val/acc"])

@@ -57,14 +57,18 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def test_last_resumes_the_newest_run_of_the_same_configuration_and_the_config_records_the_file(tmp_path):
     ours = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
-    newer = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", "--seed_everything=1", *QUICK)  # same folder name, other seed
+    newer = fit(
+        CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", "--seed_everything=1", *QUICK
+    )  # same folder name, other seed
     assert Path(ours.trainer.log_dir).name == "version_0" and Path(newer.trainer.log_dir).name == "version_1"
     resumed = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last", *QUICK)
     assert resumed.trainer.log_dir == ours.trainer.log_dir and resumed.trainer.global_step == 30
     saved = yaml.safe_load((Path(ours.trainer.log_dir) / "config.yaml").read_text())
     assert saved["ckpt_path"] == str(Path(ours.trainer.log_dir) / "checkpoints" / "last.ckpt")  # the file, never the word "last"
     assert saved["trainer"]["logger"]["init_args"]["version"] == 0
-    with pytest.raises(UsageError, match=r"no run under .*pretrain/seed_mlp has this configuration; candidates: .*version_1 \(other seed_everything") as error:
+    with pytest.raises(
+        UsageError, match=r"no run under .*pretrain/seed_mlp has this configuration; candidates: .*version_1 \(other seed_everything"
+    ) as error:
         fit(CONFIGS / "pretrain.yaml", tmp_path, "--seed_everything=2", "--ckpt_path=last", *QUICK)
     assert "\n" not in str(error.value)
 
@@ -76,7 +80,9 @@ def test_a_failed_resume_changes_nothing_and_offers_the_checkpoint_that_is_still
     before = _snapshot(tmp_path)
     (best,) = last.parent.glob("best-*.ckpt")
     for ckpt_path in ("last", str(last)):
-        with pytest.raises(UsageError, match=rf"cannot resume: .*last.ckpt is not a readable checkpoint .*truncated.*; resume from {best} instead"):
+        with pytest.raises(
+            UsageError, match=rf"cannot resume: .*last.ckpt is not a readable checkpoint .*truncated.*; resume from {best} instead"
+        ):
             fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={ckpt_path}", *QUICK)
     assert _snapshot(tmp_path) == before
 
@@ -85,7 +91,10 @@ def test_a_failed_resume_changes_nothing_and_offers_the_checkpoint_that_is_still
 def test_a_bad_checkpoint_path_is_one_line_saying_what_is_wrong(tmp_path, contents):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(contents)
-    for command, message in (("fit", "cannot resume: .*bad.ckpt is not a readable checkpoint"), ("test", "bad.ckpt is not a readable checkpoint")):
+    for command, message in (
+        ("fit", "cannot resume: .*bad.ckpt is not a readable checkpoint"),
+        ("test", "bad.ckpt is not a readable checkpoint"),
+    ):
         with pytest.raises(UsageError, match=message) as error:
             fit(CONFIGS / "pretrain.yaml", tmp_path, f"--ckpt_path={bad}", *QUICK) if command == "fit" else main_test(tmp_path, bad)
         assert "\n" not in str(error.value) and "expected a Lightning .ckpt or a state dict" in str(error.value)
@@ -104,7 +113,13 @@ def test_a_usage_error_leaves_no_run_folder_and_overwrites_nothing(tmp_path, ove
     fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
     before = _snapshot(tmp_path)
     with pytest.raises(UsageError):
-        fit(CONFIGS / "pretrain.yaml", tmp_path, override, *QUICK, *(["--data.init_args.forget_classes=[]"] if "fraction" in override else []))
+        fit(
+            CONFIGS / "pretrain.yaml",
+            tmp_path,
+            override,
+            *QUICK,
+            *(["--data.init_args.forget_classes=[]"] if "fraction" in override else []),
+        )
     assert _snapshot(tmp_path) == before
     assert [p.name for p in tmp_path.rglob("version_*")] == ["version_0"]
 
@@ -200,7 +215,9 @@ def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fre
 def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result_or_refuses_in_one_line(fresh_clone):
     args = ["-c", str(CONFIGS / "pretrain.yaml"), "--trainer.max_epochs=4", "--trainer.limit_train_batches=40",
             "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]  # fmt: skip
-    straight = _start(fresh_clone, *args, f"--trainer.default_root_dir={fresh_clone / 'straight'}")  # the same environment as the killed runs
+    straight = _start(
+        fresh_clone, *args, f"--trainer.default_root_dir={fresh_clone / 'straight'}"
+    )  # the same environment as the killed runs
     rc, log = straight.wait(timeout=300), _output(straight)
     assert rc == 0, log
     (expected,) = (fresh_clone / "straight").glob("lightning_logs/pretrain/seed_mlp/version_0/checkpoints/last.ckpt")

@@ -140,7 +140,8 @@ def test_replacement_by_reset_resets_what_serves_the_old_class_then_trains_every
     assert reset["features.1.weight"].all(1).sum() == 25 and "weight_masks" not in checkpoint  # half the first layer's units; no freeze
     assert changed(before, after) == set(before)
     assert fit_recording(replace(REPLACE / "reinit_distill.yaml", replace_ckpt, tmp_path / "streams", run=False)).labels == {
-        "new": {3}, "retain": set(range(10)) - {3, 6}
+        "new": {3},
+        "retain": set(range(10)) - {3, 6},
     }  # no old-class stream: the cross-entropy alone pushes the old unit down
 
 
@@ -208,7 +209,9 @@ def test_a_resumed_replacement_reuses_its_mask_skips_the_probe_and_ends_as_an_un
     straight = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "straight", "--trainer.max_steps=6", *budget)
     first = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "resumed", "--trainer.max_steps=3", *budget)
     monkeypatch.setattr(ReplaceTask, "probe", lambda self: pytest.fail("a resumed run probed again"))
-    resumed = replace(REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "resumed", "--trainer.max_steps=6", *budget, "--ckpt_path=last")
+    resumed = replace(
+        REPLACE / "selective_gradient.yaml", replace_ckpt, tmp_path / "resumed", "--trainer.max_steps=6", *budget, "--ckpt_path=last"
+    )
     saved = read_checkpoint(last(first))["weight_masks"]
     assert all(torch.equal(resumed.model.weight_masks[k].cpu(), v) for k, v in saved.items())
     expected, got = net_state_dict(last(straight)), net_state_dict(last(resumed))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,16 +27,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning.pytorch import Callback  # noqa: E402
+from lightning.pytorch import Callback
 
-from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpoint  # noqa: E402
-from unlearning.cli import main  # noqa: E402
+from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpoint
+from unlearning.cli import main
 
 CONFIGS = ROOT / "configs"
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
 WORK: Path  # the folder the checks share, from --work
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.accelerator={ACCELERATOR}", "--trainer.devices=1"]
+QUIET = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    f"--trainer.accelerator={ACCELERATOR}",
+    "--trainer.devices=1",
+]
 
 
 def fit(config: str, out: Path, *overrides: str):
@@ -75,22 +81,50 @@ def check_stages(out: Path) -> None:
     before, after = net_state_dict(pre), net_state_dict(last_checkpoint(cli.trainer))
     frozen = all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
     forget = float(cli.trainer.callback_metrics["val/forget_acc"])
-    report("selective gradient", frozen and forget < 0.01, f"{seconds:.2f} s, forget {100 * forget:.2f}%, unselected weights bit-identical: {frozen}")
+    report(
+        "selective gradient",
+        frozen and forget < 0.01,
+        f"{seconds:.2f} s, forget {100 * forget:.2f}%, unselected weights bit-identical: {frozen}",
+    )
     cli, seconds = fit("unlearn/reinit_distill.yaml", out / "rd", f"--model.init_args.weights={pre}")
     report("reinit_distill", True, f"{seconds:.2f} s, forget {100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%")
     cli, seconds = fit("replace/selective_gradient.yaml", out / "rsg", f"--model.init_args.weights={rpre}")
     metrics = cli.trainer.callback_metrics
-    report("replacement", float(metrics["val/new_acc"]) > 0.5, f"{seconds:.2f} s, new {100 * float(metrics['val/new_acc']):.2f}%, old {100 * float(metrics['val/old_acc']):.2f}%")
-    (out / "paths.json").write_text(json.dumps({"pretrained": str(pre), "oracle": str(oracle), "unlearned": str(last_checkpoint(cli.trainer))}))
+    report(
+        "replacement",
+        float(metrics["val/new_acc"]) > 0.5,
+        f"{seconds:.2f} s, new {100 * float(metrics['val/new_acc']):.2f}%, old {100 * float(metrics['val/old_acc']):.2f}%",
+    )
+    (out / "paths.json").write_text(
+        json.dumps({"pretrained": str(pre), "oracle": str(oracle), "unlearned": str(last_checkpoint(cli.trainer))})
+    )
 
 
 def check_evaluate(out: Path) -> None:
     pre, oracle, _, _ = pretrained(out)
     cli, _ = fit("unlearn/selective_gradient.yaml", out / "sg", f"--model.init_args.weights={pre}")
     start = time.perf_counter()
-    result = main(["evaluate", "--ckpt", str(last_checkpoint(cli.trainer)), "--oracle", str(oracle), "--pretrained", str(pre), "--device", DEVICE, "--out", str(out / "evidence")])
+    result = main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(last_checkpoint(cli.trainer)),
+            "--oracle",
+            str(oracle),
+            "--pretrained",
+            str(pre),
+            "--device",
+            DEVICE,
+            "--out",
+            str(out / "evidence"),
+        ]
+    )
     verdicts = {k: v["verdict"] for k, v in result["verdict"].items()}
-    report(f"evaluate --device {DEVICE}", verdicts["oracle"] == "forgets" and verdicts["pretrained"] == "incomplete", f"{time.perf_counter() - start:.1f} s, verdicts {verdicts}")
+    report(
+        f"evaluate --device {DEVICE}",
+        verdicts["oracle"] == "forgets" and verdicts["pretrained"] == "incomplete",
+        f"{time.perf_counter() - start:.1f} s, verdicts {verdicts}",
+    )
 
 
 class MaskDump(Callback):
@@ -108,7 +142,10 @@ class MaskDump(Callback):
 
 def check_ddp(out: Path) -> None:
     if DEVICE == "cuda" and torch.cuda.device_count() < 2:
-        print(f"SKIP ddp: {torch.cuda.device_count()} GPU here; the 2-GPU checks (one mask on both ranks, frozen weights bit-identical, the probe broadcast) need two", flush=True)
+        print(
+            f"SKIP ddp: {torch.cuda.device_count()} GPU here; the 2-GPU checks (one mask on both ranks, frozen weights bit-identical, the probe broadcast) need two",
+            flush=True,
+        )
         return
     pre, _, rpre, _ = pretrained(out)
     for config, weights in (("unlearn/selective_gradient.yaml", pre), ("replace/selective_gradient.yaml", rpre)):
@@ -137,7 +174,11 @@ def check_precision(out: Path) -> None:
             cli, seconds = fit(config, out / f"{precision}_{config.replace('/', '_')}", f"--model.init_args.weights={weights}",
                                f"--trainer.precision={precision}", "--model.init_args.gradient_clip_val=1.0")  # fmt: skip
             metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
-            report(f"{precision} + clip 1.0 {config}", all(v == v for v in metrics.values()), f"{seconds:.2f} s, " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
+            report(
+                f"{precision} + clip 1.0 {config}",
+                not any(math.isnan(v) for v in metrics.values()),
+                f"{seconds:.2f} s, " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()),
+            )
 
 
 class SyncWatch(Callback):
@@ -166,14 +207,25 @@ def check_syncs(out: Path) -> None:
     pre, _, rpre, _ = pretrained(out)
     for config, weights in (("pretrain.yaml", None), ("unlearn/selective_gradient.yaml", pre), ("unlearn/reinit_distill.yaml", pre),
                             ("replace/selective_gradient.yaml", rpre)):  # fmt: skip
-        args = ["-c", str(CONFIGS / config), f"--trainer.default_root_dir={out / 'sync'}", *QUIET, "--trainer.max_steps=30", "--trainer.val_check_interval=30"]
+        args = [
+            "-c",
+            str(CONFIGS / config),
+            f"--trainer.default_root_dir={out / 'sync'}",
+            *QUIET,
+            "--trainer.max_steps=30",
+            "--trainer.val_check_interval=30",
+        ]
         args += [f"--model.init_args.weights={weights}"] if weights else []
         cli = main(args, run=False)
         watch = SyncWatch()
         cli.trainer.callbacks.append(watch)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in watch.caught if "synchroniz" in str(w.message).lower()})
-        report(f"syncs inside the step, {config}", not where, f"{len(watch.caught)} reported in 30 steps" + (f" at {', '.join(where)}" if where else ""))
+        report(
+            f"syncs inside the step, {config}",
+            not where,
+            f"{len(watch.caught)} reported in 30 steps" + (f" at {', '.join(where)}" if where else ""),
+        )
 
 
 def check_speed(out: Path) -> None:
@@ -183,10 +235,21 @@ def check_speed(out: Path) -> None:
     _, seconds = fit("pretrain.yaml", out / "five_epochs")
     report("5-epoch SeedMLP fit", True, f"{seconds:.1f} s wall (fit command, including its validations and checkpoints)")
     result = compare(repeats=3)
-    report("Lightning against plain torch", result.device.startswith(DEVICE), f"{result.ratio:.2f} median ratio ({', '.join(f'{r:.2f}' for r in result.run_ratios)}), floor {result.floor:.2f}, device {result.device}, {time.perf_counter() - start:.0f} s")
+    report(
+        "Lightning against plain torch",
+        result.device.startswith(DEVICE),
+        f"{result.ratio:.2f} median ratio ({', '.join(f'{r:.2f}' for r in result.run_ratios)}), floor {result.floor:.2f}, device {result.device}, {time.perf_counter() - start:.0f} s",
+    )
 
 
-CHECKS = {"stages": check_stages, "evaluate": check_evaluate, "ddp": check_ddp, "precision": check_precision, "syncs": check_syncs, "speed": check_speed}
+CHECKS = {
+    "stages": check_stages,
+    "evaluate": check_evaluate,
+    "ddp": check_ddp,
+    "precision": check_precision,
+    "syncs": check_syncs,
+    "speed": check_speed,
+}
 
 
 if __name__ == "__main__":
@@ -202,7 +265,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         try:
             CHECKS[args.check](Path(tmp))
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever stops a check is its FAIL line
             print(f"FAIL {args.check}: {traceback.format_exc().strip().splitlines()[-1]}", flush=True)
             traceback.print_exc()
             sys.exit(1)

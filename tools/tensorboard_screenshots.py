@@ -40,7 +40,11 @@ def workflow(logdir: Path) -> None:
     fit("-c", "configs/oracle.yaml", "--trainer.max_epochs=2")
     fit("-c", "configs/unlearn/selective_gradient.yaml", f"--model.init_args.weights={pretrained}")
     unlearned = fit("-c", "configs/unlearn/reinit_distill.yaml", f"--model.init_args.weights={pretrained}")
-    subprocess.run([sys.executable, "-m", "unlearning", "test", "-c", "configs/unlearn/reinit_distill.yaml", f"--ckpt_path={unlearned}", root], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "unlearning", "test", "-c", "configs/unlearn/reinit_distill.yaml", f"--ckpt_path={unlearned}", root],
+        cwd=ROOT,
+        check=True,
+    )
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.pages import replace_section
 from unlearning.runs import fit_and_test
-from unlearning.training import parse_error
 from unlearning.speed import compare
+from unlearning.training import parse_error
 
 
 @dataclass
@@ -58,7 +58,11 @@ class Experiment:
 
     def __post_init__(self) -> None:
         for method, upstream in self.after.items():
-            if method not in self.methods or upstream not in self.methods or list(self.methods).index(upstream) > list(self.methods).index(method):
+            if (
+                method not in self.methods
+                or upstream not in self.methods
+                or list(self.methods).index(upstream) > list(self.methods).index(method)
+            ):
                 raise UsageError(f"experiment {self.name}: after: {method}: {upstream} needs both methods listed, {upstream} first")
 
 
@@ -300,7 +304,9 @@ def bench_parser() -> ArgumentParser:
         help="what the runs and the evidence are scored on: the test set, or the validation split (to tune a method without seeing the test set)",
     )
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
-    parser.add_argument("--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)")
+    parser.add_argument(
+        "--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)"
+    )
     parser.add_argument("--headline", type=Path | None, default=None, help="a page whose headline section gets the short table (README.md)")
     return parser
 
@@ -357,7 +363,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         replace_section(args.docs, section, f"## `{section}`\n\n{report}")
         written.append(args.docs)
     if args.headline is not None:
-        replace_section(args.headline, "headline", f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n")
+        replace_section(
+            args.headline, "headline", f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n"
+        )
         written.append(args.headline)
     plots(rows, out, args.holdout)
     print(per_seed_tables(rows))
@@ -367,7 +375,12 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 #: (column key, header, scale, digits) of the README's short table
-HEADLINE = [("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("new_acc", "new %", 100, 2), ("cost", "cost × oracle", 1, 3)]
+HEADLINE = [
+    ("forget_acc", "forget %", 100, 2),
+    ("retain_acc", "retain %", 100, 2),
+    ("new_acc", "new %", 100, 2),
+    ("cost", "cost × oracle", 1, 3),
+]
 
 
 def headline_tables(rows: list[dict[str, Any]]) -> str:

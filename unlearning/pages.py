@@ -12,7 +12,11 @@ def replace_section(page: Path, key: str, text: str) -> None:
     start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
     old = page.read_text() if page.exists() else ""
     block = f"{start}\n{text.strip()}\n{end}"
-    new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S) if start in old else f"{old.rstrip()}\n\n{block}\n"
+    new = (
+        re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.DOTALL)
+        if start in old
+        else f"{old.rstrip()}\n\n{block}\n"
+    )
     page.parent.mkdir(parents=True, exist_ok=True)
     tmp = page.with_name(f".{page.name}.part")
     tmp.write_text(new)

@@ -40,7 +40,9 @@ class RunLogger(TensorBoardLogger):
         """``save_dir`` and ``name`` default to ``<default_root_dir>/lightning_logs`` and ``<stage>/<method>``, filled in by the CLI
         from the run's config (so ``config.yaml`` records them); ``default_hp_metric`` is off: the HParams tab gets the run's
         final accuracies instead of a placeholder."""
-        super().__init__(save_dir if save_dir is not None else "lightning_logs", name=name or "", default_hp_metric=default_hp_metric, **kwargs)
+        super().__init__(
+            save_dir if save_dir is not None else "lightning_logs", name=name or "", default_hp_metric=default_hp_metric, **kwargs
+        )
 
     @property
     def version(self) -> int | str:

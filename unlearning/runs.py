@@ -115,7 +115,10 @@ def fit_and_test(
         run_dir = run_dir_of(ckpt_path)
         if run_dir is not None:
             save_dir, name = logger_location(run_dir)
-            args += [f"--trainer.logger.init_args.{k}={v}" for k, v in (("save_dir", save_dir), ("name", name), ("version", run_dir.name.removeprefix("version_")))]
+            args += [
+                f"--trainer.logger.init_args.{k}={v}"
+                for k, v in (("save_dir", save_dir), ("name", name), ("version", run_dir.name.removeprefix("version_")))
+            ]
     cli = lightning_main(args, run=False)
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     timer = PhaseTimer()

@@ -162,7 +162,7 @@ def unit_mask(net: nn.Module, scores: dict[str, Tensor], fraction: float) -> dic
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"the unit fraction must lie in (0, 1], got {fraction}")
-    name, layer = parameter_owners(net)[0]
+    name, _ = parameter_owners(net)[0]
     prefix = f"{name}." if name else ""
     weight = scores[f"{prefix}weight"]
     unit_score = weight.flatten(1).sum(1)

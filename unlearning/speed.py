@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from unlearning.training import NoProfiler, lightning_main
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
 from unlearning.models import SeedMLP
+from unlearning.training import NoProfiler, lightning_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,14 @@ def interleaved_fit(epochs: int, out: Path, chunk: int, bare: bool = False, fit_
     """
     unused_logger = ["--trainer.logger=false"] if bare else []  # the bare fit builds its own trainer; this one only holds the datamodule
     cli = lightning_main(
-        ["-c", str(ROOT / "configs" / "pretrain.yaml"), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}", *unused_logger, *fit_args],
+        [
+            "-c",
+            str(ROOT / "configs" / "pretrain.yaml"),
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.default_root_dir={out}",
+            *unused_logger,
+            *fit_args,
+        ],
         run=False,
     )
     cli.datamodule.trainer = cli.trainer  # so the data lives on the device the fit will run on, from the start

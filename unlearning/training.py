@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-import re
 import math
+import re
 import sys
 import time
 import warnings
@@ -35,6 +35,7 @@ from unlearning.errors import UsageError
 from unlearning.run_dirs import RunLogger, logger_location, newest_resumable, run_dir_of, run_name
 from unlearning.tasks.base import BaseTask
 from unlearning.tasks.forget import missing_weights
+
 
 # -- notices checked to be harmless here, each silenced at its source -----------------------------------
 def silence_checked_notices() -> None:
@@ -243,7 +244,10 @@ class LogProgress(ProgressBar):
         budget = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * trainer.num_training_batches
         shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/loss") or k in self.SHOWN}
         metrics = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
-        print(f"[{time.strftime('%H:%M:%S')}] epoch {trainer.current_epoch} step {trainer.global_step}/{budget} {what}  {metrics}".rstrip(), flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] epoch {trainer.current_epoch} step {trainer.global_step}/{budget} {what}  {metrics}".rstrip(),
+            flush=True,
+        )
         self._printed_at = time.monotonic()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
@@ -393,7 +397,11 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
     keys = re.findall(r'Parser key "([\w.\-]+)"', message)
     classes = re.findall(r"""class_path[=\s]'?\s*(?:given class_path )?'([\w.]+)'""", message)
     owner = classes[-1] if classes else None
-    unknown = re.search(r"unrecognized arguments: --?([\w.\-]+)|does not accept option '([\w.\-]+)'|Option '([\w\-]+)' is not accepted", message, re.I)
+    unknown = re.search(
+        r"unrecognized arguments: --?([\w.\-]+)|does not accept option '([\w.\-]+)'|Option '([\w\-]+)' is not accepted",
+        message,
+        re.IGNORECASE,
+    )
     if unknown is not None:
         key = next(group for group in unknown.groups() if group)
         if "." not in key:  # an argument of a class: find its full key on the command line, else build it from the report
@@ -402,8 +410,10 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
         nearest = _nearest_option(key, owner)
         return f"unknown option or config key '{key}'" + (f"; did you mean --{nearest}?" if nearest else "") + f" ({hint})"
     innermost = _innermost(message)
-    expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", innermost, re.M)
-    got = re.search(r"(?:Given|Got) value: (.+)$", innermost, re.M) or re.search(r"(?:Given|Got) value: (.+)$", message, re.M)
+    expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", innermost, re.MULTILINE)
+    got = re.search(r"(?:Given|Got) value: (.+)$", innermost, re.MULTILINE) or re.search(
+        r"(?:Given|Got) value: (.+)$", message, re.MULTILINE
+    )
     if keys and expected:
         types = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", e).replace("typing.", "") for e in expected]
         return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {got.group(1) if got else '?'} ({hint})"
@@ -437,7 +447,7 @@ def _nearest_option(key: str, owner: str | None) -> str | None:
     parser = ArgumentParser(exit_on_error=False)
     try:
         parser.add_class_arguments(import_class(owner), "x")
-    except Exception:  # a class jsonargparse cannot describe, or none by that name: no suggestion
+    except Exception:  # noqa: BLE001 - a class jsonargparse cannot describe, or none by that name: no suggestion
         return None
     known = [option.removeprefix("--x.") for action in parser._actions for option in action.option_strings if option.startswith("--x.")]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)

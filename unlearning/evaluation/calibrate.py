@@ -182,7 +182,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     failed = [r for r in rows if not r["allowed"]]
     summary = f"{len(rows) - len(failed)} of {len(rows)} cases get an allowed verdict"
     if args.docs is not None:
-        replace_section(args.docs, "calibration", f"```\n{format_rows(rows)}\n```\n\n{summary} (`python -m unlearning.evaluation.calibrate --docs docs/evidence.md`).")
+        replace_section(
+            args.docs,
+            "calibration",
+            f"```\n{format_rows(rows)}\n```\n\n{summary} (`python -m unlearning.evaluation.calibrate --docs docs/evidence.md`).",
+        )
     print(f"{summary}; wrote {args.out}")
     return rows
 

@@ -99,7 +99,9 @@ def mia_efficacy(
         t = member_threshold(member_side * members, member_side * non_members)
         return float((member_side * targets.ravel() < t).mean() * 100)
     x, y = np.concatenate([members, non_members]), np.concatenate([np.ones(k), np.zeros(k)])
-    model = SVC(C=3, gamma="auto", kernel="rbf") if attack == "svc" else make_pipeline(StandardScaler(), LogisticRegression(random_state=seed))
+    model = (
+        SVC(C=3, gamma="auto", kernel="rbf") if attack == "svc" else make_pipeline(StandardScaler(), LogisticRegression(random_state=seed))
+    )
     model.fit(x, y)
     return float((1 - model.predict(targets).mean()) * 100)
 

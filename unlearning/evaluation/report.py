@@ -72,7 +72,10 @@ def table(report: dict, budget: Budget) -> list[list[str]]:
     """Header and rows of the comparison: one column per checkpoint, only the rows some checkpoint has."""
     names = list(report["checkpoints"])
     cells = [["", *names]]
-    layers = max((int(k.removeprefix("probe_auc_layer")) for m in report["metrics"].values() for k in m if k.startswith("probe_auc_layer")), default=0)
+    layers = max(
+        (int(k.removeprefix("probe_auc_layer")) for m in report["metrics"].values() for k in m if k.startswith("probe_auc_layer")),
+        default=0,
+    )
     held_out = HELD_OUT_NAME[report["split"]["holdout"]]
     for key, label in table_rows(budget, layers):
         label = label.replace("test accuracy", f"{held_out} accuracy")  # what the held-out checks read

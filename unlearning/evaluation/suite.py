@@ -146,7 +146,9 @@ def _probe(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budge
     train_idx = torch.cat([retain, forget])
     probe_per_side = min(budget.probe_per_side, len(retain), len(forget))
     # the rows the probe fits on: only these need features
-    rows = torch.cat([choose(len(retain), probe_per_side, budget.sample_seed), len(retain) + choose(len(forget), probe_per_side, budget.sample_seed + 1)])
+    rows = torch.cat(
+        [choose(len(retain), probe_per_side, budget.sample_seed), len(retain) + choose(len(forget), probe_per_side, budget.sample_seed + 1)]
+    )
     train_features = layer_features(net, data.train_x[train_idx[rows.to(train_idx.device)]])
     train_is_forget = np.concatenate([np.zeros(probe_per_side, bool), np.ones(probe_per_side, bool)])
     in_probe = data.test_mask(data.retain_classes + data.forget_classes)

@@ -144,7 +144,9 @@ class UnlearnTask(BaseTask):
         datamodule = self.trainer.datamodule
         if score == "specificity":
             retain = split_batches(datamodule, "retain", size=batch_size, samples=retain_samples)
-            scores = specificity(diagonal_fisher(self.net, split_batches(datamodule, forget_split, size=batch_size)), diagonal_fisher(self.net, retain))
+            scores = specificity(
+                diagonal_fisher(self.net, split_batches(datamodule, forget_split, size=batch_size)), diagonal_fisher(self.net, retain)
+            )
         else:
             scores = saliency_scores(self.net, split_batches(datamodule, forget_split, size=SALIENCY_CHUNK), "abs_grad")
         classes = max(1, len(self.forget_classes))
@@ -384,7 +386,11 @@ class Undo(UnlearnTask):
     def prepare_net(self) -> None:
         with torch.no_grad():
             start = [p.detach().clone() for p in self.net.parameters()]
-            reinitialize(self.net, {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.net.named_parameters()}, self.trainer.datamodule.seed)
+            reinitialize(
+                self.net,
+                {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.net.named_parameters()},
+                self.trainer.datamodule.seed,
+            )
             for p, before in zip(self.net.parameters(), start):
                 p.mul_(self.noise).add_(before, alpha=1 - self.noise)
 
@@ -448,7 +454,9 @@ class OneShotEdit(UnlearnTask):
         if self.trainer.world_size > 1:
             raise UsageError(f"{type(self).__name__} edits the weights once without gradient steps; run it on one device")
         if self.trainer.precision == "16-mixed":  # its GradScaler refuses an optimizer step that saw no gradients
-            raise UsageError(f"{type(self).__name__} takes no gradient steps, which 16-mixed's GradScaler cannot step: use bf16-mixed or 32")
+            raise UsageError(
+                f"{type(self).__name__} takes no gradient steps, which 16-mixed's GradScaler cannot step: use bf16-mixed or 32"
+            )
         super().on_fit_start()
 
     def training_step(self, dataloader_iter: Iterator[tuple[Batch, int, int]]) -> None:
