@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
-from unlearning.evaluation.data import EvalData, load_eval_data
+from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.suite import Budget, evaluate_net
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, reach_keys, verdict
@@ -49,13 +48,6 @@ EXPECTED = {
 STAGES = ("pretrained", "oracle", "selective_gradient", "head_mask")
 
 
-def _batches(x: Tensor, y: Tensor, size: int, steps: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        rows = torch.randint(len(x), (size,), generator=generator).to(x.device)
-        yield x.index_select(0, rows), y.index_select(0, rows)
-
-
 def pinned_logit(pretrained: nn.Module, data: EvalData, steps: int = 500, lr: float = 1e-2, seed: int = 0) -> nn.Module:
     """The pretrained net distilled from itself with the forget classes' logits pinned at -1e4, on retain ∪ forget data.
 
@@ -66,7 +58,7 @@ def pinned_logit(pretrained: nn.Module, data: EvalData, steps: int = 500, lr: fl
     teacher, student = pretrained.eval(), copy.deepcopy(pretrained).train()
     rows = torch.cat([data.splits["retain"], data.splits["forget"]])
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    for x, _ in _batches(data.train_x[rows], data.train_y[rows], 200, steps, seed):
+    for x, _ in seeded_batches(data.train_x[rows], data.train_y[rows], 200, steps, seed):
         with torch.no_grad():
             target = teacher(x)
             target[:, list(data.forget_classes)] = -1e4
@@ -89,7 +81,7 @@ def distilled_fresh(pretrained: nn.Module, data: EvalData, steps: int = 100, lr:
     keep = list(data.retain_classes)
     rows = data.splits["retain"]
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    for x, y in _batches(data.train_x[rows], data.train_y[rows], 200, steps, seed):
+    for x, y in seeded_batches(data.train_x[rows], data.train_y[rows], 200, steps, seed):
         with torch.no_grad():
             target = pretrained(x)[:, keep]
         logits = student(x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +14,7 @@ from unlearning.data.mnist import load_mnist
 from unlearning.data.splits import build_splits, choose, retain_classes
 from unlearning.errors import UsageError
 
-__all__ = ["HELD_OUT_NAME", "EvalData", "Holdout", "choose", "load_eval_data"]
+__all__ = ["HELD_OUT_NAME", "EvalData", "Holdout", "choose", "load_eval_data", "seeded_batches"]
 
 #: What the held-out checks read: the test set, or the validation split (for tuning, so that the test set stays unseen).
 Holdout = Literal["test", "val"]
@@ -58,6 +58,14 @@ class EvalData:
             self.train_x.to(device), self.train_y.to(device), self.test_x.to(device), self.test_y.to(device),
             {k: v.to(device) for k, v in self.splits.items()}, self.forget_classes, self.new_classes,
         )  # fmt: skip
+
+
+def seeded_batches(x: Tensor, y: Tensor, size: int, steps: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``steps`` mini-batches of ``size`` rows drawn with replacement by a seeded generator: the same on every machine."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        rows = torch.randint(len(x), (size,), generator=generator).to(x.device)
+        yield x.index_select(0, rows), y.index_select(0, rows)
 
 
 def load_eval_data(

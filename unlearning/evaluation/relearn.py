@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from unlearning.evaluation.data import seeded_batches
 from unlearning.evaluation.outputs import label_log_probabilities, net_logits, predicted_labels
 
 OptimizerName = Literal["adam", "sgd"]
@@ -47,6 +48,13 @@ def class_accuracy(model: nn.Module, eval_x: Tensor, eval_labels: Tensor, unit_l
     return float((preds == eval_labels).float().mean() * 100)
 
 
+def attack_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, labels: Tensor, unit_labels: Tensor) -> None:
+    """One step of cross-entropy on ``x`` towards ``labels``, through the output units that stand for them."""
+    opt.zero_grad()
+    nn.functional.nll_loss(label_log_probabilities(model(x), unit_labels), labels).backward()
+    opt.step()
+
+
 def relearn_steps(
     net: nn.Module,
     train_x: Tensor,
@@ -67,15 +75,11 @@ def relearn_steps(
     """
     model = attack_copy(net)
     opt = make_optimizer(optimizer, model.parameters(), lr)
-    for step in range(max_steps + 1):
+    for step in range(max_steps):
         if class_accuracy(model, eval_x, eval_labels, unit_labels) >= target_acc:
             return step
-        if step == max_steps:
-            return None
-        opt.zero_grad()
-        nn.functional.nll_loss(label_log_probabilities(model(train_x), unit_labels), train_labels).backward()
-        opt.step()
-    return None  # unreachable: the loop returns at max_steps
+        attack_step(model, opt, train_x, train_labels, unit_labels)
+    return max_steps if class_accuracy(model, eval_x, eval_labels, unit_labels) >= target_acc else None
 
 
 def attacker_name(optimizer: str, lr: float) -> str:
@@ -128,15 +132,10 @@ def retain_finetune_recovery(
     and every ``every`` steps. Mini-batches are drawn with a seeded generator, so the result is deterministic.
     """
     model = attack_copy(net)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    opt = make_optimizer("adam", model.parameters(), lr)
     best = class_accuracy(model, eval_x, eval_labels, unit_labels)
-    for step in range(1, steps + 1):
-        rows = torch.randint(len(retain_x), (batch_size,), generator=generator).to(retain_x.device)
-        opt.zero_grad()
-        logits = model(retain_x.index_select(0, rows))
-        nn.functional.nll_loss(label_log_probabilities(logits, unit_labels), retain_labels.index_select(0, rows)).backward()
-        opt.step()
+    for step, (x, y) in enumerate(seeded_batches(retain_x, retain_labels, batch_size, steps, seed), start=1):
+        attack_step(model, opt, x, y, unit_labels)
         if step % every == 0 or step == steps:
             best = max(best, class_accuracy(model, eval_x, eval_labels, unit_labels))
     return best

@@ -57,9 +57,9 @@ class Thresholds:
             oracle's best, or succeeds within the budget where the oracle's does not. The oracle's
             budget is the others' over this ratio, so "does not" means it needs more than 1/ratio
             times the others' budget. Oracles' best is 4-8 steps for one class, so one oracle takes
-            0.5x another's: the ratio stays below that. The pretrained
-            models need 0 steps, selective gradient 2-3, the head mask 8-9 and the pinned logit 6-10
-            (under Adam at 1e-3 alone the pinned logit takes twice the oracle's steps).
+            0.5x another's: the ratio stays below that. The pretrained models need 0 steps, selective
+            gradient 2-3, the head mask 8-9 and the pinned logit 6-10 (under Adam at 1e-3 alone the
+            pinned logit takes twice the oracle's steps).
         recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
             data alone brings back above what it brings back for the oracle. The pretrained models
             keep 92-94%; no other case (and no oracle) gets anything back.

@@ -116,17 +116,19 @@ class UnlearnTask(BaseTask):
     def teacher(self) -> torch.nn.Module | None:
         return self._teacher
 
-    def distill_retain(self, logits: Tensor, x: Tensor, temperature: float = 1.0) -> Tensor:
-        """KL(teacher ‖ net) over the remaining classes' logits only, on inputs ``x``.
+    def distill(self, logits: Tensor, x: Tensor, temperature: float = 1.0, remaining_only: bool = False) -> Tensor:
+        """KL(teacher ‖ net) on inputs ``x``, over every logit or (``remaining_only``) the remaining classes' alone.
 
-        The forget (and new) classes' logits are left out: the teacher's knowledge of them is not
+        Leaving the forget (and new) classes' logits out means the teacher's knowledge of them is not
         distilled back, and the net's forget unit is left to the cross-entropy, which pushes it down
         on every retain sample exactly as it does in the oracle's training.
         """
         assert self._teacher is not None, "keep_teacher() first"
         with torch.no_grad():
-            target = self._teacher(x).index_select(1, self.remaining_classes)
-        return distillation(logits.index_select(1, self.remaining_classes), target, temperature)
+            target = self._teacher(x)
+        if remaining_only:
+            logits, target = logits.index_select(1, self.remaining_classes), target.index_select(1, self.remaining_classes)
+        return distillation(logits, target, temperature)
 
     def reset_specific_weights(
         self, forget_split: str, fraction: float, unit_fraction: float, score: ResetScore, retain_samples: int, batch_size: int
@@ -301,7 +303,7 @@ class ReinitDistill(UnlearnTask):
     first layer's most specific units (the top ``reset_unit_fraction``, whole rows: in an MLP that layer
     holds most of the weights, and its detectors of the class survive a scattered reset) go back to a
     fresh initialisation. Then every weight trains on retain batches with cross-entropy plus
-    ``distill_weight`` · KL(pretrained ‖ net) over the remaining classes' logits (:meth:`UnlearnTask.distill_retain`),
+    ``distill_weight`` · KL(pretrained ‖ net) over the remaining classes' logits (:meth:`UnlearnTask.distill`),
     which restores the retain classes far faster than retraining from scratch.
 
     A different guarantee from :class:`SelectiveGradient`'s: no weight stays bit-identical here. What
@@ -355,7 +357,7 @@ class ReinitDistill(UnlearnTask):
         logits = self.net(x)
         terms = {"retain_loss": self.criterion(logits, y)}
         if self.distill_weight:
-            terms["distill_loss"] = self.distill_weight * self.distill_retain(logits, x, self.distill_temperature)
+            terms["distill_loss"] = self.distill_weight * self.distill(logits, x, self.distill_temperature, remaining_only=True)
         return terms
 
 
@@ -396,9 +398,7 @@ class Undo(UnlearnTask):
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         x, _ = batch["train"]
-        with torch.no_grad():
-            target = self.teacher(x)
-        return {"distill_loss": distillation(self.net(x), target, self.distill_temperature)}
+        return {"distill_loss": self.distill(self.net(x), x, self.distill_temperature)}
 
 
 class FineTune(UnlearnTask):

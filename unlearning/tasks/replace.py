@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from unlearning.checkpoints import held_out_classes
 from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
-from unlearning.losses import distillation
 from unlearning.metrics import unit_to_label
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
@@ -160,13 +159,7 @@ class ReplaceTask(SelectiveGradient):
         if self.retain_weight:
             terms["retain_loss"] = self.retain_weight * F.cross_entropy(logits["retain"], batch["retain"][1])
         if self.teacher is not None:
-            x = batch["retain"][0]
-            if self.distill_units == "retain":
-                distill = self.distill_retain(logits["retain"], x, self.distill_temperature)
-            else:
-                with torch.no_grad():
-                    target = self.teacher(x)
-                distill = distillation(logits["retain"], target, self.distill_temperature)
+            distill = self.distill(logits["retain"], batch["retain"][0], self.distill_temperature, self.distill_units == "retain")
             terms["distill_loss"] = self.distill_weight * distill
         return terms
 
