@@ -9,8 +9,6 @@ needs several things from one file reads it once (the path then only names it in
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 from unlearning.errors import UsageError
+from unlearning.files import atomic_file
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -67,17 +66,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as f:
+            torch.save(checkpoint, f)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

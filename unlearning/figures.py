@@ -143,9 +143,8 @@ def class_bars(values: dict[str, Tensor | float], title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.8 / max(len(values), 1)
     for k, (name, accs) in enumerate(values.items()):
-        accs = (
-            torch.as_tensor(accs).float().cpu().numpy()
-        )  # numpy, not tensors: matplotlib's unit handling trips over torch's array protocol
+        # numpy, not tensors: matplotlib's unit handling trips over torch's array protocol
+        accs = torch.as_tensor(accs).float().cpu().numpy()
         ax.bar(np.arange(len(accs)) + k * width, accs * 100, width=width, label=name)
     ax.set(xticks=range(10), xlabel="class", ylabel="accuracy (%)", ylim=(0, 100), title=title)
     ax.legend(fontsize=7)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from unlearning.files import atomic_file
+
 
 def replace_section(page: Path, key: str, text: str) -> None:
     """Put ``text`` between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` in ``page`` (appended the first time), so the
-    numbers a page shows are always the last bench's; written to a temporary file and renamed over the page."""
+    numbers a page shows are always the last bench's; the page is replaced whole (:func:`~unlearning.files.atomic_file`)."""
     start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
     old = page.read_text() if page.exists() else ""
     block = f"{start}\n{text.strip()}\n{end}"
@@ -18,6 +20,5 @@ def replace_section(page: Path, key: str, text: str) -> None:
         else f"{old.rstrip()}\n\n{block}\n"
     )
     page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name(f".{page.name}.part")
-    tmp.write_text(new)
-    tmp.replace(page)
+    with atomic_file(page) as f:
+        f.write(new.encode())

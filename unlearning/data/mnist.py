@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from torchvision.datasets import MNIST
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
 from unlearning.data.splits import build_splits, check_classes, choose
 from unlearning.errors import UsageError
+from unlearning.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def prepare_mnist(data_dir: str | Path) -> Path:
         stamps = json.loads(stamp_path.read_text())
     except (OSError, ValueError):
         stamps = {}
+    verified = dict(stamps)
     for name, expected in MNIST_MD5.items():
         target, archive = raw / name, raw / f"{name}.gz"
         if target.exists():
@@ -90,7 +91,9 @@ def prepare_mnist(data_dir: str | Path) -> Path:
             log.warning("%s is corrupt (md5 %s, expected %s): unpacking it again from %s", target, actual, expected, archive.name)
         _unpack(archive, target, expected)
         stamps[name] = _stamp(target, expected)
-    _write_atomically(stamp_path, json.dumps(stamps).encode())
+    if stamps != verified:  # a read-only data folder is fine: the files are hashed again next time
+        with contextlib.suppress(OSError), atomic_file(stamp_path) as f:
+            f.write(json.dumps(stamps).encode())
     return raw
 
 
@@ -104,39 +107,21 @@ def _stamp(path: Path, md5: str) -> list[Any]:
 def _unpack(archive: Path, target: Path, expected: str) -> None:
     """Unpack ``archive`` to ``target`` through a temporary file of this process's own, renamed into place only if its md5 is right."""
     restore = f"restore it (git checkout -- {archive}, or a fresh copy of the MNIST archive)"
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(target) as dst:  # an error below leaves target as it was
         digest = hashlib.md5()
-        with gzip.open(archive, "rb") as src, os.fdopen(fd, "wb") as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                dst.write(chunk)
+        try:
+            with gzip.open(archive, "rb") as src:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(chunk)
+                    dst.write(chunk)
+        except FileNotFoundError as err:
+            raise DataError(f"{archive} is missing: cannot unpack {target.name}; {restore}") from err
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a damaged stream fails in zlib
+            raise DataError(
+                f"{archive} is corrupt ({type(err).__name__}: {err}); its contents should have md5 {expected}; {restore}"
+            ) from err
         if digest.hexdigest() != expected:
             raise DataError(f"{archive} is corrupt: it unpacks to md5 {digest.hexdigest()}, expected {expected}; {restore}")
-        os.replace(tmp, target)
-    except DataError:
-        raise
-    except FileNotFoundError as err:
-        raise DataError(f"{archive} is missing: cannot unpack {target.name}; {restore}") from err
-    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a damaged stream fails in zlib
-        raise DataError(f"{archive} is corrupt ({type(err).__name__}: {err}); its contents should have md5 {expected}; {restore}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` by renaming a finished temporary file over it."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError:
-        return  # a read-only data folder is fine: nothing is cached, the files are hashed again next time
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
 
 
 _loaded: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
