@@ -13,18 +13,20 @@ from unlearning.runs import fit_and_test
 from unlearning.speed import compare, interleaved_fit
 
 
+@pytest.mark.slow
 def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "results"
     rows = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
     forget9 = {r["method"]: r for r in rows if r["experiment"] == "forget9"}
     assert set(forget9) == {"pretrained", "oracle", "selective_gradient", "head_mask"}
-    assert forget9["oracle"]["verdict"] == "forgets" and forget9["head_mask"]["verdict"] == "hides"
+    # on these one-epoch models the head mask is never called forgotten; that it "hides" is checked on five-epoch ones (test_calibration)
+    assert forget9["oracle"]["verdict"] == "forgets" and forget9["head_mask"]["verdict"] != "forgets"
     replaced = {r["method"]: r for r in rows if r["experiment"] == "replace6to3"}
     assert set(replaced) == {"pretrained", "oracle", "selective_gradient"}
     assert replaced["pretrained"]["new_acc"] == 0 and replaced["selective_gradient"]["new_acc"] > 0.5  # the 3 was learned
     assert replaced["oracle"]["cost"] == 1
     assert replaced["selective_gradient"]["cost"] == replaced["selective_gradient"]["fit_seconds"] / replaced["oracle"]["fit_seconds"]
-    seed0 = out / "runs" / "forget9" / "seed0"
+    (seed0,) = out.glob("runs/forget9/seed0-*")  # the cell's folder: its key hashes the cell's settings and configs
     (timing_round,) = json.loads((seed0 / "timings.json").read_text())  # timing_repeats: 2, so one round besides the bench's fit
     assert set(timing_round) == {"oracle", "selective_gradient", "head_mask"}
     for method in timing_round:
@@ -43,10 +45,14 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     checkpoints = sorted(out.glob("runs/**/*.ckpt"))
     died = seed0 / "selective_gradient" / "result.json"
     first_run = json.loads(died.read_text())
-    died.unlink()  # as if the run had died after writing its checkpoint
+    died.unlink()  # as if the run had died after writing its checkpoint, and so its cell before finishing
+    (out / "cells" / f"forget9-seed0-{seed0.name.split('-')[1]}.json").unlink()
     again = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
     assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints  # nothing was trained again, nor a second folder made
-    assert f"(reusing 6 of 7 fits, and their timings, from an earlier bench in {out})" in (out / "results.md").read_text()
+    assert (
+        f"(reusing 6 of 7 fits, and their timings, from an earlier bench into {out}, which a fresh clone"
+        in (out / "results.md").read_text()
+    )
     assert "reusing" not in table  # the first bench fitted everything
     resumed = json.loads(died.read_text())
     assert resumed["resumed"] and resumed["checkpoint"] == first_run["checkpoint"]  # it resumed from its own last.ckpt, in its folder

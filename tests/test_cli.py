@@ -133,6 +133,7 @@ def test_print_config_shows_the_linked_classes_once(capsys):
     ("argument", "message"),
     [
         ("--trainer.max_epcohs=3", r"unknown option or config key 'trainer.max_epcohs'; did you mean --trainer.max_epochs\?"),
+        ("--trainer.max_epoch=3", r"'trainer.max_epoch'; did you mean --trainer.max_epochs\?"),  # a prefix is no abbreviation
         ("--model.init_args.log_figure=false", r"'model.init_args.log_figure'; did you mean --model.init_args.log_figures\?"),
         ("--model.init_args.optimizer.init_args.lrr=0.1", r"did you mean --model.init_args.optimizer.init_args.lr\?"),
         ("--data.init_args.batchsize=3", r"did you mean --data.init_args.batch_size\?"),
@@ -316,3 +317,15 @@ def test_help_lists_every_command_under_the_programs_own_name():
     for command in ("fit", "validate", "test", "predict", "evaluate", "bench"):
         (line,) = [line for line in listing.splitlines() if line.strip().startswith(command + " ")]
         assert len(line.split(None, 1)[1]) > 20, line  # a description, not cut short
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fitt"], []], ids=["help", "misspelled", "nothing"])
+def test_help_and_a_misspelled_command_import_no_lightning(argv):
+    """They answer at once: Lightning, torchmetrics and torchvision take seconds to import (read from -X importtime)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "unlearning", *argv], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "unlearning.cli" in imported, result.stderr[-500:]
+    assert not {name for name in imported if name.split(".")[0] in ("lightning", "torchmetrics", "torchvision", "torch")}
+    assert result.returncode == (2 if argv == ["fitt"] else 0)

@@ -76,3 +76,11 @@ def test_jsonargparse_lists_a_class_arguments_as_actions():
     parser.add_class_arguments(PretrainTask, "x")
     assert "--x.log_figures" in {option for action in parser._actions for option in action.option_strings}
     # behaviour: tests/test_cli.py::test_a_mistyped_option_is_one_line_with_the_nearest_option
+
+
+def test_lightning_cli_merges_checkpoint_hyperparameters_in_parse_ckpt_path():
+    """training.py ``UnlearningCLI._parse_ckpt_path``: overridden so that a checkpoint chooses no class; were the merge moved
+    elsewhere, a file could pick the task and network again."""
+    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
+    assert "parse_object" in inspect.getsource(LightningCLI._parse_ckpt_path)
+    # behaviour: tests/test_security.py::test_ckpt_path_refuses_every_payload, tests/test_reliability.py explicit resume tests

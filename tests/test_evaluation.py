@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import edited
+from tests.conftest import ROOT, edited
 from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation import (
@@ -36,7 +36,7 @@ from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import hidden_layers, label_log_probabilities, layer_features
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
 from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
-from unlearning.evaluation.verdict import most_telling_layer, probe_ratios
+from unlearning.evaluation.verdict import most_telling_layer, probe_ratios, worst_class
 from unlearning.metrics import unit_to_label
 from unlearning.models import LogisticRegression
 
@@ -190,9 +190,25 @@ def test_every_threshold_sits_exactly_at_its_default(key, inside, outside, kind)
 def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
-        "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.4, "relearn_ratio": 0.25, "recovery_margin": 5.0,
-        "utility_margin": 1.0, "mia_margin": 20.0,
+        "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
+        "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
+
+
+def test_one_ruined_neighbour_is_damage_even_when_the_retain_average_holds():
+    """Per-class utility: the class margin pinned at its default, one case just inside and one just outside."""
+    accs = [97.0] * 10
+    oracle = {**ORACLE, "class_acc": accs, "retain_classes": list(range(9))}
+    inside = {**oracle, "class_acc": [97.0 - T.class_margin, *accs[1:]]}  # "ta" left as the oracle's: only this check reads class_acc
+    outside = {**oracle, "class_acc": [97.0 - T.class_margin - 0.01, *accs[1:]]}
+    assert verdict(inside, oracle)["verdict"] == "forgets"
+    beyond = verdict(outside, oracle)
+    assert beyond["verdict"] == "damages" and beyond["utility_evidence"] == [
+        f"class 0's test accuracy {97.0 - T.class_margin - 0.01:.1f}% is more than {T.class_margin:g} points below the oracle's 97.0%"
+    ]
+    forgotten = {**oracle, "class_acc": [*accs[:9], 0.0]}  # the forgotten class itself never counts
+    assert verdict(forgotten, oracle)["verdict"] == "forgets"
+    assert worst_class(outside, oracle) == (0, pytest.approx(T.class_margin + 0.01)) and worst_class(ORACLE, ORACLE) is None
 
 
 def test_verdict_when_the_oracle_never_relearns_and_in_random_mode():
@@ -505,3 +521,14 @@ def test_evaluation_data_builds_every_index_on_its_own_device(mnist):
     data = mnist.to(torch.device("meta"))
     assert data.test_mask([9]).device.type == "meta"
     assert _reach_starts("noise", data, Budget(reach_starts=4)).device.type == "meta"  # (picking real starts needs values: not on meta)
+
+
+def test_evaluate_writes_beside_the_runs_in_a_folder_of_its_own_each_time(evaluation_oracle, evaluation_pretrained, tmp_path, monkeypatch):
+    """Without --out the report lands under lightning_logs/evaluate/, where `tensorboard --logdir lightning_logs` finds it."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--ckpt", str(evaluation_oracle), "--oracle", str(evaluation_oracle), "--pretrained", str(evaluation_pretrained)]
+    for _ in range(2):
+        evaluate_main([*args, "--data-dir", str(ROOT / "data"), *FAST, "--relearn-steps", "20"])
+    runs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("lightning_logs/evaluate/*/version_*"))
+    assert runs == ["lightning_logs/evaluate/oracle_forget9/version_0", "lightning_logs/evaluate/oracle_forget9/version_1"]
+    assert all((tmp_path / run / "report.json").is_file() and list((tmp_path / run).glob("events.out.tfevents.*")) for run in runs)

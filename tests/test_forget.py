@@ -85,15 +85,17 @@ def test_selective_gradient_moves_only_masked_weights_and_logs_the_mask(optimize
 def test_a_resumed_run_reuses_the_saved_mask(pretrained_ckpt, tmp_path):
     first = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path)
     saved = last_contents(first)["weight_masks"]
-    # a different fraction on resume must not change the mask the run started with
+    # the mask is the one the run started with, not one ranked again on the weights it has now
     resumed = unlearn(
-        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--model.init_args.mask_fraction=0.5",
-        "--ckpt_path", str(last_checkpoint(first.trainer)),
+        UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=4", "--ckpt_path", str(last_checkpoint(first.trainer)),
     )  # fmt: skip
     assert resumed.trainer.global_step == 4
     for name, mask in saved.items():
         assert torch.equal(resumed.model.weight_masks[name].cpu(), mask), name
         assert torch.equal(last_contents(resumed)["weight_masks"][name], mask), name
+    with pytest.raises(UsageError, match=r"cannot resume .* model\.init_args\.mask_fraction 0\.1 \(the run's\) vs 0\.5"):
+        unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=6",
+                "--model.init_args.mask_fraction=0.5", "--ckpt_path", str(last_checkpoint(resumed.trainer)))  # fmt: skip
     before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(resumed.trainer))
     for name, mask in saved.items():
         assert torch.equal(after[name][~mask], before[name][~mask]), name

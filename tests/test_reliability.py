@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import CONFIGS, ROOT, fit
+from tests.conftest import CONFIGS, ROOT, TINY, fit
+from unlearning import files
 from unlearning.checkpoints import AtomicCheckpointIO, last_checkpoint, read_checkpoint
 from unlearning.cli import main
 from unlearning.data.mnist import MNIST_MD5
 from unlearning.errors import UsageError
-from unlearning.run_dirs import RunLogger
+from unlearning.run_dirs import RunLogger, release_runs
 
 QUICK = ("--trainer.limit_train_batches=15", "--trainer.limit_val_batches=1.0", "--model.init_args.log_figures=false")
 
@@ -188,6 +189,7 @@ def _output(proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fresh_clone):
     procs = [
         _start(fresh_clone, "-c", str(CONFIGS / ("pretrain.yaml" if i % 2 == 0 else "oracle.yaml")), f"--seed_everything={i}", *TINY_RUN)
@@ -212,6 +214,7 @@ def test_eight_fits_started_at_once_in_a_fresh_folder_each_get_their_own_run(fre
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result_or_refuses_in_one_line(fresh_clone):
     args = ["-c", str(CONFIGS / "pretrain.yaml"), "--trainer.max_epochs=4", "--trainer.limit_train_batches=40",
             "--trainer.enable_model_summary=false", "--model.init_args.log_figures=false"]  # fmt: skip
@@ -260,3 +263,166 @@ def test_two_process_pretraining_completes_and_agrees_with_one_process(tmp_path)
     assert {k for k in one if "class_acc" in k} == {k for k in two if "class_acc" in k}
     for name in ("val/acc", "val/forget_acc", "val/retain_acc"):
         assert abs(float(one[name]) - float(two[name])) < 0.01, name
+
+
+# -- a resume stays in its run ----------------------------------------------------------------------
+def test_an_explicit_resume_of_another_configuration_is_refused_naming_what_differs(tmp_path):
+    oracle = fit(CONFIGS / "oracle.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    last = last_checkpoint(oracle.trainer)
+    before = _snapshot(tmp_path)
+    for overrides, differs in (
+        (["-c", str(CONFIGS / "pretrain.yaml"), "--seed_everything=1"], r"stage 'oracle' \(the checkpoint's\) vs 'pretrain'.*seed 0"),
+        (["-c", str(CONFIGS / "oracle.yaml"), "--seed_everything=1"], r"seed 0 \(the checkpoint's\) vs 1"),
+        (
+            ["-c", str(CONFIGS / "oracle.yaml"), "--model.init_args.optimizer.init_args.lr=0.1"],
+            r"model\.init_args\.optimizer.*0\.001.*0\.1",
+        ),
+        (
+            ["-c", str(CONFIGS / "oracle.yaml"), "--model.init_args.net=unlearning.models.LeNet"],
+            r"net \{'class_path': 'unlearning\.models\.SeedMLP'",
+        ),
+    ):
+        with pytest.raises(UsageError, match=rf"cannot resume {last} with this configuration: .*{differs}") as error:
+            main(["fit", *overrides, "-c", str(TINY), f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={last}", *QUICK])
+        assert "\n" not in str(error.value)
+    assert _snapshot(tmp_path) == before  # the oracle's folder, config and checkpoints as they were
+
+
+def _hold(lock: Path) -> str:
+    """A program that takes ``lock`` as a running fit does, says so, and holds it until it is killed."""
+    return (
+        f"import fcntl, os, time; fd = os.open({str(lock)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+
+
+def test_a_run_folder_in_use_is_refused_and_free_again_once_its_holder_dies(tmp_path):
+    """Two resumes of one run: the second is refused while the first holds the run (a stand-in process holds its lock here,
+    as a resuming fit does for its whole life); once that process is killed the lock is gone with it."""
+    run = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    run_dir = Path(run.trainer.log_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _hold(run_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(tmp_path)
+        for ckpt_path in ("last", str(run_dir / "checkpoints" / "last.ckpt")):
+            with pytest.raises(UsageError, match=rf"run folder {run_dir} is in use by another process"):
+                fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={ckpt_path}", *QUICK)
+        with pytest.raises(UsageError, match="in use by another process"):
+            main_test(tmp_path, run_dir / "checkpoints" / "last.ckpt")
+        assert _snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last", *QUICK)
+    assert resumed.trainer.log_dir == str(run_dir) and resumed.trainer.global_step == 30
+
+
+def test_two_claims_that_pick_the_same_number_get_two_folders(tmp_path, monkeypatch):
+    """The race the exclusive mkdir guards against, forced: both claims list the folder before either creates its run."""
+    monkeypatch.setattr(RunLogger, "_get_next_version", lambda self: 0)
+    first, second = RunLogger(save_dir=str(tmp_path), name="x"), RunLogger(save_dir=str(tmp_path), name="x")
+    assert (first.version, second.version) == (0, 1)
+    release_runs()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_swept_by_the_next_claim_and_a_live_one_is_not(tmp_path):
+    root = tmp_path / "lightning_logs" / "pretrain" / "seed_mlp"
+    for number in (0, 1):  # what a SIGKILL before the first checkpoint leaves: config, events, the mark, no checkpoint
+        run_dir = root / f"version_{number}"
+        run_dir.mkdir(parents=True)
+        for name in ("config.yaml", "hparams.yaml", "events.out.tfevents.1", ".lock", ".incomplete"):
+            (run_dir / name).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _hold(root / "version_1" / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (root / "version_0").exists()  # dead: swept
+    assert (root / "version_1").exists()  # alive (its lock is held): kept
+    assert Path(run.trainer.log_dir) == root / "version_2" and not (root / "version_2" / ".incomplete").exists()
+
+
+def test_a_refused_run_leaves_no_folder_at_any_level(tmp_path):
+    with pytest.raises(UsageError):
+        fit(CONFIGS / "pretrain.yaml", tmp_path / "logs", "--data.init_args.val_size=60000", *QUICK)
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.fixture
+def unwritable(monkeypatch):
+    """Make folders unwritable: by their mode for an ordinary user; for root, who writes anywhere, by refusing the calls
+    that create files and folders under them, with the error the kernel would give."""
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            return
+        for name in ("mkdir", "open"):
+            real = getattr(os, name)
+
+            def refuse(path, *args, real=real, name=name, **kwargs):
+                target = Path(os.fsdecode(path)).absolute()
+                if (target == folder or folder in target.parents) and (name == "mkdir" or args[0] & (os.O_CREAT | os.O_WRONLY | os.O_RDWR)):
+                    raise PermissionError(13, "Permission denied", str(target))
+                return real(path, *args, **kwargs)
+
+            monkeypatch.setattr(os, name, refuse)
+
+    return make
+
+
+def test_an_unwritable_logs_folder_is_one_line(tmp_path, unwritable):
+    (tmp_path / "ro").mkdir()
+    unwritable(tmp_path / "ro")
+    with pytest.raises(UsageError, match=r"cannot write .*ro.*: permission denied; give --trainer.default_root_dir a folder you can write"):
+        fit(CONFIGS / "pretrain.yaml", tmp_path / "ro", *QUICK)
+
+
+def test_a_read_only_data_folder_that_needs_unpacking_is_one_line(fresh_clone, unwritable):
+    raw = fresh_clone / "data" / "MNIST" / "raw"
+    unwritable(raw)
+    with pytest.raises(UsageError, match=rf"cannot write {raw}.*: permission denied; unpack the data once as a user who can write there"):
+        fit(CONFIGS / "pretrain.yaml", fresh_clone, f"--data.init_args.data_dir={fresh_clone / 'data'}", *QUICK)
+
+
+def test_a_deleted_archive_is_one_line_naming_it(fresh_clone):
+    (fresh_clone / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UsageError, match=r"lacks t10k-labels-idx1-ubyte\(\.gz\); restore it") as error:
+        fit(CONFIGS / "pretrain.yaml", fresh_clone, f"--data.init_args.data_dir={fresh_clone / 'data'}", *QUICK)
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_given_as_a_checkpoint_is_called_a_folder(tmp_path):
+    with pytest.raises(UsageError, match=rf"checkpoint {tmp_path} is a folder, not a file"):
+        main_test(tmp_path, tmp_path)
+
+
+def test_a_misspelled_class_and_a_yaml_syntax_error_are_one_line_each(tmp_path):
+    misspelled = tmp_path / "misspelled.yaml"
+    misspelled.write_text((CONFIGS / "pretrain.yaml").read_text().replace("PretrainTask", "PretrainTsk"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: 1\n  callbacks: [1, 2\nmodel: x\n")
+    for config, message in (
+        (misspelled, r"model\.class_path: no class unlearning\.tasks\.PretrainTsk .*did you mean unlearning\.tasks\.PretrainTask\?"),
+        (broken, rf"{broken}, line 4, column 6: not valid YAML: .*flow sequence opened on line 3"),
+    ):
+        with pytest.raises(UsageError, match=message) as error:
+            main(["fit", "-c", str(config), f"--trainer.default_root_dir={tmp_path}"])
+        assert "\n" not in str(error.value)
+
+
+def test_files_written_whole_are_readable_as_the_umask_allows(tmp_path, monkeypatch):
+    """A checkpoint or result shared with a group: ``mkstemp``'s private mode must not survive the rename."""
+    monkeypatch.setattr(files, "_UMASK", 0o022)
+    with files.atomic_file(tmp_path / "x.json") as f:
+        f.write(b"{}")
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

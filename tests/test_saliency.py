@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from unlearning.saliency import (
+    RESET_SEED_OFFSET,
     ExactFreeze,
     diagonal_fisher,
     mask_summary,
@@ -173,11 +174,14 @@ def test_reinitialize_draws_the_layers_own_init_into_the_masked_entries_only():
     rng = torch.get_rng_state()
     reinitialize(net, masks, seed=7)
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
+    torch.manual_seed(7 + RESET_SEED_OFFSET)
+    fresh = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).state_dict()  # what reset_parameters draws
     torch.manual_seed(7)
-    fresh = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).state_dict()  # what reset_parameters draws under the seed
+    born = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).state_dict()  # a net a run seeded with 7 starts from
     for name, value in net.state_dict().items():
         assert torch.equal(value[masks[name]], fresh[name][masks[name]]), name
         assert torch.equal(value[~masks[name]], before[name][~masks[name]]), name
+        assert not masks[name].any() or not torch.equal(value[masks[name]], born[name][masks[name]]), name  # not the run's own init
     again = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
     again.load_state_dict(before)
     reinitialize(again, masks, seed=7)

@@ -14,26 +14,35 @@ tables and per-seed rows, and PNG plots. Last, it times Lightning against a plai
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import platform
+import re
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
+import numpy as np
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
 
-from unlearning.errors import UsageError
+from unlearning.errors import CellsFailed, UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
+from unlearning.files import atomic_file
+from unlearning.launch import Launcher, Slurm, launch
 from unlearning.pages import replace_section
 from unlearning.runs import fit_and_test
 from unlearning.speed import compare
@@ -67,18 +76,12 @@ class Experiment:
 
 
 def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) -> dict[str, Any]:
-    """Fit one config under ``root`` and score it on ``holdout``, or return what an earlier bench left there.
-
-    The scores are kept under the holdout's name (``"test"`` or ``"val"``); a folder scored on the
-    other one is refused, so that one results folder never mixes the two.
-    """
+    """Fit one config under ``root`` and score it on ``holdout`` (kept under its name, ``"test"`` or ``"val"``), or return
+    what an earlier run of the same cell left there; a run that died leaves ``last.ckpt`` and is resumed from it."""
     done = root / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
         if Path(result["checkpoint"]).exists():
-            if holdout not in result:
-                scored = next(name for name in get_args(Holdout) if name in result)
-                raise UsageError(f"{root} was scored on {scored}, not {holdout}: bench --holdout {holdout} into another --out")
             bar.update()
             return result | {"reused": True}
     resume = next(iter(sorted(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt"))), None)  # one run per folder here
@@ -88,7 +91,8 @@ def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) ->
         "checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "phases": run.phases, "resumed": resume is not None,
         holdout: run.scores,
     }  # fmt: skip
-    done.write_text(json.dumps(result, indent=1))
+    with atomic_file(done) as f:
+        f.write(json.dumps(result, indent=1).encode())
     bar.update()
     return result
 
@@ -114,7 +118,8 @@ def _best_fit_seconds(
                 round_seconds[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, score=None).fit_seconds
                 bar.update()
         rounds.append(round_seconds)
-        cache.write_text(json.dumps(rounds, indent=1))
+        with atomic_file(cache) as f:
+            f.write(json.dumps(rounds, indent=1).encode())
     best = {}
     for name in runs:
         times = [r[name] for r in rounds] + ([] if first[name]["resumed"] else [first[name]["fit_seconds"]])
@@ -122,46 +127,132 @@ def _best_fit_seconds(
     return best
 
 
+@dataclass
+class Cell:
+    """One experiment on one seed, scored on one holdout: its fits, their timings and its evidence.
+
+    A pure function of these fields and of the config files its entries name; :attr:`key` hashes all of them, so a
+    changed config or setting makes a new cell (and a new folder) and never mixes an old result in.
+    """
+
+    experiment: Experiment
+    seed: int
+    holdout: Holdout = "test"
+    timing_repeats: int = 1
+    threads: int = 1
+    allow_modules: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """A hash of the cell's fields and of the contents of every config file its entries name."""
+        entries = [self.experiment.pretrain, self.experiment.oracle, *self.experiment.methods.values()]
+        files = {arg: Path(arg).read_text() for args in entries for arg in args if arg.endswith(".yaml") and Path(arg).is_file()}
+        return hashlib.sha256(json.dumps([asdict(self), files], sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment.name}-seed{self.seed}-{self.key}"
+
+
+def _check_holdout(out: Path, holdout: Holdout) -> None:
+    """One results folder never mixes the two holdouts: a folder whose cells were scored on the other one is refused."""
+    for path in sorted(out.glob("cells/*.json")):
+        scored = json.loads(path.read_text())["cell"]["holdout"]
+        if scored != holdout:
+            raise UsageError(f"{out} was scored on {scored}, not {holdout}: bench --holdout {holdout} into another --out")
+
+
+def cell_file(out: Path, cell: Cell) -> Path:
+    """Where a finished cell's rows are: ``<out>/cells/<experiment>-seed<seed>-<key>.json``."""
+    return out / "cells" / f"{cell.name}.json"
+
+
+def run_cell(cell: Cell, out: Path, cwd: str | None = None, bar: tqdm | None = None) -> Path:
+    """Run one cell (unless its file exists) and write its rows to :func:`cell_file`; what every launcher calls.
+
+    Its fits live under ``<out>/runs/<experiment>/seed<seed>-<key>/<stage>/``. A lock on the cell makes a second bench
+    that wants the same cell wait for the first and then read its file, so two benches sharing a results folder lose
+    nothing. ``cwd``: the folder the configs' relative paths start from (a launcher's process may start elsewhere).
+    """
+    if cwd is not None:
+        os.chdir(cwd)
+    target = cell_file(out, cell)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if target.exists():
+            return target
+        bar = bar if bar is not None else tqdm(disable=True)
+        start = time.perf_counter()
+        with torch_threads(cell.threads), quiet_lightning():
+            rows = cell_rows(cell, out / "runs" / cell.experiment.name / f"seed{cell.seed}-{cell.key}", bar)
+        with atomic_file(target) as f:
+            f.write(json.dumps({"cell": asdict(cell), "seconds": time.perf_counter() - start, "rows": rows}, indent=1).encode())
+    return target
+
+
+def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
+    """One row per stage of the cell (pretrained, oracle, each method) with the holdout's metrics, fit seconds, cost against
+    the oracle and evidence (networks rebuilt from the project's models or the cell's ``allow_modules``)."""
+    exp, seed, holdout = cell.experiment, cell.seed, cell.holdout
+    stages = {
+        "pretrained": _run(exp.pretrain, where / "pretrained", seed, holdout, bar),
+        "oracle": _run(exp.oracle, where / "oracle", seed, holdout, bar),
+    }
+    timed_runs = {"oracle": exp.oracle}
+    for method, args in exp.methods.items():
+        start = stages[exp.after.get(method, "pretrained")]["checkpoint"]
+        timed_runs[method] = [*args, f"--model.init_args.weights={start}"]
+        stages[method] = _run(timed_runs[method], where / method, seed, holdout, bar)
+    seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
+    seconds |= _best_fit_seconds(timed_runs, stages, where, seed, cell.timing_repeats, bar)
+    for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
+        seconds[method] += seconds[upstream]
+    evidence = {}
+    if exp.evidence:
+        bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
+        checkpoints = {name: Path(r["checkpoint"]) for name, r in stages.items()}
+        evidence = evaluate_against(
+            checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json", holdout=holdout,
+            allow_modules=cell.allow_modules,
+        )  # fmt: skip
+    return [
+        {
+            "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
+            "reused": result.get("reused", False), "checkpoint": result["checkpoint"],
+            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
+            **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
+        }
+        for method, result in stages.items()
+    ]  # fmt: skip
+
+
+def fits_per_cell(cell: Cell) -> int:
+    methods = len(cell.experiment.methods)
+    return 2 + methods + (cell.timing_repeats - 1) * (1 + methods)
+
+
 def run_grid(
-    experiments: list[Experiment], seeds: list[int], out: Path, timing_repeats: int = 1, holdout: Holdout = "test"
+    cells: list[Cell], out: Path, launcher: Launcher = "serial", jobs: int = 2, slurm: Slurm | None = None
 ) -> list[dict[str, Any]]:
-    """One row per (experiment, method, seed) with the ``holdout``'s metrics, fit seconds, cost against the oracle and evidence."""
-    total = sum(len(seeds) * (2 + len(e.methods) + (timing_repeats - 1) * (1 + len(e.methods))) for e in experiments)
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=total, desc="bench", unit="run") as bar:
-        for exp in experiments:
-            for seed in seeds:
-                where = out / "runs" / exp.name / f"seed{seed}"
-                stages = {
-                    "pretrained": _run(exp.pretrain, where / "pretrained", seed, holdout, bar),
-                    "oracle": _run(exp.oracle, where / "oracle", seed, holdout, bar),
-                }
-                timed_runs = {"oracle": exp.oracle}
-                for method, args in exp.methods.items():
-                    start = stages[exp.after.get(method, "pretrained")]["checkpoint"]
-                    timed_runs[method] = [*args, f"--model.init_args.weights={start}"]
-                    stages[method] = _run(timed_runs[method], where / method, seed, holdout, bar)
-                seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
-                seconds |= _best_fit_seconds(timed_runs, stages, where, seed, timing_repeats, bar)
-                for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
-                    seconds[method] += seconds[upstream]
-                evidence = {}
-                if exp.evidence:
-                    bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
-                    checkpoints = {name: Path(r["checkpoint"]) for name, r in stages.items()}
-                    evidence = evaluate_against(
-                        checkpoints, oracle="oracle", pretrained="pretrained", seed=seed, cache=where / "evidence.json", holdout=holdout
-                    )
-                for method, result in stages.items():
-                    rows.append(
-                        {
-                            "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
-                            "reused": result.get("reused", False),
-                            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
-                            **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
-                        }
-                    )  # fmt: skip
-    return rows
+    """Every cell's rows, in the cells' order, each cell run by ``launcher`` unless its file exists; the rows are read back from
+    the cell files alone, so every launcher gives the same tables. Cells that fail are reported in one line each (with their
+    log), after the others have finished; then :class:`CellsFailed` is raised."""
+    todo = [cell for cell in cells if not cell_file(out, cell).exists()]
+    earlier = {cell.name for cell in cells} - {cell.name for cell in todo}
+    if launcher == "serial":
+        with tqdm(total=sum(map(fits_per_cell, todo)), desc="bench", unit="run") as bar:
+            failures = launch(todo, [c.name for c in todo], partial(run_cell, bar=bar), out)
+    else:
+        failures = launch(todo, [c.name for c in todo], run_cell, out, launcher, jobs, slurm, progress=tqdm.write)
+    if failures:
+        for failure in failures:
+            print(f"unlearning bench: {failure.line()}", file=sys.stderr)
+        raise CellsFailed(
+            f"{len(failures)} of {len(cells)} cells failed (the others' results are kept in {out / 'cells'}): rerun to retry them"
+        )
+    rows = [(cell, row) for cell in cells for row in json.loads(cell_file(out, cell).read_text())["rows"]]
+    return [row | {"reused": True} if cell.name in earlier else row for cell, row in rows]
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -201,6 +292,91 @@ def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, 
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def worst_retain_class(row: dict[str, Any], oracle: dict[str, Any], holdout: Holdout, skip: set[int]) -> tuple[int, float] | None:
+    """The retain class whose accuracy falls furthest below the same seed's oracle's, and by how much (percentage points):
+    a method can ruin one neighbour of the forgotten class while the average retain accuracy hardly moves."""
+    gaps = [
+        (c, 100 * (oracle[key] - row[key]))
+        for c in range(10)
+        if c not in skip and (key := f"{holdout}_class_acc/{c}") in row and key in oracle
+    ]
+    return max(gaps, key=lambda gap: gap[1]) if gaps else None
+
+
+def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
+    """Experiments (rows) by methods (columns): each cell's verdicts over the seeds (``forgets 3/3``), its retain accuracy
+    against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class."""
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
+    methods = list(
+        dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments and r["method"] not in ("pretrained", "oracle"))
+    )
+    if len(experiments) < 2 or not methods:
+        return ""
+    oracle = {(r["experiment"], r["seed"]): r for r in rows if r["method"] == "oracle"}
+    lines = [
+        "### Verdicts by class and method",
+        "",
+        "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
+        "the retain class furthest below the oracle's same class (worst over seeds).",
+        "",
+        "| experiment | " + " | ".join(methods) + " |",
+        "|" + "---|" * (len(methods) + 1),
+    ]
+    for exp in experiments:
+        cells = []
+        for method in methods:
+            group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
+            if not group:
+                cells.append("–")
+                continue
+            counts = {v: sum(r["verdict"] == v for r in group) for v in dict.fromkeys(r["verdict"] for r in group)}
+            verdicts = ", ".join(f"{v} {n}/{len(group)}" for v, n in counts.items())
+            gap = statistics.mean(100 * (r["retain_acc"] - oracle[exp, r["seed"]]["retain_acc"]) for r in group)
+            cost = statistics.mean(r["cost"] for r in group)
+            skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes
+            worst = [w for r in group if (w := worst_retain_class(r, oracle[exp, r["seed"]], holdout, skip)) is not None]
+            worst_text = f"; worst {max(worst, key=lambda w: w[1])[0]} {-max(w[1] for w in worst):+.1f}" if worst else ""
+            cells.append(f"{verdicts}<br>{gap:+.2f} pp, {cost:.2f}×{worst_text}")
+        lines.append(f"| {exp} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+VERDICT_COLOURS = {"forgets": "#2e7d32", "damages": "#8e24aa", "hides": "#ef6c00", "incomplete": "#c62828"}
+
+
+def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """:func:`verdict_grid` as a picture: one square per experiment and method, coloured by its worst verdict over the seeds
+    (``incomplete`` > ``hides`` > ``damages`` > ``forgets``), labelled with how many seeds got ``forgets``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
+    methods = list(
+        dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments and r["method"] not in ("pretrained", "oracle"))
+    )
+    if len(experiments) < 2 or not methods:
+        return None
+    order = list(VERDICT_COLOURS)  # best first
+    grid = np.full((len(experiments), len(methods)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2.5, 0.42 * len(experiments) + 1.6))
+    for i, exp in enumerate(experiments):
+        for j, method in enumerate(methods):
+            group = [r["verdict"] for r in rows if r["experiment"] == exp and r["method"] == method]
+            if group:
+                grid[i, j] = max(order.index(v) for v in group)
+                ax.text(j, i, f"{group.count('forgets')}/{len(group)}", ha="center", va="center", color="white", fontsize=8)
+    ax.imshow(grid, cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5, vmax=len(order) - 0.5, aspect="auto")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(experiments)), experiments, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
+    ax.legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
+    ax.set_title("verdict by class and method (label: seeds that forget)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 #: the per-seed table: what every target in the README is checked against
@@ -303,6 +479,18 @@ def bench_parser() -> ArgumentParser:
         default="test",
         help="what the runs and the evidence are scored on: the test set, or the validation split (to tune a method without seeing the test set)",
     )
+    parser.add_argument(
+        "--allow_module",
+        type=list[str],
+        default=[],
+        help="modules whose network classes the runs' checkpoints may name, beyond the project's",
+    )
+    parser.add_argument(
+        "--launcher", type=Launcher, default="serial",
+        help="how the cells (experiment x seed) run: one after another here, --jobs at once on this machine, or as a SLURM job array",
+    )  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2, help="with --launcher local: cells running at once")
+    parser.add_argument("--slurm", type=Slurm, default=Slurm(), help="with --launcher slurm: the job array's resources")
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
     parser.add_argument(
         "--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)"
@@ -327,36 +515,52 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"--speed_repeats must be 0 (no speed comparison) or more, got {args.speed_repeats}")
     if args.holdout == "val" and args.headline is not None:
         raise UsageError("--headline takes test-set results; with --holdout val give --headline null")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     out = Path(args.out)
+    _check_holdout(out, args.holdout)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    cells = [Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module) for e in experiments for seed in args.seeds]
+    rows = run_grid(cells, out, args.launcher, args.jobs, args.slurm)
     with torch_threads(args.threads), quiet_lightning():  # restored afterwards: a bench run from Python leaves the caller's settings alone
-        rows = run_grid(experiments, args.seeds, out, args.timing_repeats, args.holdout)
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), {_cores()} cores, torch {torch.__version__}"
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "seconds": seconds,
-                "holdout": args.holdout,
-                "experiments": [asdict(e) for e in experiments],
-                "rows": rows,
-                "speed": speed and asdict(speed),
-            },
-            indent=1,
+    with atomic_file(out / "results.json") as f:  # two benches may share a results folder
+        f.write(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "seconds": seconds,
+                    "holdout": args.holdout,
+                    "experiments": [asdict(e) for e in experiments],
+                    "rows": rows,
+                    "speed": speed and asdict(speed),
+                },
+                indent=1,
+            ).encode()
         )
-    )
     tables = markdown_tables(rows)
     if speed is not None:
         tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop interleaved with it, same work\n\n```\n{speed.report()}\n```\n"
     source = " ".join(["unlearning bench", *(argv or [])])
     reused = sum(r["reused"] for r in rows)
-    reuse_note = f" (reusing {reused} of {len(rows)} fits, and their timings, from an earlier bench in {out})" if reused else ""
+    reuse_note = (
+        f" (reusing {reused} of {len(rows)} fits, and their timings, from an earlier bench into {out}, which a fresh clone lacks: "
+        f"this command there computes them all)"
+        if reused
+        else ""
+    )
     produced = f"Produced by `{source}` in {seconds / 60:.1f} min{reuse_note} on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
-    report = f"{produced}\n\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
-    (out / "results.md").write_text(report)
+    grid = verdict_grid(rows, args.holdout)
+    if grid and verdict_figure(rows, out / "verdict_grid.png") is not None and args.docs is not None:
+        figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_verdicts.png"
+        shutil.copyfile(out / "verdict_grid.png", figure)
+        grid += f"\n![verdicts by class and method]({figure.name})\n"
+    report = f"{produced}\n\n{grid}\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
+    with atomic_file(out / "results.md") as f:
+        f.write(report.encode())
     written = [out / "results.md", out / "results.json"]
     section = (str(args.config[0]) if args.config else "bench") + (" --holdout val" if args.holdout == "val" else "")
     if args.docs is not None:
@@ -411,7 +615,7 @@ def phase_tables(rows: list[dict[str, Any]]) -> str:
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's per-fit notices ("GPU available", "Seed set") and each fit's result table off while the bench's own bar runs."""
+    """Lightning's per-fit notices and each fit's result table off while the bench's own bar runs."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "unlearning.summary")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

@@ -1,4 +1,9 @@
-"""Writing ``last.ckpt`` and reading network weights from user files safely (``weights_only=True``).
+"""Writing ``last.ckpt`` and reading network weights from user files safely.
+
+A checkpoint is data: reading one never runs code it chooses. The file is read with ``weights_only=True``
+(no pickled objects), and the class paths it records (``hyper_parameters.net.class_path`` and friends) are
+checked against an allow-list *before* anything is imported (:func:`allowed_class`): the project's own
+networks and tasks, torch's optimizers, and modules the user names (``--allow-module``).
 
 Reading is the ``net`` contract's only door: a Lightning checkpoint of any task here (its state
 dict keys start with ``net.``) or a bare ``state_dict`` of the network. The readers take the file's
@@ -9,6 +14,9 @@ needs several things from one file reads it once (the path then only names it in
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
+import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
 from unlearning.errors import UsageError
 from unlearning.files import atomic_file
 
@@ -74,11 +83,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint or state dict read with ``weights_only=True``; anything else is a one-line :class:`UsageError`."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a folder, not a file (a run's checkpoints are in <run folder>/checkpoints/*.ckpt)")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notice about a raw pickle's protocol, for a file refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise UsageError(f"checkpoint {path} is not readable by this user (permission denied)") from None
     except Exception as err:  # pickle, zip and unsafe-global errors all mean "not a weights file we accept"
+        if (refused := _pickled_code(err)) is not None:
+            raise UsageError(
+                f"{path} was refused: it holds a pickled Python object ({refused}) and loading it could run code; only tensors and "
+                f"plain data are read. If you made this file and trust it, re-save just its weights (its state_dict) with torch.save"
+            ) from None
         raise UsageError(
             f"{path} is not a readable checkpoint (expected a Lightning .ckpt or a state dict saved with torch.save; "
             f"{_why_unreadable(path, err)})"
@@ -86,6 +106,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
     return obj
+
+
+def _pickled_code(err: Exception) -> str | None:
+    """The global a ``weights_only`` load refused (``posix.system``), or ``None`` when the file failed for another reason."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err)) if "Weights only load failed" in str(err) else None
+    return found.group(1) if found else None
 
 
 def _why_unreadable(path: Path, err: Exception) -> str:
@@ -99,9 +125,9 @@ def _why_unreadable(path: Path, err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
 
 
-def check_resumable(path: str | Path) -> Path:
-    """``path`` if it is a checkpoint a fit can resume from; otherwise one :class:`UsageError` saying which readable
-    checkpoints sit beside it (a crash can leave ``last.ckpt`` unusable while ``best-*.ckpt`` is fine)."""
+def check_resumable(path: str | Path) -> dict[str, Any]:
+    """The contents of ``path`` if it is a checkpoint a fit can resume from; otherwise one :class:`UsageError` saying which
+    readable checkpoints sit beside it (a crash can leave ``last.ckpt`` unusable while ``best-*.ckpt`` is fine)."""
     path = Path(path)
     try:
         checkpoint = read_checkpoint(path)
@@ -112,7 +138,39 @@ def check_resumable(path: str | Path) -> Path:
         others = [p for p in sorted(path.parent.glob("*.ckpt")) if p != path and _readable(p)]
         hint = f"; resume from {' or '.join(map(str, others))} instead" if others else ""
         raise UsageError(f"cannot resume: {err}{hint}") from None
-    return path
+    return checkpoint
+
+
+#: what a task checkpoint records of the run that wrote it, compared with a command's model config before a resume or test
+RECORDED = ("stage", "net", "forget_classes", "new_classes", "forget_fraction")
+
+
+def recorded_differences(checkpoint: dict[str, Any], config: dict[str, Any], with_seed: bool = False) -> list[str]:
+    """How the run a checkpoint records differs from a command's (dumped) config: its task class, the :data:`RECORDED`
+    settings and, ``with_seed``, the split's seed. A checkpoint that records no configuration has nothing to compare."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        return []
+    model = config.get("model") or {}
+    stated = {**((config.get("data") or {}).get("init_args") or {}), **(model.get("init_args") or {})}  # the classes are the data's
+    pairs = [("task", hparams.get("_class_path"), model.get("class_path"))]
+    pairs += [(key, hparams[key], stated.get(key)) for key in RECORDED if key in hparams]
+    if with_seed:
+        pairs.append(("seed", (checkpoint.get("datamodule_hyper_parameters") or {}).get("seed"), config.get("seed_everything")))
+    return [
+        f"{name} {theirs!r} (the checkpoint's) vs {ours!r} (this command's)"
+        for name, theirs, ours in pairs
+        if theirs is not None and without_none(theirs) != without_none(ours)
+    ]
+
+
+def without_none(value: Any) -> Any:
+    """``value`` with every ``None`` entry of its mappings left out: a config dumped with or without them compares alike."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
 
 
 def _readable(path: Path) -> bool:
@@ -155,9 +213,81 @@ def load_net_weights(net: nn.Module, path: str | Path, checkpoint: dict[str, Any
 
 
 def import_class(class_path: str) -> type:
-    """The class a config's ``class_path`` names."""
+    """The class a config's ``class_path`` names: for the user's own command and config only, never a path read from a file
+    (see :func:`allowed_class`)."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+#: modules whose classes a file may name without the user's say-so: the project's networks and tasks, torch's optimizers
+FILE_CLASS_MODULES = ("unlearning.models", "unlearning.tasks", "torch.optim")
+#: the only instantiator a checkpoint may name (LightningCLI's; Lightning's own loader checks this too)
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def allowed_class(class_path: Any, where: str, base: type, allow_modules: Sequence[str] = ()) -> type:
+    """The class a file names at ``where``, if its module is in the allow-list; the module is checked before it is imported.
+
+    Importing a module runs its code, and calling a class runs its ``__init__``: a class path read from a
+    checkpoint, a results file or a run folder's ``config.yaml`` is a choice of code. Only the modules in
+    :data:`FILE_CLASS_MODULES` and ``allow_modules`` (``--allow-module mypkg.nets``) may be named, and the
+    class must be a ``base`` (``nn.Module`` for a network), so a function such as ``subprocess.run`` is refused.
+    """
+    allowed_module(class_path, where, allow_modules)
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UsageError(f"{where} names {class_path}, which is not a {base.__name__} class; refused")
+    return cls
+
+
+def class_paths(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every ``(key path, class path)`` a nested config names: ``class_path`` and ``_class_path`` keys, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("class_path", "_class_path"):
+                yield f"{where}.{key}", item
+            else:
+                yield from class_paths(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from class_paths(item, f"{where}[{i}]")
+
+
+def check_recorded_classes(path: str | Path, checkpoint: dict[str, Any], allow_modules: Sequence[str] = ()) -> None:
+    """Refuse, before anything is imported, a checkpoint whose hyperparameters name code outside the allow-list.
+
+    For loaders that instantiate what the file records (Lightning's ``load_from_checkpoint``): each class
+    path must lie in an allowed module, and the instantiator must be LightningCLI's.
+    """
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        hparams = checkpoint.get(key)
+        if not isinstance(hparams, dict):
+            continue
+        instantiator = hparams.get("_instantiator")
+        if instantiator is not None and instantiator != INSTANTIATOR:
+            raise UsageError(
+                f"{path}: {key}._instantiator names {instantiator!r}, not LightningCLI's; refused, since loading it could run code"
+            )
+        for where, class_path in class_paths(hparams, key):
+            module = class_path.rpartition(".")[0] if isinstance(class_path, str) else ""
+            if key == "datamodule_hyper_parameters" and module == "unlearning.data":
+                continue
+            allowed_module(class_path, f"{path}: {where}", allow_modules)
+
+
+def allowed_module(class_path: Any, where: str, allow_modules: Sequence[str] = ()) -> None:
+    """:func:`allowed_class`'s first check alone (nothing imported): the module ``class_path`` names is in the allow-list."""
+    if not isinstance(class_path, str) or not _CLASS_PATH.fullmatch(class_path):
+        raise UsageError(f"{where} is {class_path!r}, not a class path; refused")
+    module = class_path.rpartition(".")[0]
+    allowed = (*FILE_CLASS_MODULES, *allow_modules)
+    if not any(module == m or module.startswith(f"{m}.") for m in allowed):
+        raise UsageError(
+            f"{where} names {class_path}, outside the modules a file may name ({', '.join(allowed)}); refused without importing it, "
+            f"since loading it could run code. If you trust this file, allow the module with --allow-module {module}"
+        )
 
 
 def task_hparams(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -169,11 +299,25 @@ def task_hparams(path: str | Path, checkpoint: dict[str, Any] | None = None) -> 
     return hparams
 
 
-def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None) -> nn.Module:
-    """Rebuild the network a task checkpoint describes and load its weights, in eval mode."""
+def build_net(path: str | Path, checkpoint: dict[str, Any] | None = None, allow_modules: Sequence[str] = ()) -> nn.Module:
+    """Rebuild the network a task checkpoint describes and load its weights, in eval mode.
+
+    The network's class must be an allowed one (:func:`allowed_class`) and its ``init_args`` plain values:
+    a nested ``class_path`` would be one more choice of code made by the file.
+    """
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+    check_recorded_classes(path, checkpoint, allow_modules)
     config = task_hparams(path, checkpoint)["net"]
-    net = import_class(config["class_path"])(**config.get("init_args", {}))
+    net_class = allowed_class(config.get("class_path"), f"{path}: hyper_parameters.net.class_path", nn.Module, allow_modules)
+    init_args = config.get("init_args") or {}
+    nested = next(class_paths(init_args, "hyper_parameters.net.init_args"), None)
+    if not isinstance(init_args, dict) or nested is not None:
+        where = nested[0] if nested else "hyper_parameters.net.init_args"
+        raise UsageError(f"{path}: {where}: a network's init_args must be plain values, not classes; refused")
+    try:
+        net = net_class(**init_args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{path}: hyper_parameters.net.init_args do not fit {net_class.__name__}: {err}") from None
     load_net_weights(net, path, checkpoint)
     return net.eval()
 

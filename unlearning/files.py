@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from unlearning.errors import UsageError
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so once, at import: it is process-wide state)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextlib.contextmanager
@@ -21,6 +34,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a checkpoint or result from the user's group
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -28,3 +42,14 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def unwritable_as_usage_error(path: str | Path, advice: str) -> Iterator[None]:
+    """A folder this user cannot write (or a read-only file system) as one :class:`UsageError` line: which path, and ``advice``."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise UsageError(f"cannot write {err.filename or path}: {os.strerror(err.errno).lower()}; {advice}") from None

@@ -2,12 +2,20 @@
 
 Every command that writes a run folder (``fit``, ``validate``, ``test``, the bench) goes through
 :class:`RunLogger`, and ``--ckpt_path last`` is resolved here (:func:`newest_resumable`).
+
+A process that writes into a run folder holds its lock (:func:`lock_run`: ``flock`` on ``<run>/.lock``, exclusive for
+a fit, shared for ``validate``/``test``), so two resumes of one run cannot both write; the kernel drops the lock
+when the process ends, however it ends, so a crash leaves no stale lock. A run claimed fresh carries an
+``.incomplete`` mark until its process lets go of it: a folder still marked, with no checkpoint and no lock
+holder, is a run killed before its first checkpoint, and the next claim under the same ``<stage>/<method>``
+removes it (:func:`sweep_dead_runs`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -19,9 +27,14 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from unlearning.checkpoints import without_none
 from unlearning.errors import UsageError
+from unlearning.files import unwritable_as_usage_error
 
 VERSION = re.compile(r"version_(\d+)$")
+LOCK, INCOMPLETE = ".lock", ".incomplete"
+#: run folder -> the open lock file this process holds on it, and whether this process marked the run incomplete
+_held: dict[Path, tuple[int, bool]] = {}
 
 
 class RunLogger(TensorBoardLogger):
@@ -35,6 +48,7 @@ class RunLogger(TensorBoardLogger):
     """
 
     claimed = False
+    _created: list[Path] = []  # noqa: RUF012 - the folders a claim created; set per instance when it claims
 
     def __init__(self, save_dir: str | None = None, name: str | None = None, default_hp_metric: bool = False, **kwargs: Any):
         """``save_dir`` and ``name`` default to ``<default_root_dir>/lightning_logs`` and ``<stage>/<method>``, filled in by the CLI
@@ -52,31 +66,98 @@ class RunLogger(TensorBoardLogger):
 
     def _claim_version(self) -> int:
         root = Path(self.root_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        number = self._get_next_version()
-        while True:
-            try:
-                (root / f"version_{number}").mkdir()
-            except FileExistsError:
-                number += 1
-                continue
-            self.claimed = True
-            atexit.register(_remove_if_empty, root / f"version_{number}")  # claimed for a run that never started
-            return number
+        self._created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the run never starts
+        with unwritable_as_usage_error(root, "give --trainer.default_root_dir a folder you can write"):
+            root.mkdir(parents=True, exist_ok=True)
+            sweep_dead_runs(root)
+            run_dir = claim_next(root, self._get_next_version())
+        number = int(run_dir.name.removeprefix("version_"))
+        self.claimed = True
+        lock_run(run_dir, mark_incomplete=True)
+        atexit.register(_remove_if_empty, run_dir, self._created)  # claimed for a run that never started
+        return number
 
     def remove_if_empty_handed(self) -> None:
-        """Delete the folder this process claimed if the run wrote no checkpoint: a failed run leaves nothing behind."""
+        """Delete the folder this process claimed if the run wrote no checkpoint: a failed run leaves nothing behind,
+        not even the ``<stage>/<method>`` folders it created."""
         if self.claimed and self._version is not None:
             run_dir = Path(self.log_dir)
             if not any(run_dir.glob("checkpoints/*.ckpt")):
                 self.finalize("failed")  # closes TensorBoard's writer: its thread must not write into a removed folder
                 shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_if_empty(run_dir, self._created)
                 self.claimed = False
 
 
-def _remove_if_empty(folder: Path) -> None:
+def claim_next(root: Path, number: int = 0) -> Path:
+    """``root/version_N`` for the first N from ``number`` whose folder this process creates: an exclusive ``mkdir`` succeeds
+    for one process only, so two runs started together never share a folder."""
+    while True:
+        try:
+            (root / f"version_{number}").mkdir()
+            return root / f"version_{number}"
+        except FileExistsError:
+            number += 1
+
+
+def lock_run(run_dir: Path, shared: bool = False, mark_incomplete: bool = False) -> None:
+    """Hold ``run_dir``'s lock until :func:`release_runs` or the end of this process; refuse in one line if another holds it.
+
+    Only global rank 0 locks (the other ranks of a run never write its folder). ``mark_incomplete`` marks a
+    freshly claimed run, as a run not yet safe to keep, until :func:`release_runs`.
+    """
+    run_dir = Path(run_dir)
+    if rank_zero_only.rank != 0 or run_dir in _held:
+        return
+    with unwritable_as_usage_error(run_dir, "run it as the folder's owner or copy the checkpoint elsewhere"):
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"run folder {run_dir} is in use by another process (a fit training or resuming it); wait for it to end, or start a new run"
+        ) from None
+    if mark_incomplete:
+        (run_dir / INCOMPLETE).touch()
+    _held[run_dir] = (fd, mark_incomplete)
+
+
+def release_runs() -> None:
+    """Let go of every run folder this process holds: unmark the runs it started, then drop their locks."""
+    for run_dir, (fd, marked) in list(_held.items()):
+        if marked:
+            (run_dir / INCOMPLETE).unlink(missing_ok=True)
+        os.close(fd)
+        del _held[run_dir]
+
+
+def sweep_dead_runs(root: Path) -> None:
+    """Remove the runs under ``root`` killed before their first checkpoint: still marked incomplete, no checkpoint, no lock holder."""
+    for run_dir in root.glob("version_*"):
+        if not (run_dir / INCOMPLETE).exists() or any(run_dir.glob("checkpoints/*.ckpt")):
+            continue
+        try:
+            fd = os.open(run_dir / LOCK, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        except BlockingIOError:
+            pass  # a live run
+        finally:
+            os.close(fd)
+
+
+def _remove_if_empty(run_dir: Path, created: list[Path]) -> None:
+    """Remove a claimed run folder holding nothing but its lock and mark, then the parents its claim created while they are empty."""
     with contextlib.suppress(OSError):
-        folder.rmdir()  # only succeeds while the folder is empty
+        if {p.name for p in run_dir.iterdir()} <= {LOCK, INCOMPLETE}:
+            shutil.rmtree(run_dir)
+    for folder in created:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds while the folder is empty
 
 
 def run_dir_of(checkpoint: str | Path) -> Path | None:
@@ -134,8 +215,31 @@ def run_name(stage: str, net_class: str, data: Mapping[str, Any], config_file: s
 
 
 def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes two fits the same run for ``--ckpt_path last``: the task, the data and the seed, not the trainer's budget."""
-    return {key: config.get(key) for key in ("seed_everything", "model", "data")}
+    """What makes two fits the same run for ``--ckpt_path``: the task, the data and the seed, not the trainer's budget
+    (``None`` values left out, so a config dumped with or without them compares alike)."""
+    return {key: without_none(config.get(key)) for key in ("seed_everything", "model", "data")}
+
+
+def config_differences(run_dir: Path, config: Mapping[str, Any]) -> list[str]:
+    """The parts of :func:`comparable` in which ``run_dir``'s ``config.yaml`` differs from ``config`` (empty: the same run).
+
+    Raises a :class:`UsageError` when the folder has no readable ``config.yaml``: then nothing tells which run it is.
+    """
+    try:
+        theirs = comparable(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"{run_dir} has no readable config.yaml ({type(err).__name__})") from None
+    wanted = comparable(config)
+    return [_difference(key, theirs.get(key), wanted[key]) for key in wanted if theirs.get(key) != wanted[key]]
+
+
+def _difference(key: str, theirs: Any, ours: Any) -> str:
+    """The first setting under ``key`` that differs, as ``key.sub: theirs -> ours``."""
+    if isinstance(theirs, Mapping) and isinstance(ours, Mapping):
+        for sub in dict.fromkeys([*theirs, *ours]):
+            if theirs.get(sub) != ours.get(sub):
+                return _difference(f"{key}.{sub}", theirs.get(sub), ours.get(sub))
+    return f"{key} {theirs!r} (the run's) vs {ours!r} (this command's)"
 
 
 def newest_resumable(root: Path, config: Mapping[str, Any]) -> Path:
@@ -145,22 +249,16 @@ def newest_resumable(root: Path, config: Mapping[str, Any]) -> Path:
     configuration's run would train its checkpoint under this run's config and lose its folder.
     """
     candidates = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    wanted = comparable(config)
     reasons = []
     for last in candidates:
-        saved = last.parents[1] / "config.yaml"
         try:
-            theirs = comparable(yaml.safe_load(saved.read_text()) or {})
-        except (OSError, yaml.YAMLError) as err:
-            reasons.append(f"{last.parents[1].name} (no readable config.yaml: {type(err).__name__})")
+            differing = config_differences(last.parents[1], config)
+        except UsageError as err:
+            reasons.append(f"{last.parents[1].name} ({err})")
             continue
-        if theirs == wanted:
+        if not differing:
             return last
-        differing = [key for key in wanted if theirs.get(key) != wanted[key]]
-        reasons.append(f"{last.parents[1].name} (other {', '.join(differing)})")
+        reasons.append(f"{last.parents[1].name} (other {'; '.join(differing)})")
     if not candidates:
         raise UsageError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume")
-    raise UsageError(
-        f"--ckpt_path last: no run under {root} has this configuration; candidates: {'; '.join(reasons)}. "
-        f"Give --ckpt_path <file> to resume one of them anyway"
-    )
+    raise UsageError(f"--ckpt_path last: no run under {root} has this configuration; candidates: {'; '.join(reasons)}")

@@ -107,7 +107,6 @@ def fit_and_test(
         f"--seed_everything={seed}",
         f"--trainer.default_root_dir={root}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
         *overrides,
     ]
     if ckpt_path is not None:

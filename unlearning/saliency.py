@@ -181,16 +181,23 @@ def union(*masks: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: torch.stack([m[name] for m in masks]).any(0) for name in masks[0]}
 
 
+#: what a reset adds to the run's seed: the seed itself would redraw the pretrained model's own initial weights (a fit
+#: seeded with s builds its net from the generator seeded with s, as ``reinitialize`` would), which are also our
+#: oracle's; a reset weight that never moved would then be bit-equal to its "fresh" value. A user's model never
+#: shares its initialisation with our oracle, so a reset must not either.
+RESET_SEED_OFFSET = 104_729
+
+
 @torch.no_grad()
 def reinitialize(net: nn.Module, masks: dict[str, Tensor], seed: int) -> None:
     """Set the masked entries of ``net``'s parameters to a fresh initialisation, in place; every other entry is untouched.
 
-    The fresh values are what each layer's own ``reset_parameters`` draws under ``seed``, so they are
-    the same on every rank and every run, and of the scale the layer was born with.
+    The fresh values are what each layer's own ``reset_parameters`` draws under ``seed + RESET_SEED_OFFSET``: the same
+    on every rank and every run, of the scale the layer was born with, and not the initialisation the run's seed gave.
     """
     fresh = copy.deepcopy(net).cpu()  # drawn on the CPU: the same numbers whatever device the net is on
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + RESET_SEED_OFFSET)
         for module in fresh.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()

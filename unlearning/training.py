@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import logging
 import math
 import re
@@ -29,10 +30,27 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from unlearning.checkpoints import AtomicCheckpointIO, check_resumable, import_class, read_checkpoint
+from unlearning.checkpoints import (
+    AtomicCheckpointIO,
+    check_recorded_classes,
+    check_resumable,
+    class_paths,
+    import_class,
+    read_checkpoint,
+    recorded_differences,
+)
 from unlearning.data.mnist import MNISTDataModule
 from unlearning.errors import UsageError
-from unlearning.run_dirs import RunLogger, logger_location, newest_resumable, run_dir_of, run_name
+from unlearning.run_dirs import (
+    RunLogger,
+    config_differences,
+    lock_run,
+    logger_location,
+    newest_resumable,
+    release_runs,
+    run_dir_of,
+    run_name,
+)
 from unlearning.tasks.base import BaseTask
 from unlearning.tasks.forget import missing_weights
 
@@ -55,20 +73,28 @@ def silence_checked_notices() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module="lightning")
     # The bench, the speed comparison and the tests pass each run's arguments explicitly while their own sit in sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python", module="lightning")
+    # Where SLURM is installed, Lightning suggests `srun` for every run started without it: a one-process run (a fit on one
+    # device, a bench cell, which submitit starts inside its own SLURM task) needs none; several processes use the strategy.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used", module="lightning")
     # Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
     # reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
 
 
-class _NoCloudTips(logging.Filter):
-    """Lightning advertises its cloud services on every run (``💡 Tip: ...``): nothing about the run itself."""
+class _NoBoilerplate(logging.Filter):
+    """Lightning's lines that say nothing about this run: its cloud tips (``💡 Tip: ...``), ``Seed set to 0`` (the seed is in the
+    run's config.yaml), the accelerators it did not use (``GPU available: False, used: False``, ``TPU available: ...``) and
+    that a limit of 1.0 means all batches. A GPU left unused still gets Lightning's warning."""
+
+    PREFIXES = ("💡 Tip", "Seed set to", "GPU available:", "TPU available:", "HPU available:")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg)
+        return not message.startswith(self.PREFIXES) and "was configured so 100% of the batches will be used" not in message
 
 
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoCloudTips())
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+    logging.getLogger(_name).addFilter(_NoBoilerplate())
 silence_checked_notices()
 
 
@@ -80,7 +106,8 @@ class UnlearningCLI(LightningCLI):
         for key in ("forget_classes", "new_classes", "forget_fraction"):
             parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
         parser.link_arguments("seed_everything", "data.init_args.seed")
-        parser.set_defaults({"trainer.logger": lazy_instance(RunLogger)})
+        # the model summary is off unless asked for: fifteen lines a fit, whose FLOPs column is all zeros for these networks
+        parser.set_defaults({"trainer.logger": lazy_instance(RunLogger), "trainer.enable_model_summary": False})
 
     # -- before anything is instantiated -----------------------------------------------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -119,27 +146,60 @@ class UnlearningCLI(LightningCLI):
         ``fit`` resumes into the checkpoint's own run folder (``last``: the newest run of the same
         configuration, see :func:`~unlearning.run_dirs.newest_resumable`); ``validate``, ``test`` and
         ``predict`` log into it too, or into ``<stage>/<name>`` named for the checkpoint when it lies in none.
+        A checkpoint of another configuration is refused, naming what differs (:meth:`_check_same_run`), and
+        the run folder is locked for this command's life, so two resumes of one run cannot both write.
         """
         ckpt_path = config.ckpt_path
+        dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_validation=True))
         if ckpt_path == "last":
             if self.subcommand != "fit":
                 raise UsageError(f"--ckpt_path last resumes a fit; `{self.subcommand}` needs a checkpoint file")
             if (config.trainer.num_nodes or 1) > 1:
                 raise UsageError("--ckpt_path last is resolved from this node's files; with several nodes give the checkpoint's path")
-            dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_validation=True, skip_none=False))
             ckpt_path = str(newest_resumable(Path(logger_args.save_dir) / logger_args.name, dumped))
-        if self.subcommand == "fit":
-            check_resumable(ckpt_path)
-        else:
-            read_checkpoint(ckpt_path)
+        checkpoint = check_resumable(ckpt_path) if self.subcommand == "fit" else read_checkpoint(ckpt_path)
+        own = {cp.rpartition(".")[0] for key in ("model", "data") for _, cp in class_paths(dumped.get(key), key) if isinstance(cp, str)}
+        check_recorded_classes(ckpt_path, checkpoint, sorted(own))  # the modules this command's config names are the user's say-so
         run_dir = run_dir_of(ckpt_path)
+        self._check_same_run(ckpt_path, checkpoint, run_dir, dumped)
         if logger_args.version is None:
             if run_dir is not None:
                 logger_args.save_dir, logger_args.name = logger_location(run_dir)
                 logger_args.version = int(run_dir.name.removeprefix("version_"))
+                lock_run(run_dir, shared=self.subcommand != "fit")
             elif self.subcommand != "fit":
                 logger_args.name = f"{self.subcommand}/{Path(ckpt_path).stem}"
         return str(ckpt_path)
+
+    def _check_same_run(self, ckpt_path: str, checkpoint: dict[str, Any], run_dir: Path | None, dumped: dict[str, Any]) -> None:
+        """Refuse a checkpoint this command's configuration did not train, in one line naming what differs.
+
+        The checkpoint's own record (task, network, stage, classes; for ``fit`` the split's seed too) must
+        match this command's, since nothing from the file is taken into the config (:meth:`_parse_ckpt_path`).
+        A fit resumes into the checkpoint's run folder, so that run's whole ``config.yaml`` (task, data and
+        seed) must match as ``--ckpt_path last`` requires.
+        """
+        differing = recorded_differences(checkpoint, dumped, with_seed=self.subcommand == "fit")
+        if self.subcommand == "fit" and run_dir is not None and not differing:
+            try:
+                differing = config_differences(run_dir, dumped)
+            except UsageError as err:
+                raise UsageError(f"cannot resume {ckpt_path}: {err}, so it may be another configuration's run") from None
+        if differing:
+            doing = "resume" if self.subcommand == "fit" else self.subcommand
+            raise UsageError(
+                f"cannot {doing} {ckpt_path} with this configuration: {'; '.join(differing)}. "
+                f"Give the config that trained it (its run folder's config.yaml)"
+            )
+
+    def _parse_ckpt_path(self) -> None:
+        """Nothing from the checkpoint enters the configuration.
+
+        LightningCLI would parse the checkpoint's hyperparameters into the model's config here, so a file would
+        choose the task and network classes to import and build (a checkpoint is data: it must choose no code)
+        and a resume could silently train another configuration. The classes come from the user's command and
+        config alone; :meth:`_check_same_run` has refused a checkpoint they did not train.
+        """
 
     # -- the trainer ---------------------------------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -298,6 +358,7 @@ class RunEnd(Callback):
         """
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        release_runs()  # the run folder's lock and mark: for a CLI built with run=False, whose caller ran the fit
 
 
 def _table(stage: str, columns: dict[str, dict[str, float]], per_class: bool = False) -> list[str]:
@@ -359,8 +420,9 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> Unlearnin
     jsonargparse wrapped while instantiating a class.
     """
     silence_checked_notices()
+    ran = run
     try:
-        return UnlearningCLI(
+        cli = UnlearningCLI(
             BaseTask,
             MNISTDataModule,
             subclass_mode_model=True,
@@ -368,21 +430,31 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> Unlearnin
             seed_everything_default=0,
             save_config_callback=SaveParsedConfig,
             save_config_kwargs={"overwrite": True},  # a resumed fit rewrites its own folder's config; folders are never shared
-            parser_kwargs={"prog": "unlearning", "exit_on_error": False},
+            parser_kwargs={
+                "prog": "unlearning",
+                "exit_on_error": False,
+                "allow_abbrev": False,
+            },  # --trainer.max_epoch is a typo, not max_epochs
             args=args,
             run=run,
         )
     except (ArgumentError, MisconfigurationException) as err:  # the latter: Lightning's word for a trainer setting it cannot take
+        ran = True
         argv = list(sys.argv[1:] if args is None else args)
         command = (argv[0] if argv else None) if run else "fit"
         if isinstance(err, ArgumentError):
             raise UsageError(parse_error(str(err), command, argv)) from None
         raise UsageError(f"{str(err).strip().splitlines()[0]} (run 'unlearning {command} --help' for the options)") from None
-    except Exception as err:
-        usage_error = _usage_error(err)
+    except BaseException as err:
+        ran = True
+        usage_error = _usage_error(err) if isinstance(err, Exception) else None
         if usage_error is None:
             raise
         raise usage_error from None
+    finally:
+        if ran:
+            release_runs()  # a command that ran, or failed, holds no run folder any more; run=False leaves it to the fit's teardown
+    return cli
 
 
 def parse_error(message: str, command: str | None, argv: list[str] | None = None) -> str:
@@ -394,7 +466,17 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
     task, datamodule or optimizer class).
     """
     hint = f"run 'unlearning {command} --help' for the options" if command else "run 'unlearning --help'"
+    if message.startswith("Problems parsing config") and (broken := _yaml_error(argv or [])) is not None:
+        return f"{broken} ({hint})"
     keys = re.findall(r'Parser key "([\w.\-]+)"', message)
+    missing_class = re.search(
+        r"Problem with given class_path '([\w.]+)':\s*\n\s*((?:module '[\w.]+' has no attribute|No module named) .+)", message
+    )
+    if missing_class is not None:
+        class_path, why = missing_class.groups()
+        nearest = _nearest_class(class_path)
+        where = ".".join(keys) + ".class_path" if keys else "class_path"
+        return f"{where}: no class {class_path} ({why.strip()})" + (f"; did you mean {nearest}?" if nearest else "") + f" ({hint})"
     classes = re.findall(r"""class_path[=\s]'?\s*(?:given class_path )?'([\w.]+)'""", message)
     owner = classes[-1] if classes else None
     unknown = re.search(
@@ -419,6 +501,35 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
         return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {got.group(1) if got else '?'} ({hint})"
     lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip()]
     return f"{lines[-1] if lines and keys else lines[0] if lines else message} ({hint})"
+
+
+def _yaml_error(argv: list[str]) -> str | None:
+    """The first config file on the command line that is not valid YAML, with its line and column and what is wrong."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")
+    ]
+    for name in files:
+        try:
+            yaml.safe_load(Path(name).read_text())
+        except yaml.MarkedYAMLError as err:
+            mark, context = err.problem_mark or err.context_mark, err.context_mark
+            where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark else name
+            opened = f" ({err.context} opened on line {context.line + 1})" if err.context and context and context is not mark else ""
+            return f"{where}: not valid YAML: {err.problem or err.context}{opened}"
+        except (OSError, yaml.YAMLError):
+            continue
+    return None
+
+
+def _nearest_class(class_path: str) -> str | None:
+    """The class in the named module (of the user's own config) whose name is nearest a misspelled one."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        names = [n for n, v in vars(importlib.import_module(module)).items() if isinstance(v, type) and not n.startswith("_")]
+    except Exception:  # noqa: BLE001 - no such module, or one that fails to import: no suggestion
+        return None
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    return f"{module}.{close[0]}" if close else None
 
 
 def _innermost(message: str) -> str:

@@ -18,10 +18,11 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torchvision.datasets import MNIST
 
+import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
 from unlearning.data.loader import ShardedOrder, TensorBatchLoader
 from unlearning.data.splits import build_splits, check_classes, choose
 from unlearning.errors import UsageError
-from unlearning.files import atomic_file
+from unlearning.files import atomic_file, unwritable_as_usage_error
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,20 @@ def prepare_mnist(data_dir: str | Path) -> Path:
     """
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
-    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in MNIST_MD5):
+    missing = [name for name in MNIST_MD5 if not (raw / name).exists() and not (raw / f"{name}.gz").exists()]
+    if missing and len(missing) < len(MNIST_MD5):  # a partial copy: downloading would replace the files that are there
+        raise DataError(
+            f"{raw} lacks {', '.join(f'{name}(.gz)' for name in missing)}; restore it (git checkout -- {raw}, or a fresh copy of MNIST)"
+        )
+    if missing:
         try:
             MNIST(root, train=True, download=True)
             MNIST(root, train=False, download=True)
         except Exception as err:  # torchvision raises RuntimeError or URLError depending on the failure
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise DataError(
-                f"MNIST is not in {raw.resolve()} and torchvision could not download it ({err}). "
-                f"Copy the four MNIST IDX files (.gz or unpacked) there, or point data_dir at a folder that has them."
+                f"MNIST is not in {raw.resolve()} and torchvision could not download it ({first}); "
+                f"copy the four MNIST IDX files (.gz or unpacked) there, or point data_dir at a folder that has them"
             ) from err
     stamp_path = raw / ".verified.json"
     try:
@@ -107,7 +114,8 @@ def _stamp(path: Path, md5: str) -> list[Any]:
 def _unpack(archive: Path, target: Path, expected: str) -> None:
     """Unpack ``archive`` to ``target`` through a temporary file of this process's own, renamed into place only if its md5 is right."""
     restore = f"restore it (git checkout -- {archive}, or a fresh copy of the MNIST archive)"
-    with atomic_file(target) as dst:  # an error below leaves target as it was
+    advice = "unpack the data once as a user who can write there, or copy the data folder somewhere writable and point data_dir at it"
+    with unwritable_as_usage_error(target.parent, advice), atomic_file(target) as dst:  # an error below leaves target as it was
         digest = hashlib.md5()
         try:
             with gzip.open(archive, "rb") as src:

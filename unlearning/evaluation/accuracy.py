@@ -54,6 +54,7 @@ def accuracy_check(
         if forget_classes:
             result["old_acc"] = result["forget_test_acc"]
     result["class_acc"] = [float(group_accuracy(confmat, [c]) * 100) for c in range(NUM_CLASSES)]
+    result["retain_classes"] = list(retain_classes(forget_classes, new_classes)) if forget_classes else []
     result["confusion"] = confmat.tolist()
     return result
 

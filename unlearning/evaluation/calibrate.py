@@ -11,8 +11,8 @@
 * a fresh network distilled for 100 steps on retain data (:func:`distilled_fresh`), ~89% retain
   accuracy: anything but ``forgets``.
 
-The checkpoints are the bench's (``unlearning bench -c configs/bench.yaml --only [forget9]`` writes them
-under ``results/runs/forget9``); the two distilled models are built here in a second each. It prints,
+The checkpoints are the bench's (``unlearning bench -c configs/bench.yaml --only [forget9]`` names them in its
+``results/cells/forget9-seed<seed>-*.json`` files); the two distilled models are built here in a second each. It prints,
 per threshold, the values the cases take, so a maintainer sees each margin, and writes ``calibration.json``.
 """
 
@@ -30,9 +30,9 @@ from torch import nn
 from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
-from unlearning.evaluation.inputs import torch_threads
+from unlearning.evaluation.inputs import load, torch_threads
 from unlearning.evaluation.suite import Budget, evaluate_net
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, reach_keys, verdict
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, reach_keys, verdict, worst_class
 from unlearning.losses import distillation
 from unlearning.pages import replace_section
 
@@ -92,27 +92,69 @@ def distilled_fresh(pretrained: nn.Module, data: EvalData, steps: int = 100, lr:
     return student.eval()
 
 
-def checkpoints(runs: Path, seed: int) -> dict[str, Path]:
-    """The bench's checkpoints of one seed: ``runs/seed<seed>/<stage>/result.json`` names each."""
-    found = {}
-    for stage in STAGES:
-        result = runs / f"seed{seed}" / stage / "result.json"
-        if not result.exists():
-            raise UsageError(f"{result} is missing: run `unlearning bench -c configs/bench.yaml --only [forget9] --seeds [{seed}]` first")
-        found[stage] = Path(json.loads(result.read_text())["checkpoint"])
-    return found
+def checkpoints(results: Path, seed: int) -> dict[str, Path]:
+    """The bench's checkpoints of one seed: the newest ``forget9`` cell of that seed in ``results`` names each stage's."""
+    cells = sorted(results.glob(f"cells/forget9-seed{seed}-*.json"), key=lambda path: path.stat().st_mtime)
+    rows = {row["method"]: row for row in json.loads(cells[-1].read_text())["rows"]} if cells else {}
+    missing = [stage for stage in STAGES if stage not in rows]
+    if missing:
+        raise UsageError(
+            f"no forget9 cell of seed {seed} in {results} with {', '.join(missing)}: "
+            f"run `unlearning bench -c configs/bench.yaml --only [forget9] --seeds [{seed}]` first"
+        )
+    return {stage: Path(rows[stage]["checkpoint"]) for stage in STAGES}
 
 
-def calibration_metrics(runs: Path, seeds: list[int], budget: Budget, data_dir: str = "data") -> dict[int, dict[str, dict]]:
+def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_dir: str = "data") -> dict[int, dict[str, dict]]:
     """Every case's metrics, per seed (each network evaluated once, on its seed's split)."""
     metrics: dict[int, dict[str, dict]] = {}
     for seed in seeds:
         data = load_eval_data(data_dir, [9], [], None, 5000, seed)
-        nets = {stage: build_net(path) for stage, path in checkpoints(runs, seed).items()}
+        nets = {stage: build_net(path) for stage, path in checkpoints(results, seed).items()}
         nets["pinned_logit"] = pinned_logit(nets["pretrained"], data, seed=seed)
         nets["distilled_fresh"] = distilled_fresh(nets["pretrained"], data, seed=seed)
         metrics[seed] = {name: evaluate_net(net, torch.arange(10), data, budget).metrics for name, net in nets.items()}
     return metrics
+
+
+def oracle_metrics(results: Path, budget: Budget, data_dir: str = "data") -> dict[str, dict[int, dict[str, dict]]]:
+    """Per experiment of a bench's cells (``configs/bench_all_classes.yaml``: every digit, four replacement pairs), each seed's
+    oracle's metrics on its own seed's split: the oracles of one experiment then judge each other (:func:`judge_cases`)."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(results.glob("cells/*.json")):
+        for row in json.loads(path.read_text())["rows"]:
+            if row["method"] == "oracle":
+                found.setdefault(row["experiment"], {})[row["seed"]] = Path(row["checkpoint"])
+    if not found:
+        raise UsageError(f"no bench cells in {results}: run `unlearning bench -c configs/bench_all_classes.yaml` first")
+    metrics: dict[str, dict[int, dict[str, dict]]] = {}
+    for experiment, by_seed in found.items():
+        for seed, checkpoint in sorted(by_seed.items()):
+            oracle = load("oracle", checkpoint)
+            classes = oracle.classes()
+            data = load_eval_data(data_dir, classes["forget_classes"], classes.get("new_classes", []), None, 5000, seed)
+            metrics.setdefault(experiment, {})[seed] = {"oracle": evaluate_net(oracle.net, oracle.unit_labels, data, budget).metrics}
+    return metrics
+
+
+def oracle_summary(rows: list[dict]) -> str:
+    """What the oracles judged against each other ask of each threshold: the extreme value seen, beside the limit."""
+    t = Thresholds()
+    relearn = [r["relearn"] / r["oracle_relearn"] for r in rows if r["relearn"] is not None and r["oracle_relearn"]]
+    # (threshold, limit, extreme seen, room: how far inside the limit the extreme sits)
+    seen = [
+        ("probe_ratio (lowest probe ratio)", t.probe_ratio, lowest := min(r["probe_ratio"] for r in rows), lowest - t.probe_ratio),
+        ("reach_margin (most starts above)", t.reach_margin, most := max(r["reach_above"] or 0 for r in rows), t.reach_margin - most),
+        ("utility_margin (TA below)", t.utility_margin, below := max(r["ta_below"] for r in rows), t.utility_margin - below),
+        ("class_margin (one class below)", t.class_margin, one := max(r["class_below"] or 0 for r in rows), t.class_margin - one),
+        ("relearn_ratio (fewest steps over the other's)", t.relearn_ratio, min(relearn), min(relearn) - t.relearn_ratio),
+        ("acc_margin (forget accuracy above)", t.acc_margin, above := max(r["forget_acc_above"] for r in rows), t.acc_margin - above),
+    ]
+    forgets = sum(r["verdict"] == "forgets" for r in rows)
+    lines = [f"{len(rows)} oracle pairs over {len({r['experiment'] for r in rows})} experiments; {forgets} get `forgets`.", ""]
+    lines += ["| threshold | limit | extreme, oracle against oracle | room |", "|---|---|---|---|"]
+    lines += [f"| {name} | {limit:g} | {value:.2f} | {room:+.2f} |" for name, limit, value, room in seen]
+    return "\n".join(lines)
 
 
 def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> list[dict]:
@@ -136,35 +178,44 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> 
                     "relearn": subject.get("relearn_steps"), "oracle_relearn": oracle.get("relearn_steps"),
                     "recovered_above": subject["recovered_acc"] - oracle["recovered_acc"],
                     "ta_below": oracle["ta"] - subject["ta"],
+                    "class_below": (worst := worst_class(subject, oracle)) and worst[1],
                 }
             )  # fmt: skip
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    header = "case                 seed/oracle  verdict     ok  forget+  reach+  probe(layer)  relearn/oracle  recovered+  TA-"
+def format_rows(rows: list[dict], label: str = "case") -> str:
+    header = f"{label:20s} seed/oracle  verdict     ok  forget+  reach+  probe(layer)  relearn/oracle  recovered+  TA-  class-"
     lines = [header, "-" * len(header)]
     for r in rows:
         probe = "-" if r["probe_ratio"] is None else f"{r['probe_ratio']:.2f} ({r['probe_layer']})"
         lines.append(
-            f"{r['case']:20s} {r['seed']}/{r['oracle_seed']:<10} {r['verdict']:11s} {'yes' if r['allowed'] else 'NO':3s} "
+            f"{r[label]:20s} {r['seed']}/{r['oracle_seed']:<10} {r['verdict']:11s} {'yes' if r['allowed'] else 'NO':3s} "
             f"{r['forget_acc_above']:7.1f} {r['reach_above'] if r['reach_above'] is None else round(r['reach_above'], 1)!s:>7} "
-            f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} {r['ta_below']:5.2f}"
+            f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} {r['ta_below']:5.2f} "
+            f"{'-' if r.get('class_below') is None else format(r['class_below'], '6.1f'):>6}"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m unlearning.evaluation.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("results/runs/forget9"), help="the bench's forget9 runs")
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="the results folder of `unlearning bench -c configs/bench.yaml`"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("results/calibration.json"))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--docs", type=Path, help="a page whose calibration section gets the table (docs/evidence.md)")
+    parser.add_argument(
+        "--oracles", type=Path, help="instead: judge the oracles of every experiment in this bench results folder against each other"
+    )
     args = parser.parse_args(argv)
+    if args.oracles is not None:
+        return main_oracles(args)
     try:
         with torch_threads(1):
-            metrics = calibration_metrics(args.runs, args.seeds, Budget(), args.data_dir)
+            metrics = calibration_metrics(args.results, args.seeds, Budget(), args.data_dir)
     except UsageError as err:
         parser.error(str(err))
     rows = judge_cases(metrics, Thresholds())
@@ -180,6 +231,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"```\n{format_rows(rows)}\n```\n\n{summary} (`python -m unlearning.evaluation.calibrate --docs docs/evidence.md`).",
         )
     print(f"{summary}; wrote {args.out}")
+    return rows
+
+
+def main_oracles(args: argparse.Namespace) -> list[dict]:
+    """The oracles of every digit and replacement pair, each judged against the other seeds' oracles of its experiment."""
+    with torch_threads(1):
+        metrics = oracle_metrics(args.oracles, Budget(), args.data_dir)
+    rows = [{**row, "experiment": experiment} for experiment, cases in metrics.items() for row in judge_cases(cases, Thresholds())]
+    table = format_rows(rows, label="experiment")
+    summary = oracle_summary(rows)
+    print(table, summary, sep="\n\n")
+    if args.docs is not None:
+        text = (
+            f"```\n{table}\n```\n\n{summary}\n\n(`python -m unlearning.evaluation.calibrate --oracles {args.oracles} --docs {args.docs}`)"
+        )
+        replace_section(args.docs, "oracle calibration", text)
     return rows
 
 

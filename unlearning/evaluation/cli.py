@@ -23,6 +23,7 @@ from unlearning.evaluation.report import write_outputs
 from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget
 from unlearning.evaluation.verdict import EVIDENCE
+from unlearning.run_dirs import claim_next, run_dir_of
 
 ROLES = ("checkpoint", "oracle", "pretrained")
 
@@ -41,13 +42,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", required=True, help="the checkpoint unlearning started from")
     p.add_argument("--forget-classes", type=int, nargs="*", help="default: the checkpoint's; given, must match it")
     p.add_argument("--new-classes", type=int, nargs="*", help="default: the checkpoint's; given, must match it")
-    p.add_argument("--out", default="results/evaluation", help="folder for report.json, summary.md and TensorBoard events")
+    p.add_argument(
+        "--out", help="folder for report.json, summary.md and TensorBoard events (default: a new lightning_logs/evaluate/<run>/version_N)"
+    )
     p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw")
     p.add_argument("--seed", type=int, help="the split's seed; default: the checkpoint run's (seed_everything), else 0")
     p.add_argument("--val-size", type=int, help="the split's validation size; default: the checkpoint run's, else 5000")
     p.add_argument(
         "--holdout", default="test", choices=get_args(Holdout),
         help="the held-out samples every test-set check reads: the test set, or the run's validation split (for tuning a method)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-module", action="append", default=[], metavar="MODULE",
+        help="a module whose network classes a checkpoint may name (repeatable); the project's own are always allowed",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -65,12 +72,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_out(checkpoint: str) -> Path:
+    """``lightning_logs/evaluate/<stage>_<method>/version_N`` for a checkpoint in a run folder (``<stem>`` otherwise), claimed
+    once the checks are done: beside the runs, so ``tensorboard --logdir lightning_logs`` shows it, and never shared."""
+    run = run_dir_of(checkpoint)
+    name = f"{run.parents[1].name}_{run.parent.name}" if run is not None and len(run.parents) > 1 else Path(checkpoint).stem
+    root = Path("lightning_logs") / "evaluate" / name
+    root.mkdir(parents=True, exist_ok=True)
+    return claim_next(root)
+
+
 def evaluate_main(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, run every check on the three checkpoints, print the table, write the outputs; returns the report."""
     args = parser().parse_args(argv)
     budget = Budget(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v for f in fields(Budget)})
     paths = dict(zip(ROLES, (args.ckpt, args.oracle, args.pretrained)))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else None
     with torch_threads(args.threads):
         start = time.perf_counter()
         report, evaluations = judge(
@@ -85,8 +102,10 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
             args.device,
             budget,
             holdout=args.holdout,
+            allow_modules=args.allow_module,
         )
         report["seconds"] = time.perf_counter() - start
+        out = out or default_out(args.ckpt)
         text = write_outputs(out, report, evaluations, budget)
     checkpoint = report["verdict"]["checkpoint"]
     print(text, f"\nverdict: {checkpoint['verdict']}", sep="\n")

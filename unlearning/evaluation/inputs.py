@@ -45,13 +45,16 @@ class Loaded:
         }
 
 
-def load(name: str, path: str | Path) -> Loaded:
-    """Rebuild a network from a task checkpoint; a replacement that reused the old units maps them to the new labels."""
+def load(name: str, path: str | Path, allow_modules: Sequence[str] = ()) -> Loaded:
+    """Rebuild a network from a task checkpoint; a replacement that reused the old units maps them to the new labels.
+
+    The network's class must come from the project's models or ``allow_modules`` (see :func:`~unlearning.checkpoints.allowed_class`).
+    """
     if not Path(path).is_file():
         raise UsageError(f"{describe(name, path)}: no such checkpoint")
     checkpoint = read_checkpoint(path)
     hparams = task_hparams(path, checkpoint)
-    net = build_net(path, checkpoint)
+    net = build_net(path, checkpoint, allow_modules)
     if not isinstance(getattr(net, "head", None), nn.Linear) or not isinstance(getattr(net, "features", None), nn.Module):
         raise UsageError(f"{describe(name, path)}: {type(net).__name__} is not head(features(x)) with a linear head")
     with torch.no_grad():

@@ -40,19 +40,21 @@ def judge(
     budget: Budget | None = None,
     thresholds: Thresholds | None = None,
     holdout: Holdout = "test",
+    allow_modules: Sequence[str] = (),
 ) -> tuple[dict[str, Any], dict[str, NetEvaluation]]:
     """Every check on every named checkpoint, its gap to the ``oracle`` entry and its verdict.
 
     The classes, split seed and validation size are what the first checkpoint that is neither
     the oracle nor the pretrained one records (the oracle's when there is none); given values
     must agree; that checkpoint is the report's ``subject``. ``holdout`` picks the held-out samples
-    (see :func:`~.data.load_eval_data`). ``budget`` and ``thresholds`` default
+    (see :func:`~.data.load_eval_data`). Network classes come from the project's models or ``allow_modules``
+    (modules the user trusts; a checkpoint naming any other is refused). ``budget`` and ``thresholds`` default
     to :class:`Budget` and :class:`Thresholds`. Returns the report (plain JSON-ready values) and the
     per-network evaluations.
     """
     budget, thresholds = budget or Budget(), thresholds or Thresholds()
     torch_device = resolve_device(device)
-    loaded = {name: load(name, path) for name, path in paths.items()}
+    loaded = {name: load(name, path, allow_modules) for name, path in paths.items()}
     subject = next((name for name in paths if name not in (oracle, pretrained)), oracle)
     check_architectures(loaded, subject)
     classes = resolve_classes(loaded[subject], subject, forget_classes, new_classes)

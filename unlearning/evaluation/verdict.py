@@ -37,7 +37,10 @@ class Thresholds:
     (must be ``forgets``), the pretrained models, the head mask (forget logit at -1e4), selective gradient,
     the pretrained model distilled from itself with the forget logit pinned at -1e4 (must not be
     ``forgets``), and a fresh network distilled for 100 steps on retain data (89% retain: must not be
-    ``forgets``). Tests pin every default at its boundary.
+    ``forgets``). Second set: the oracles of every digit and of four replacement pairs (configs/bench_all_classes.yaml,
+    seeds 0-2), each judged against its experiment's other seeds (``calibrate --oracles``): 84 pairs that must all be
+    ``forgets``. A limit that one of them crossed was moved past the most demanding pair by a tenth of its value,
+    rounded outward; docs/evidence.md has the before and after. Tests pin every default at its boundary.
 
     Args:
         acc_margin: percentage points of forget accuracy (forget set, or forget classes' test set)
@@ -49,9 +52,11 @@ class Thresholds:
             oracle, selective gradient from 52-84.
         probe_ratio: some hidden layer still encodes the class when its probe's misranked share of
             (forget, other) pairs, 1 - AUC, is below this fraction of the oracle's at the same layer.
-            At its most telling layer an oracle is at 0.51-1.22x another seed's oracle; the pretrained,
-            head-mask, selective-gradient and pinned-logit models at 0.12-0.27x their oracle. The limit
-            sits between the two groups.
+            At its most telling layer an oracle of digit 9 is at 0.51-1.22x another seed's oracle, but
+            oracles of other digits go down to 0.28x (forget 0, seed 0 against seed 2; 0.37-0.38x for
+            forget 5 and replace 1->7): the limit, 0.4 before, is 0.25. The head-mask and pinned-logit
+            models sit at 0.12-0.23x their oracle; selective gradient's 0.20-0.27x (it is called
+            ``incomplete`` by its outputs anyway).
         relearn_ratio: the class comes back "at once" when the attacker's best relearning (fewest
             steps over the optimiser and learning-rate grid) takes at most this fraction of the
             oracle's best, or succeeds within the budget where the oracle's does not. The oracle's
@@ -64,18 +69,20 @@ class Thresholds:
             data alone brings back above what it brings back for the oracle. The pretrained models
             keep 92-94%; no other case (and no oracle) gets anything back.
         utility_margin: percentage points of retain-class test accuracy (TA) below the oracle's that
-            count as damage. Oracles of three seeds lie within 0.44 points of each other, every
-            other case within 0.63 of its oracle; the distilled fresh networks are 8-10 below.
+            count as damage. Oracles of digit 9 lie within 0.44 points of each other, but forget 4's
+            within 1.01 (seed 1 against seed 0): the limit, 1.0 before, is 1.2. Every other case of the
+            first set is within 0.63 of its oracle; the distilled fresh networks are 8-10 below.
         mia_margin: random-sample mode only: percentage points of MIA efficacy below the oracle's
             that mean the forget samples still look like training members.
     """
 
     acc_margin: float = 5.0
     reach_margin: float = 25.0
-    probe_ratio: float = 0.4
+    probe_ratio: float = 0.25
     relearn_ratio: float = 0.25
     recovery_margin: float = 5.0
-    utility_margin: float = 1.0
+    utility_margin: float = 1.2
+    class_margin: float = 10.0
     mia_margin: float = 20.0
 
 
@@ -99,6 +106,15 @@ def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
         if match and key in oracle:
             ratios[int(match.group(1))] = (1 - auc) / max(1 - oracle[key], 1e-12)
     return ratios
+
+
+def worst_class(metrics: dict, oracle: dict) -> tuple[int, float] | None:
+    """``(class, points)``: the retain class whose test accuracy falls furthest below the oracle's same class; ``None``
+    where the metrics hold no per-class accuracies (random-sample mode, or numbers from before they were kept)."""
+    classes = metrics.get("retain_classes")
+    if not classes or "class_acc" not in oracle:
+        return None
+    return max(((c, oracle["class_acc"][c] - metrics["class_acc"][c]) for c in classes), key=lambda item: (item[1], -item[0]))
 
 
 def most_telling_layer(metrics: dict, oracle: dict) -> tuple[int, float] | None:
@@ -159,6 +175,13 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
     if metrics["ta"] < oracle["ta"] - t.utility_margin:
         utility.append(
             f"retain-class test accuracy {metrics['ta']:.2f}% is more than {t.utility_margin:g} points below the oracle's {oracle['ta']:.2f}%"
+        )
+
+    if (worst := worst_class(metrics, oracle)) is not None and worst[1] > t.class_margin:
+        c = worst[0]
+        utility.append(
+            f"class {c}'s test accuracy {metrics['class_acc'][c]:.1f}% is more than {t.class_margin:g} points below the oracle's "
+            f"{oracle['class_acc'][c]:.1f}%"
         )
 
     name = "incomplete" if output else "hides" if representation else "damages" if utility else "forgets"

@@ -8,6 +8,7 @@ they never touch the optimizer, metric or logging plumbing. The hooks follow tor
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -22,7 +23,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from unlearning.checkpoints import LatestCheckpoint, load_net_weights
+from unlearning.checkpoints import LatestCheckpoint, check_recorded_classes, load_net_weights, read_checkpoint
 from unlearning.data.splits import NUM_CLASSES, check_classes
 from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
@@ -91,9 +92,18 @@ class BaseTask(LightningModule):
         self.configure_models()
         self.weights = weights
         if weights is not None:
-            load_net_weights(self.net, weights)
+            checkpoint = read_checkpoint(weights)
+            check_recorded_classes(weights, checkpoint, sorted({type(self).__module__, type(self.net).__module__}))
+            load_net_weights(self.net, weights, checkpoint)
         self.configure_losses()
         self.configure_metrics()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, allow_modules: Sequence[str] = (), **kwargs: Any) -> Any:
+        """Lightning's loader, once the file is checked: it builds the network and optimizer classes the checkpoint names,
+        so each must lie in the project's modules or ``allow_modules`` (checked before anything is imported)."""
+        check_recorded_classes(checkpoint_path, read_checkpoint(checkpoint_path), allow_modules)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def constant(self, name: str, value: Tensor) -> None:
         """A tensor the task reads every step (class indices, a label map), kept on the module's device.
