@@ -41,6 +41,7 @@ from unlearning.errors import CellsFailed, UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
+from unlearning.evaluation.verdict import worst_class
 from unlearning.files import atomic_file
 from unlearning.launch import Launcher, Slurm, launch
 from unlearning.pages import replace_section
@@ -296,22 +297,25 @@ def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, 
 
 def worst_retain_class(row: dict[str, Any], oracle: dict[str, Any], holdout: Holdout, skip: set[int]) -> tuple[int, float] | None:
     """The retain class whose accuracy falls furthest below the same seed's oracle's, and by how much (percentage points):
-    a method can ruin one neighbour of the forgotten class while the average retain accuracy hardly moves."""
-    gaps = [
-        (c, 100 * (oracle[key] - row[key]))
-        for c in range(10)
-        if c not in skip and (key := f"{holdout}_class_acc/{c}") in row and key in oracle
-    ]
-    return max(gaps, key=lambda gap: gap[1]) if gaps else None
+    the verdict's own check (:func:`~unlearning.evaluation.verdict.worst_class`) on a bench row's per-class scores."""
+    keys = {c: f"{holdout}_class_acc/{c}" for c in range(10)}
+    if not all(key in row and key in oracle for key in keys.values()):
+        return None
+    as_metrics = [{"class_acc": [100 * r[keys[c]] for c in range(10)]} for r in (row, oracle)]
+    return worst_class({**as_metrics[0], "retain_classes": [c for c in range(10) if c not in skip]}, as_metrics[1])
+
+
+def _grid_axes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The verdict grid's rows (experiments with evidence) and columns (their methods, the pretrained model and oracle aside)."""
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments) if m not in ("pretrained", "oracle")]
+    return experiments, methods
 
 
 def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
     """Experiments (rows) by methods (columns): each cell's verdicts over the seeds (``forgets 3/3``), its retain accuracy
     against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class."""
-    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
-    methods = list(
-        dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments and r["method"] not in ("pretrained", "oracle"))
-    )
+    experiments, methods = _grid_axes(rows)
     if len(experiments) < 2 or not methods:
         return ""
     oracle = {(r["experiment"], r["seed"]): r for r in rows if r["method"] == "oracle"}
@@ -352,10 +356,7 @@ def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
-    methods = list(
-        dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments and r["method"] not in ("pretrained", "oracle"))
-    )
+    experiments, methods = _grid_axes(rows)
     if len(experiments) < 2 or not methods:
         return None
     order = list(VERDICT_COLOURS)  # best first
