@@ -1,9 +1,12 @@
 """Screenshots of TensorBoard's pages for a log folder, through headless Chromium: what a user sees after the README's workflow.
 
-    python tools/tensorboard_screenshots.py [--logdir lightning_logs] [--out docs/screenshots] [--workflow]
+    python tools/tensorboard_screenshots.py [--logdir lightning_logs] [--out tensorboard_screenshots] [--workflow]
+
+The shots go to ``--out`` (by default a folder of the current directory, never the shipped ``docs/screenshots``: refresh
+those with ``--out docs/screenshots`` on purpose).
 
 ``--workflow`` first runs the README's short workflow into ``--logdir`` (pretrain, oracle, selective gradient,
-reinit_distill, a test of the unlearned checkpoint). Needs Debian's ``chromium`` (``apt-get install -y chromium``);
+reset_retrain, a test of the unlearned checkpoint). Needs Debian's ``chromium`` (``apt-get install -y chromium``);
 TensorBoard is served on a free port of 127.0.0.1 only and stopped afterwards. Not part of the tests.
 """
 
@@ -19,7 +22,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"scalars": "#timeseries", "custom_scalars": "#custom_scalars", "images": "#images", "hparams": "#hparams"}
+#: file name -> TensorBoard page; each file is named for the tab a user clicks
+PAGES = {
+    "time_series": "#timeseries",
+    "scalars": "#scalars",
+    "custom_scalars": "#custom_scalars",
+    "images": "#images",
+    "hparams": "#hparams",
+}
 
 
 def free_port() -> int:
@@ -39,9 +49,9 @@ def workflow(logdir: Path) -> None:
     pretrained = fit("-c", "configs/pretrain.yaml", "--trainer.max_epochs=2")
     fit("-c", "configs/oracle.yaml", "--trainer.max_epochs=2")
     fit("-c", "configs/unlearn/selective_gradient.yaml", f"--model.init_args.weights={pretrained}")
-    unlearned = fit("-c", "configs/unlearn/reinit_distill.yaml", f"--model.init_args.weights={pretrained}")
+    unlearned = fit("-c", "configs/unlearn/reset_retrain.yaml", f"--model.init_args.weights={pretrained}")
     subprocess.run(
-        [sys.executable, "-m", "unlearning", "test", "-c", "configs/unlearn/reinit_distill.yaml", f"--ckpt_path={unlearned}", root],
+        [sys.executable, "-m", "unlearning", "test", "-c", "configs/unlearn/reset_retrain.yaml", f"--ckpt_path={unlearned}", root],
         cwd=ROOT,
         check=True,
     )
@@ -50,7 +60,7 @@ def workflow(logdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", type=Path, default=ROOT / "lightning_logs")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--out", type=Path, default=Path("tensorboard_screenshots"))
     parser.add_argument("--workflow", action="store_true", help="run the README's workflow into --logdir first")
     parser.add_argument("--wait", type=float, default=15.0, help="seconds Chromium lets each page render")
     args = parser.parse_args()

@@ -28,6 +28,7 @@ from unlearning.data.splits import NUM_CLASSES, check_classes
 from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
+from unlearning.run_dirs import classes_label
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
 #: the final validation metrics the HParams tab shows beside each run's settings
@@ -285,22 +286,32 @@ class BaseTask(LightningModule):
         }
 
     def key_hyperparameters(self) -> dict[str, Any]:
-        """What tells runs apart: the task and network, the classes, the optimiser and rate, the budget, the seed and the
-        task's own scalar settings (a mask fraction, a reset fraction...)."""
+        """What tells runs apart, for the HParams tab: five capitalised columns first, then the optimiser and rate, the
+        budget and the task's own scalar settings (a mask fraction, a reset fraction...).
+
+        TensorBoard lists hyperparameters by name and ticks the first five; capitals sort before lower case, so a
+        table of runs opens on ``Classes`` (``forget9``, ``replace6to3``), ``Method`` (the run folder's, e.g.
+        ``selective_gradient``), ``Net``, ``Seed`` and ``Stage``: short values that its narrow columns show whole,
+        where the run paths it names rows by are cut after a dozen characters.
+        """
         hparams = dict(self.hparams)
         optimizer = hparams.get("optimizer") if isinstance(hparams.get("optimizer"), dict) else {}
         datamodule = self.trainer.datamodule
+        stage, data = self.run_stage(hparams), getattr(datamodule, "hparams", {})
+        new = "_".join(map(str, self.new_classes))
         key = {
+            # a pretrain run forgets nothing: it learns every class, or every class but the new ones
+            "Classes": (f"without{new}" if new else "all") if stage == "pretrain" else classes_label(data),
+            "Method": str(getattr(self.logger, "name", "") or "").rpartition("/")[2] or None,
+            "Net": type(self.net).__name__,
+            "Seed": getattr(datamodule, "seed", None),
+            "Stage": stage,
             "task": type(self).__name__,
-            "net": type(self.net).__name__,
-            "forget_classes": str(self.forget_classes),
-            "new_classes": str(self.new_classes),
             "optimizer": str(optimizer.get("class_path", "")).rpartition(".")[2],
             "lr": (optimizer.get("init_args") or {}).get("lr"),
             "max_steps": self.trainer.max_steps,
             "max_epochs": self.trainer.max_epochs,
             "batch_size": getattr(datamodule, "batch_size", None),
-            "seed": getattr(datamodule, "seed", None),
         }
         # LightningCLI's own bookkeeping (``_class_path``, ``_instantiator``) is not a setting
         key |= {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k not in key and not k.startswith("_")}
