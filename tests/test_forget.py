@@ -14,8 +14,10 @@ from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpo
 from unlearning.cli import main
 from unlearning.data import MNISTDataModule
 from unlearning.errors import UsageError
-from unlearning.saliency import diagonal_fisher, reinitialize, ssd_dampening
-from unlearning.tasks.forget import HeadMask, SelectiveGradient, check_trained_on, split_batches
+from unlearning.losses import distillation
+from unlearning.models import SeedMLP
+from unlearning.saliency import diagonal_fisher, reinitialize, specificity, ssd_dampening, top_fraction_mask, union, unit_mask
+from unlearning.tasks.forget import HeadMask, ResetRetrain, SelectiveGradient, check_trained_on, split_batches
 
 UNLEARN = CONFIGS / "unlearn"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1"]
@@ -46,7 +48,7 @@ def untrained_weights(tmp_path_factory):
     return save
 
 
-@pytest.mark.parametrize("config", sorted(UNLEARN.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(p for p in UNLEARN.glob("*.yaml") if not p.is_symlink()), ids=lambda p: p.stem)
 def test_every_unlearning_config_runs_through_the_cli(config, pretrained_ckpt, untrained_weights, tmp_path):
     net = yaml.safe_load(config.read_text())["model"]["init_args"]["net"]["class_path"]
     weights = pretrained_ckpt if net == "unlearning.models.SeedMLP" else untrained_weights(net)
@@ -153,15 +155,15 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         ("selective_gradient", "pretrained", ["--model.init_args.mask_fraction=1.5"], r"mask_fraction must lie in \(0, 1\], got 1.5"),
         ("random_label", "oracle", [], r"oracle run that never trained on class \[9\]"),
         ("layer_freeze_1", "pretrained", ["--model.init_args.layers=6"], r"layers must lie in 1..5 for SeedMLP, got 6"),
-        ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=0"], r"reset_fraction must lie in \(0, 1\], got 0"),
-        ("reinit_distill", "pretrained", ["--model.init_args.reset_fraction=1.5"], r"reset_fraction must lie in \(0, 1\], got 1.5"),
+        ("reset_retrain", "pretrained", ["--model.init_args.reset_fraction=0"], r"reset_fraction must lie in \(0, 1\], got 0"),
+        ("reset_retrain", "pretrained", ["--model.init_args.reset_fraction=1.5"], r"reset_fraction must lie in \(0, 1\], got 1.5"),
         (
-            "reinit_distill",
+            "reset_retrain",
             "pretrained",
             ["--model.init_args.reset_unit_fraction=-0.1"],
             r"reset_unit_fraction must lie in \[0, 1\], got -0.1",
         ),
-        ("reinit_distill", "none", [], r"ReinitDistill starts from trained weights: give --model.init_args.weights"),
+        ("reset_retrain", "none", [], r"ResetRetrain starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
         (
@@ -190,29 +192,84 @@ def test_bad_inputs_are_usage_errors_naming_the_problem(config, weights, overrid
         unlearn(UNLEARN / f"{config}.yaml", path, tmp_path, *override)
 
 
-def test_reinit_distill_resets_exactly_its_mask_and_then_trains_every_weight(pretrained_ckpt, tmp_path):
-    frozen = unlearn(UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path / "lr0", "--model.init_args.optimizer.init_args.lr=0")
+def test_reset_retrain_resets_exactly_the_most_specific_weights_and_units_then_trains_every_weight(pretrained_ckpt, tmp_path):
+    frozen = unlearn(UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path / "lr0", "--model.init_args.optimizer.init_args.lr=0")
     reset = last_contents(frozen)["reset_masks"]
     before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(frozen.trainer))
     for name, mask in reset.items():  # at learning rate 0 only the reset moved anything
         assert torch.equal(after[name] != before[name], mask), name
-    kept = sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values())
-    assert kept >= 0.25  # the top quarter of all weights, plus whole units
-    units = reset["features.1.weight"].all(1)
-    assert units.sum() == 25 and torch.equal(reset["features.1.bias"], units)  # half the first layer's 50 units, rows and biases
-    trained = unlearn(UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path / "trained")
+    # the mask is the specificity ranking's top quarter of all weights and top half of the first layer's units, in
+    # that order: a halved fraction, a reversed ranking (retain-specific first) or forget and retain swapped all differ
+    net = SeedMLP()
+    net.load_state_dict(before)
+    datamodule = frozen.datamodule
+    scores = specificity(
+        diagonal_fisher(net, split_batches(datamodule, "forget", size=1000)),
+        diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=5000)),
+    )
+    expected = union(top_fraction_mask(scores, 0.25), unit_mask(net, scores, 0.5))
+    assert all(torch.equal(reset[name], expected[name]) for name in expected)
+    assert reset["features.1.weight"].all(1).sum() == 25 and torch.equal(reset["features.1.bias"], reset["features.1.weight"].all(1))
+    trained = unlearn(UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path / "trained")
     assert changed(before, net_state_dict(last_checkpoint(trained.trainer))) == set(before)  # no weight is frozen
 
 
-def test_reinit_distill_resets_its_fractions_per_forget_class(pretrained_ckpt, tmp_path):
+def test_reset_retrain_distils_the_remaining_classes_logits_only(pretrained_ckpt, tmp_path):
+    """With ``distill_weight``, the teacher's forget logit is never distilled back: the loss is KL over the other nine."""
+    cli = unlearn(UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path, "--model.init_args.distill_weight=2", run=False)
+    task = cli.model
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        task.net.head.bias[9] += 3.0  # the student now disagrees with the teacher about the 9 alone
+        terms = task.losses({"retain": (x, torch.zeros(8, dtype=torch.long))})
+        logits, target = task.net(x), task.teacher(x)
+    remaining = [c for c in range(10) if c != 9]
+    assert torch.allclose(terms["distill_loss"], 2 * distillation(logits[:, remaining], target[:, remaining], 1.0))
+    assert not torch.allclose(terms["distill_loss"], 2 * distillation(logits, target, 1.0))
+
+
+def test_reset_retrain_resets_its_fractions_per_forget_class(pretrained_ckpt, tmp_path):
     """Two classes reset 1 - (1 - 0.25)² of the weights and 1 - (1 - 0.5)² of the first layer's units."""
     cli = unlearn(
-        UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0",
+        UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0",
         "--data.init_args.forget_classes=[3,5]", "--trainer.max_steps=1",
     )  # fmt: skip
     reset = last_contents(cli)["reset_masks"]
     assert reset["features.1.weight"].all(1).sum() == round(0.75 * 50)
     assert sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values()) >= 1 - 0.75**2
+
+
+def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_rest_bit_identical(pretrained_ckpt, tmp_path):
+    cli = unlearn(UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path)
+    checkpoint = last_contents(cli)
+    reset, moving = checkpoint["reset_masks"], checkpoint["weight_masks"]
+    first = ("features.1.weight", "features.1.bias")
+    units = reset["features.1.weight"].all(1)
+    assert units.sum() == 15 and torch.equal(reset["features.1.bias"], units)  # 30% of the first layer's 50 units, whole rows
+    assert all(torch.equal(moving[k], reset[k]) for k in first)  # in the first layer, what moves is what was reset
+    assert all(moving[k].all() for k in moving if k not in first)  # every later layer trains...
+    later = [reset[k] for k in reset if k not in first]
+    assert abs(sum(int(m.sum()) for m in later) / sum(m.numel() for m in later) - 0.25) < 0.01  # ...its most specific quarter reset
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(cli.trainer))
+    for name, mask in moving.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name  # bit for bit, after two Adam steps
+    for name, mask in reset.items():
+        assert (after[name][mask] != before[name][mask]).all(), name  # fresh values, then trained
+    frozen = sum(int((~m).sum()) for m in moving.values()) / sum(m.numel() for m in moving.values())
+    assert frozen >= 0.6  # a frozen majority: 35 of the 50 first-layer units are most of the network
+
+
+def test_the_old_name_of_reset_retrain_still_runs_with_one_deprecation_notice(pretrained_ckpt, tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"reinit_distill.yaml is now .*reset_retrain.yaml"):
+        cli = unlearn(UNLEARN / "reinit_distill.yaml", pretrained_ckpt, tmp_path / "config", "--trainer.max_steps=1")
+    assert Path(cli.trainer.log_dir).parent.name == "reset_retrain"  # filed under the new name
+    with pytest.warns(DeprecationWarning, match="ReinitDistill is now ResetRetrain") as caught:
+        cli = unlearn(
+            UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path / "class", "--trainer.max_steps=1",
+            "--model.class_path=unlearning.tasks.forget.ReinitDistill",
+        )  # fmt: skip
+    assert len([w for w in caught if issubclass(w.category, DeprecationWarning)]) == 1
+    assert cli.model.distill_weight == 0.0 and cli.model.teacher is None  # the config's setting, not the old default
 
 
 def test_undo_moves_every_weight_halfway_to_a_fresh_init_before_distilling(pretrained_ckpt, tmp_path):
@@ -294,6 +351,43 @@ def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretra
         assert torch.equal(ranks[0][name], mask) and torch.equal(ranks[1][name], mask), name
         assert torch.equal(after[name][~mask], before[name][~mask]), name
     assert changed(before, after)
+
+
+class RankDependentReset(ResetRetrain):
+    """Rank 1 ranks the weights the opposite way from rank 0: only the broadcast can make the ranks reset the same ones."""
+
+    def reset_scores(self, *args, **kwargs):
+        scores = super().reset_scores(*args, **kwargs)
+        return {k: -v for k, v in scores.items()} if self.global_rank == 1 else scores
+
+
+class ResetDump(Callback):
+    """Saves each rank's reset mask and weights at its first step, after the reset."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            state = {"reset": pl_module.reset_masks, "net": pl_module.net.state_dict()}
+            torch.save(
+                {part: {k: v.cpu() for k, v in d.items()} for part, d in state.items()}, self.folder / f"reset_{trainer.global_rank}.pt"
+            )
+
+
+@pytest.mark.timeout(300)
+def test_two_process_reset_resets_the_same_weights_to_the_same_values_on_every_rank(pretrained_ckpt, tmp_path):
+    cli = unlearn(
+        UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=1", "--model.init_args.log_figures=false",
+        "--model.class_path=tests.test_forget.RankDependentReset", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.strategy=ddp_spawn", run=False,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(ResetDump(tmp_path))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    ranks = [torch.load(tmp_path / f"reset_{rank}.pt") for rank in (0, 1)]
+    for part in ("reset", "net"):
+        assert all(torch.equal(ranks[0][part][k], ranks[1][part][k]) for k in ranks[0][part]), part
+    assert ranks[0]["reset"]["features.1.weight"].any()
 
 
 def test_a_run_stopped_mid_epoch_resumes_to_exactly_the_uninterrupted_result(pretrained_ckpt, tmp_path):

@@ -32,7 +32,7 @@ def test_every_stage_runs_and_evaluates_at_each_precision(precision, tmp_path):
     flags = PRECISIONS[precision]
     pretrained = last_checkpoint(_fit(CONFIGS / "pretrain.yaml", tmp_path / "pretrain", "--trainer.limit_train_batches=10", *flags).trainer)
     oracle = last_checkpoint(_fit(CONFIGS / "oracle.yaml", tmp_path / "oracle", "--trainer.limit_train_batches=10", *flags).trainer)
-    unlearned = _fit(CONFIGS / "unlearn" / "reinit_distill.yaml", tmp_path / "unlearn", f"--model.init_args.weights={pretrained}",
+    unlearned = _fit(CONFIGS / "unlearn" / "reset_retrain.yaml", tmp_path / "unlearn", f"--model.init_args.weights={pretrained}",
                      "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--model.init_args.distill_weight=1", *flags)  # fmt: skip
     assert unlearned.trainer.global_step == 3 and torch.isfinite(unlearned.trainer.callback_metrics["val/acc"])
     replace_pretrained = last_checkpoint(
@@ -55,7 +55,7 @@ def test_one_shot_edits_refuse_a_grad_scaler_in_one_line(method, pretrained_ckpt
 
 
 def test_a_true_precision_casts_the_data_once_and_the_teacher_with_the_net(pretrained_ckpt, tmp_path):
-    cli = _fit(CONFIGS / "unlearn" / "reinit_distill.yaml", tmp_path, f"--model.init_args.weights={pretrained_ckpt}",
+    cli = _fit(CONFIGS / "unlearn" / "reset_retrain.yaml", tmp_path, f"--model.init_args.weights={pretrained_ckpt}",
                "--trainer.max_steps=2", "--model.init_args.distill_weight=1", "--trainer.precision=bf16-true")  # fmt: skip
     assert cli.datamodule._tensors["train"][0].dtype == torch.bfloat16 and cli.datamodule._tensors["train"][1].dtype == torch.int64
     assert next(cli.model.teacher.parameters()).dtype == torch.bfloat16

@@ -16,6 +16,7 @@ from unlearning.saliency import (
     specificity,
     ssd_dampening,
     top_fraction_mask,
+    unchanged_share,
     unit_mask,
 )
 
@@ -194,3 +195,13 @@ def test_per_class_share_compounds_and_keeps_one_class_exact():
     assert per_class_share(0.5, 3) == pytest.approx(0.875) and per_class_share(1.0, 2) == 1.0
     with pytest.raises(ValueError, match="at least one class"):
         per_class_share(0.25, 0)
+
+
+def test_unchanged_share_counts_entries_equal_bit_for_bit():
+    before = {"w": torch.tensor([0.0, 1.0, 2.0, 3.0]), "b": torch.tensor([5.0])}
+    after = {"w": torch.tensor([-0.0, 1.0, 2.5, 3.0]), "b": torch.tensor([5.0])}  # -0.0 == 0.0, but not bit for bit
+    assert unchanged_share(before, after) == 3 / 5 and unchanged_share(before, before) == 1
+    with pytest.raises(ValueError, match=r"different tensors: \['b'\]"):
+        unchanged_share(before, {"w": after["w"]})
+    with pytest.raises(ValueError, match=r"w: shape \(4,\) against \(2,\)"):
+        unchanged_share(before, {"w": torch.zeros(2), "b": after["b"]})

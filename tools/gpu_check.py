@@ -86,8 +86,8 @@ def check_stages(out: Path) -> None:
         frozen and forget < 0.01,
         f"{seconds:.2f} s, forget {100 * forget:.2f}%, unselected weights bit-identical: {frozen}",
     )
-    cli, seconds = fit("unlearn/reinit_distill.yaml", out / "rd", f"--model.init_args.weights={pre}")
-    report("reinit_distill", True, f"{seconds:.2f} s, forget {100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%")
+    cli, seconds = fit("unlearn/reset_retrain.yaml", out / "rd", f"--model.init_args.weights={pre}")
+    report("reset_retrain", True, f"{seconds:.2f} s, forget {100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%")
     cli, seconds = fit("replace/selective_gradient.yaml", out / "rsg", f"--model.init_args.weights={rpre}")
     metrics = cli.trainer.callback_metrics
     report(
@@ -205,7 +205,7 @@ def check_syncs(out: Path) -> None:
         print("SKIP syncs: CUDA's sync debug mode needs a GPU", flush=True)
         return
     pre, _, rpre, _ = pretrained(out)
-    for config, weights in (("pretrain.yaml", None), ("unlearn/selective_gradient.yaml", pre), ("unlearn/reinit_distill.yaml", pre),
+    for config, weights in (("pretrain.yaml", None), ("unlearn/selective_gradient.yaml", pre), ("unlearn/reset_retrain.yaml", pre),
                             ("replace/selective_gradient.yaml", rpre)):  # fmt: skip
         args = [
             "-c",

@@ -7,7 +7,7 @@ rank of a DDP job that scores the same data with the same weights selects the sa
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Literal
 
 import torch
@@ -226,6 +226,30 @@ def mask_summary(masks: dict[str, Tensor]) -> dict[str, float]:
     summary = {name: m.float().mean().item() for name, m in masks.items()}
     summary["all"] = sum(m.sum().item() for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))
     return summary
+
+
+def unchanged_share(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> float:
+    """The share of ``before``'s entries that ``after`` holds bit for bit: what an audit of a patch can skip.
+
+    Compared as raw bits, so a weight that moved away and came back counts as unchanged only if it is the very same
+    number (``-0.0`` is not ``0.0``). Both must hold the same tensors.
+    """
+    if set(before) != set(after):
+        raise ValueError(f"the two state dicts hold different tensors: {sorted(set(before) ^ set(after))}")
+    same = total = 0
+    for name, value in before.items():
+        other = after[name]
+        if value.shape != other.shape:
+            raise ValueError(f"{name}: shape {tuple(value.shape)} against {tuple(other.shape)}")
+        same += int((_bits(value) == _bits(other)).sum())
+        total += value.numel()
+    return same / max(total, 1)
+
+
+def _bits(value: Tensor) -> Tensor:
+    value = value.detach().cpu().contiguous()
+    width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[value.element_size()]
+    return value.view(width) if value.is_floating_point() else value
 
 
 class ExactFreeze:

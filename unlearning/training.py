@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from unlearning.checkpoints import (
@@ -98,6 +98,20 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
 silence_checked_notices()
 
 
+#: shipped configs renamed, old file name -> new: the old name stays, as a link to the new file, for one release
+RENAMED_CONFIGS = {"reinit_distill.yaml": "reset_retrain.yaml"}
+
+
+def renamed_config(path: str) -> str:
+    """``path``, or the file it was renamed to (with a one-line deprecation notice) where it is a shipped config's old name."""
+    new = RENAMED_CONFIGS.get(Path(path).name)
+    if new is None or not Path(path).is_symlink():
+        return path
+    renamed = str(Path(path).with_name(new))
+    rank_zero_deprecation(f"{path} is now {renamed}; the old name goes in the next release")
+    return renamed
+
+
 class UnlearningCLI(LightningCLI):
     """LightningCLI whose task reads the classes from the datamodule (a user states them once), whose runs get
     named, atomically claimed folders, and whose fit refuses what it cannot honour before anything is written."""
@@ -130,7 +144,7 @@ class UnlearningCLI(LightningCLI):
             if args.save_dir is None:
                 args.save_dir = str(Path(config.trainer.default_root_dir or ".") / "lightning_logs")
             if args.name is None:
-                files = config.get("config") or []
+                files = [renamed_config(str(f)) for f in config.get("config") or []]
                 args.name = run_name(task.run_stage(config.model.init_args), config.model.init_args.net.class_path,
                                      config.data.init_args, files[0] if files else None)  # fmt: skip
             if ckpt_path is not None:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_deprecation
 from torch import Tensor
 
 from unlearning.checkpoints import LatestCheckpoint, held_out_classes
@@ -129,41 +130,6 @@ class UnlearnTask(BaseTask):
         if remaining_only:
             logits, target = logits.index_select(1, self.remaining_classes), target.index_select(1, self.remaining_classes)
         return distillation(logits, target, temperature)
-
-    def reset_specific_weights(
-        self, forget_split: str, fraction: float, unit_fraction: float, score: ResetScore, retain_samples: int, batch_size: int
-    ) -> dict[str, Tensor]:
-        """Reset to a fresh initialisation the weights that serve the ``forget_split`` most: the top ``fraction`` of all
-        weights by ``score`` and the top ``unit_fraction`` of the first layer's units (whole rows), each per forget
-        class (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Returns the reset mask.
-
-        ``specificity`` ranks by the forget split's diagonal Fisher over the retain split's (on a seeded
-        ``retain_samples``-sample subset), both in batches of ``batch_size``; ``abs_grad`` by the forget
-        loss's saliency alone. Rank 0's mask is broadcast; the fresh values are drawn from the split's
-        seed, so every rank resets the same entries to the same numbers. The mask is kept in the
-        checkpoint (``reset_masks``).
-        """
-        datamodule = self.trainer.datamodule
-        if score == "specificity":
-            retain = split_batches(datamodule, "retain", size=batch_size, samples=retain_samples)
-            scores = specificity(
-                diagonal_fisher(self.net, split_batches(datamodule, forget_split, size=batch_size)), diagonal_fisher(self.net, retain)
-            )
-        else:
-            scores = saliency_scores(self.net, split_batches(datamodule, forget_split, size=SALIENCY_CHUNK), "abs_grad")
-        classes = max(1, len(self.forget_classes))
-        masks = [top_fraction_mask(scores, per_class_share(fraction, classes))]
-        if unit_fraction:
-            masks.append(unit_mask(self.net, scores, per_class_share(unit_fraction, classes)))
-        reset = self.broadcast_from_rank_zero(union(*masks))
-        reinitialize(self.net, reset, seed=datamodule.seed)
-        self.reset_masks = reset
-        summary = mask_summary(reset)
-        if self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics({f"reset/{k}": v for k, v in summary.items()}, step=0)
-        if self.log_figures:
-            self.log_image("reset/first_layer", mask_images(next(iter(reset.values()))))
-        return reset
 
     def stream_logits(self, batch: Batch) -> dict[str, Tensor]:
         """``net``'s logits for every stream of the batch, from one forward pass over the streams stacked.
@@ -296,29 +262,116 @@ class LayerFreeze(UnlearnTask):
         return last_layers_mask(self.net, self.layers)
 
 
-class ReinitDistill(UnlearnTask):
-    """Reset what serves the forget class, then retrain every weight on retain data, distilling the pretrained model.
+class SpecificReset:
+    """What the tasks that reset the weights serving the forget classes share (:class:`ResetRetrain`,
+    :class:`~unlearning.tasks.replace.ReplaceTask`): the ranking, the reset, and with ``train_only_reset`` the mask of
+    what may move. A mix-in for an :class:`UnlearnTask`; :meth:`set_reset` takes and checks the settings.
+    """
+
+    reset_fraction: float
+    reset_unit_fraction: float
+    reset_score: ResetScore
+    train_only_reset: bool
+    mask_layers: int | None
+    rank_retain_samples: int
+    fisher_batch_size: int
+
+    def set_reset(
+        self,
+        reset_fraction: float,
+        reset_unit_fraction: float,
+        reset_score: ResetScore,
+        train_only_reset: bool,
+        mask_layers: int | None,
+        rank_retain_samples: int,
+        fisher_batch_size: int,
+    ) -> None:
+        check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
+        self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
+        self.train_only_reset, self.mask_layers = train_only_reset, mask_layers
+        self.rank_retain_samples, self.fisher_batch_size = rank_retain_samples, fisher_batch_size
+        self.pending_reset: dict[str, Tensor] | None = None
+
+    def reset_scores(self) -> dict[str, Tensor]:
+        """Per weight, how much it serves the forget split: ``specificity`` ranks by the forget split's diagonal Fisher over
+        the retain split's (on a seeded ``rank_retain_samples`` subset), both in batches of ``fisher_batch_size``;
+        ``abs_grad`` by the forget loss's saliency alone."""
+        datamodule = self.trainer.datamodule
+        if self.reset_score == "specificity":
+            forget = split_batches(datamodule, "forget", size=self.fisher_batch_size)
+            retain = split_batches(datamodule, "retain", size=self.fisher_batch_size, samples=self.rank_retain_samples)
+            return specificity(diagonal_fisher(self.net, forget), diagonal_fisher(self.net, retain))
+        return saliency_scores(self.net, split_batches(datamodule, "forget", size=SALIENCY_CHUNK), "abs_grad")
+
+    def specific_weights(self) -> dict[str, Tensor]:
+        """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
+        ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
+        the first layer's units (whole rows), each per forget class (:func:`~unlearning.saliency.per_class_share`: with
+        two classes, 1 - (1 - fraction)²). Rank 0's mask, on every rank."""
+        scores = self.reset_scores()
+        classes = max(1, len(self.forget_classes))
+        ranked = scores
+        if self.mask_layers is not None:  # rank only the layers that train; the others are never reset
+            layers = last_layers_mask(self.net, self.mask_layers)
+            ranked = {k: v for k, v in scores.items() if layers[k].all()}
+        top = top_fraction_mask(ranked, per_class_share(self.reset_fraction, classes))
+        masks = [{k: top[k] if k in top else torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}]
+        if self.reset_unit_fraction:
+            masks.append(unit_mask(self.net, scores, per_class_share(self.reset_unit_fraction, classes)))
+        return self.broadcast_from_rank_zero(union(*masks))
+
+    def reset_training_mask(self) -> dict[str, Tensor] | None:
+        """With ``train_only_reset``: what may move, the weights :meth:`specific_weights` picks (reset by :meth:`apply_reset`)
+        and the last ``mask_layers`` layers; ``None`` (everything) without it."""
+        if not self.train_only_reset:
+            return None
+        self.pending_reset = self.specific_weights()
+        if self.mask_layers is None:
+            return {k: m.clone() for k, m in self.pending_reset.items()}
+        return union(self.pending_reset, last_layers_mask(self.net, self.mask_layers))
+
+    def apply_reset(self) -> None:
+        """Reset the specific weights (those :meth:`reset_training_mask` picked, if it ran) to a fresh initialisation drawn
+        from the split's seed, so every rank draws the same numbers; keep the mask in the checkpoint (``reset_masks``) and
+        log its size and first-layer picture."""
+        reset = self.pending_reset if self.pending_reset is not None else self.specific_weights()
+        reinitialize(self.net, reset, seed=self.trainer.datamodule.seed)
+        self.reset_masks = reset
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics({f"reset/{k}": v for k, v in mask_summary(reset).items()}, step=0)
+        if self.log_figures:
+            self.log_image("reset/first_layer", mask_images(next(iter(reset.values()))))
+
+
+class ResetRetrain(SpecificReset, UnlearnTask):
+    """Reset what serves the forget class, then retrain on retain data: every weight, or (``train_only_reset``) the reset
+    ones and the last ``mask_layers`` layers, every other weight bit-identical.
 
     The weights most specific to the forget class (the top ``reset_fraction`` by ``reset_score``) and the
     first layer's most specific units (the top ``reset_unit_fraction``, whole rows: in an MLP that layer
     holds most of the weights, and its detectors of the class survive a scattered reset) go back to a
-    fresh initialisation. Then every weight trains on retain batches with cross-entropy plus
-    ``distill_weight`` · KL(pretrained ‖ net) over the remaining classes' logits (:meth:`UnlearnTask.distill`),
-    which restores the retain classes far faster than retraining from scratch.
+    fresh initialisation (:meth:`SpecificReset.specific_weights`). Then the network trains on retain batches with
+    cross-entropy, plus ``distill_weight`` · KL(pretrained ‖ net) over the remaining classes' logits
+    (:meth:`UnlearnTask.distill`) where that is set.
 
-    A different guarantee from :class:`SelectiveGradient`'s: no weight stays bit-identical here. What
-    it offers instead is the evidence suite's: outputs, probes of every hidden layer, relearning and
-    reachability like the oracle's.
+    With ``train_only_reset`` the rest stays bit-identical to the pretrained model, with the exact freeze of
+    :class:`SelectiveGradient` (configs/unlearn/masked_reset.yaml): selective-gradient unlearning whose selected
+    weights start afresh instead of from what they had learned of the class. Without it no weight is
+    guaranteed unchanged. What both offer is the evidence suite's: outputs, probes of every hidden
+    layer, relearning and reachability like the oracle's.
 
     Args:
-        reset_fraction: fraction of all weights reset per forget class, in (0, 1] (two classes reset
+        reset_fraction: fraction of the ranked weights reset per forget class, in (0, 1] (two classes reset
             1 - (1 - reset_fraction)²: they share more of the network than one does).
         reset_unit_fraction: fraction of the first layer's units reset per forget class, in [0, 1].
         reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
             ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
+        train_only_reset: train the reset weights (and the last ``mask_layers`` layers) alone; freeze the rest exactly.
+        mask_layers: the last layers that train whole beside the reset, and among which ``reset_fraction`` is ranked;
+            ``None``: no layer whole, the ranking over every weight.
         rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by.
         fisher_batch_size: samples per squared gradient in both Fishers.
-        distill_weight, distill_temperature: the distillation's weight and softening.
+        distill_weight, distill_temperature: the distillation's weight (0: none, no teacher is kept) and softening.
     """
 
     train_streams: Mapping[str, Sequence[str]] = {"retain": ("retain",)}
@@ -329,28 +382,33 @@ class ReinitDistill(UnlearnTask):
         reset_fraction: float = 0.15,
         reset_unit_fraction: float = 0.5,
         reset_score: ResetScore = "specificity",
+        train_only_reset: bool = False,
+        mask_layers: int | None = None,
         rank_retain_samples: int = 5000,
         fisher_batch_size: int = 1000,
-        distill_weight: float = 1.0,
+        distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         **kwargs: Any,
     ):
-        check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
+        self.set_reset(
+            reset_fraction, reset_unit_fraction, reset_score, train_only_reset, mask_layers, rank_retain_samples, fisher_batch_size
+        )
         if distill_weight < 0 or distill_temperature <= 0:
             raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")
-        self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
-        self.rank_retain_samples, self.fisher_batch_size = rank_retain_samples, fisher_batch_size
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
         super().__init__(*args, **kwargs)
         if not self.forget_classes:
-            raise UsageError("ReinitDistill resets what serves whole classes; set forget_classes")
+            raise UsageError(f"{type(self).__name__} resets what serves whole classes; set forget_classes")
+        if mask_layers is not None:
+            last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
         if distill_weight:
             self.keep_teacher()
 
+    def weight_mask(self) -> dict[str, Tensor] | None:
+        return self.reset_training_mask()
+
     def prepare_net(self) -> None:
-        self.reset_specific_weights(
-            "forget", self.reset_fraction, self.reset_unit_fraction, self.reset_score, self.rank_retain_samples, self.fisher_batch_size
-        )
+        self.apply_reset()
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch["retain"]
@@ -359,6 +417,17 @@ class ReinitDistill(UnlearnTask):
         if self.distill_weight:
             terms["distill_loss"] = self.distill_weight * self.distill(logits, x, self.distill_temperature, remaining_only=True)
         return terms
+
+
+class ReinitDistill(ResetRetrain):
+    """The name :class:`ResetRetrain` shipped under, kept for one release (its recipe has not distilled since
+    ``distill_weight: 0`` became its setting); the default ``distill_weight`` stays what it was, 1."""
+
+    def __init__(self, *args: Any, distill_weight: float = 1.0, **kwargs: Any):
+        rank_zero_deprecation(
+            "unlearning.tasks.forget.ReinitDistill is now ResetRetrain (it resets and retrains); the old name goes in the next release"
+        )
+        super().__init__(*args, distill_weight=distill_weight, **kwargs)
 
 
 class Undo(UnlearnTask):

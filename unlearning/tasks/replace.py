@@ -6,7 +6,8 @@ It is :class:`~unlearning.tasks.forget.SelectiveGradient` with a third data stre
 a choice of where the saliency comes from, distillation from the pretrained model, a linear probe
 of the new output units before fine-tuning, and a choice of output unit for the new class. With
 ``reset_fraction`` it resets what serves the old class first, as
-:class:`~unlearning.tasks.forget.ReinitDistill` does when forgetting.
+:class:`~unlearning.tasks.forget.ResetRetrain` does when forgetting, and with ``train_only_reset`` trains those weights
+alone.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from unlearning.errors import UsageError
 from unlearning.metrics import unit_to_label
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
-from unlearning.tasks.forget import ResetScore, SelectiveGradient, check_reset
+from unlearning.tasks.forget import ResetScore, SelectiveGradient, SpecificReset
 
 HeadMode = Literal["own", "reuse"]
 SaliencyFrom = Literal["old", "new", "both"]
 DistillUnits = Literal["all", "retain"]
 
 
-class ReplaceTask(SelectiveGradient):
+class ReplaceTask(SpecificReset, SelectiveGradient):
     """Replaces the ``forget_classes`` (old) by the ``new_classes``, starting from pretrained ``weights``.
 
     One step sees a batch of each stream, ``forget`` (old class), ``new`` and ``retain``, and minimises
@@ -62,7 +63,10 @@ class ReplaceTask(SelectiveGradient):
             units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
         reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size: reset
             what serves the old class to a fresh initialisation before anything else (the reset of
-            :class:`~unlearning.tasks.forget.ReinitDistill`); ``None`` resets nothing.
+            :class:`~unlearning.tasks.forget.ResetRetrain`); ``None`` resets nothing.
+        train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
+            head rows (the probe writes them); every other weight stays bit-identical. Needs ``reset_fraction``; replaces
+            the saliency mask, and ``reset_fraction`` is then ranked among the last ``mask_layers`` layers.
         probe_iterations: L-BFGS iterations of a linear probe that fits the new classes' output units
             on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
         probe_samples: shuffled samples of retain ∪ new the probe fits on: plenty for a few linear
@@ -89,6 +93,7 @@ class ReplaceTask(SelectiveGradient):
         reset_fraction: float | None = None,
         reset_unit_fraction: float = 0.0,
         reset_score: ResetScore = "specificity",
+        train_only_reset: bool = False,
         rank_retain_samples: int = 5000,
         fisher_batch_size: int = 1000,
         probe_iterations: int = 0,
@@ -106,10 +111,14 @@ class ReplaceTask(SelectiveGradient):
             )
         if distill_units not in ("all", "retain"):
             raise UsageError(f"distill_units must be 'all' or 'retain', got {distill_units!r}")
-        if reset_fraction is not None:
-            check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
-        self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
-        self.rank_retain_samples, self.fisher_batch_size, self.distill_units = rank_retain_samples, fisher_batch_size, distill_units
+        if train_only_reset and reset_fraction is None:
+            raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction too")
+        self.resets = reset_fraction is not None
+        self.set_reset(
+            reset_fraction if reset_fraction is not None else 1.0, reset_unit_fraction, reset_score, train_only_reset, mask_layers,
+            rank_retain_samples, fisher_batch_size,
+        )  # fmt: skip
+        self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
@@ -164,6 +173,8 @@ class ReplaceTask(SelectiveGradient):
         return terms
 
     def weight_mask(self) -> dict[str, Tensor] | None:
+        if self.train_only_reset:
+            return self.with_new_rows(self.reset_training_mask())
         if self.mask_layers is not None:
             return last_layers_mask(self.net, self.mask_layers)
         if self.mask_fraction == 1.0:
@@ -176,18 +187,21 @@ class ReplaceTask(SelectiveGradient):
             scores.append(saliency_scores(self.net, new, self.mask_score))
         if len(scores) == 2:
             scores = [{k: s / sum(v.sum() for v in score.values()) for k, s in score.items()} for score in scores]
-        masks = top_fraction_mask({k: sum(score[k] for score in scores) for k in scores[0]}, self.mask_fraction, self.mask_scope)
-        if self.probe_iterations:  # the probe writes the new units' rows, so they must be free to move
+        return self.with_new_rows(
+            top_fraction_mask({k: sum(score[k] for score in scores) for k in scores[0]}, self.mask_fraction, self.mask_scope)
+        )
+
+    def with_new_rows(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``masks`` with the new classes' head rows free to move where the probe writes them."""
+        if self.probe_iterations:
             for name in ("head.weight", "head.bias"):
                 masks[name][self.target_unit[self.new_classes]] = True
         return masks
 
     def prepare_net(self) -> None:
         """Reset what serves the old class (if asked), then probe the new units on the features that are left."""
-        if self.reset_fraction is not None:
-            self.reset_specific_weights(
-                "forget", self.reset_fraction, self.reset_unit_fraction, self.reset_score, self.rank_retain_samples, self.fisher_batch_size
-            )
+        if self.resets:
+            self.apply_reset()
         if self.probe_iterations:
             self.probe()
 
