@@ -30,11 +30,13 @@ from unlearning.evaluation import (
     relearn_steps,
     verdict,
 )
+from unlearning.evaluation.attacks import prototype_relearn, quantize_
 from unlearning.evaluation.cli import evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import hidden_layers, label_log_probabilities, layer_features
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
+from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import most_telling_layer, probe_ratios, worst_class
 from unlearning.metrics import unit_to_label
@@ -131,6 +133,7 @@ def test_mia_features_by_hand():
 ORACLE = {
     "ua": 100.0, "ra": 97.0, "ta": 96.0, "mia": 100.0, "forget_test_acc": 0.0, "relearn_steps": 20, "recovered_acc": 0.0,
     "probe_auc_layer1": 0.96, "probe_auc_layer2": 0.90, "reach_noise_linf": 0.0, "reach_real_linf": 8.0,
+    "proto_acc": 40.0, "quant8_acc": 0.0, "quant4_acc": 1.0,
 }  # fmt: skip
 
 
@@ -153,6 +156,9 @@ def test_oracle_gap_is_salun_avg_gap():
         ({"relearn_steps": 90}, "forgets"),
         ({"relearn_steps": None}, "forgets"),
         ({"recovered_acc": 40.0}, "hides"),
+        ({"proto_acc": 95.0}, "hides"),  # the features still set the class apart: a prototype row finds it
+        ({"quant4_acc": 60.0}, "hides"),  # rounding the weights undoes the change
+        ({"quant8_acc": 60.0, "quant4_acc": 60.0}, "hides"),
         ({"ta": 90.0}, "damages"),
         ({"ta": 90.0, "probe_auc_layer1": 0.999}, "hides"),  # a hidden class outranks damage
         ({"probe_auc_layer1": 0.999, "forget_test_acc": 80.0}, "incomplete"),  # output evidence outranks hiding
@@ -175,6 +181,8 @@ BOUNDARIES = [
     ("probe_auc_layer1", 1 - T.probe_ratio * (1 - 0.96), 1 - (T.probe_ratio - 0.001) * (1 - 0.96), "representation_evidence"),
     ("relearn_steps", 6, 5, "representation_evidence"),  # the oracle's 20 steps x 0.25 = 5: five is at once, six is not
     ("recovered_acc", T.recovery_margin, T.recovery_margin + 0.01, "representation_evidence"),
+    ("proto_acc", ORACLE["proto_acc"] + T.proto_margin, ORACLE["proto_acc"] + T.proto_margin + 0.01, "representation_evidence"),
+    ("quant8_acc", T.acc_margin, T.acc_margin + 0.01, "representation_evidence"),
     ("ta", ORACLE["ta"] - T.utility_margin, ORACLE["ta"] - T.utility_margin - 0.01, "utility_evidence"),
 ]
 
@@ -191,7 +199,7 @@ def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
         "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
-        "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
+        "proto_margin": 20.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
 
 
@@ -367,6 +375,66 @@ def test_the_oracle_relearns_under_a_budget_over_the_ratio(evaluation_oracle, ev
     assert results["copy"].metrics["relearn_steps"] is None  # the same weights, one step: not enough
     assert 1 < results["oracle"].metrics["relearn_steps"] <= 60
     assert results["pretrained"].metrics["relearn_steps"] <= 1  # the others keep their own cap
+
+
+def test_judge_gives_the_oracle_the_cap_over_the_relearn_ratio(evaluation_oracle, evaluation_pretrained):
+    """The cap the report states is the one the oracle ran under: one step for the others, 1 / (1/60) for the oracle."""
+    budget = Budget(train_samples=2000, mia_per_side=1000, probe_per_side=500, reach_starts=4, relearn_steps=1, recover_steps=1)
+    report, _ = judge(
+        {"oracle": evaluation_oracle, "pretrained": evaluation_pretrained}, oracle="oracle", pretrained="pretrained",
+        budget=budget, thresholds=Thresholds(relearn_ratio=1 / 60),
+    )  # fmt: skip
+    assert report["budget"]["oracle_relearn_steps"] == 60
+    assert 1 < report["metrics"]["oracle"]["relearn_steps"] <= 60  # at the others' cap of one step it would never relearn
+
+
+def test_quantisation_rounds_each_tensor_to_its_own_symmetric_grid():
+    net = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -0.57, 0.26, 0.0], [0.1, 0.2, -0.3, 0.4]]))
+        net.bias.copy_(torch.tensor([8.0, -1.0]))
+    quantize_(net, 4)  # 7 levels a side: the weight's step is 1/7, the bias's 8/7
+    assert torch.allclose(net.weight[0], torch.tensor([7, -4, 2, 0]) / 7.0)  # -0.57 is 3.99 steps down, 0.26 is 1.82 up
+    assert torch.allclose(net.bias, torch.tensor([8.0, -8 / 7]))
+    before = torch.nn.Linear(4, 2).weight.detach().clone()
+    eight = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        eight.weight.copy_(before)
+    assert (quantize_(eight, 8).weight - before).abs().max() <= before.abs().max() / 127 / 2 + 1e-7
+
+
+class PointNet(torch.nn.Module):
+    """A classifier on 2-d points whose features are the points themselves (``features`` then ``head``, like the models)."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        self.features, self.head = torch.nn.Identity(), head
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize(("forget_centre", "finds"), [((0.0, 8.0), True), ((4.0, 0.0), False)], ids=["apart", "among"])
+def test_a_prototype_row_finds_a_class_its_features_set_apart_and_not_one_they_mix(forget_centre, finds):
+    """Nine classes on a circle and a tenth either apart from them or on top of class 0: at a 1% price in retain images,
+    the prototype row claims the first and cannot claim the second."""
+    generator = torch.Generator().manual_seed(0)
+    angles = torch.arange(9) * 2 * math.pi / 9
+    centres = torch.cat([4 * torch.stack([angles.cos(), angles.sin()], 1), torch.tensor([forget_centre])])
+    head = torch.nn.Linear(2, 10)
+    with torch.no_grad():
+        head.weight.copy_(centres)
+        head.bias.copy_(-0.5 * centres.pow(2).sum(1))
+        head.bias[9] = -1e4  # the forget unit silenced, as a hiding method leaves it
+
+    def points(c, n):
+        return centres[c] + 0.6 * torch.randn(n, 2, generator=generator)
+
+    retain = torch.cat([points(c, 100) for c in range(9)])
+    support, test = points(9, 100), points(9, 300)
+    labels = torch.arange(10)
+    acc = prototype_relearn(PointNet(head), {9: support}, retain, test, torch.full((300,), 9), labels)
+    assert (acc > 90) if finds else (acc < 20)
 
 
 # -- class replacement with reused units ---------------------------------------------------------

@@ -32,7 +32,7 @@ from unlearning.errors import UsageError
 from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
 from unlearning.evaluation.inputs import load, torch_threads
 from unlearning.evaluation.suite import Budget, evaluate_net
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, reach_keys, verdict, worst_class
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, quant_keys, reach_keys, verdict, worst_class
 from unlearning.losses import distillation
 from unlearning.pages import replace_section
 
@@ -149,6 +149,13 @@ def oracle_summary(rows: list[dict]) -> str:
         ("class_margin (one class below)", t.class_margin, one := max(r["class_below"] or 0 for r in rows), t.class_margin - one),
         ("relearn_ratio (fewest steps over the other's)", t.relearn_ratio, min(relearn), min(relearn) - t.relearn_ratio),
         ("acc_margin (forget accuracy above)", t.acc_margin, above := max(r["forget_acc_above"] for r in rows), t.acc_margin - above),
+        ("acc_margin (after quantisation, above)", t.acc_margin, quant := max(r["quant_above"] or 0 for r in rows), t.acc_margin - quant),
+        (
+            "proto_margin (prototype accuracy above)",
+            t.proto_margin,
+            proto := max(r["proto_above"] or 0 for r in rows),
+            t.proto_margin - proto,
+        ),
     ]
     forgets = sum(r["verdict"] == "forgets" for r in rows)
     lines = [f"{len(rows)} oracle pairs over {len({r['experiment'] for r in rows})} experiments; {forgets} get `forgets`.", ""]
@@ -177,6 +184,8 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> 
                     "probe_layer": telling and telling[0], "probe_ratio": telling and telling[1],
                     "relearn": subject.get("relearn_steps"), "oracle_relearn": oracle.get("relearn_steps"),
                     "recovered_above": subject["recovered_acc"] - oracle["recovered_acc"],
+                    "proto_above": subject["proto_acc"] - oracle["proto_acc"] if "proto_acc" in subject and "proto_acc" in oracle else None,
+                    "quant_above": max((subject[k] - oracle[k] for k in quant_keys(subject) if k in oracle), default=None),
                     "ta_below": oracle["ta"] - subject["ta"],
                     "class_below": (worst := worst_class(subject, oracle)) and worst[1],
                 }
@@ -185,17 +194,24 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> 
 
 
 def format_rows(rows: list[dict], label: str = "case") -> str:
-    header = f"{label:20s} seed/oracle  verdict     ok  forget+  reach+  probe(layer)  relearn/oracle  recovered+  TA-  class-"
+    header = (
+        f"{label:20s} seed/oracle  verdict     ok  forget+  reach+  probe(layer)  relearn/oracle  recovered+  proto+  quant+  TA-  class-"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         probe = "-" if r["probe_ratio"] is None else f"{r['probe_ratio']:.2f} ({r['probe_layer']})"
         lines.append(
             f"{r[label]:20s} {r['seed']}/{r['oracle_seed']:<10} {r['verdict']:11s} {'yes' if r['allowed'] else 'NO':3s} "
             f"{r['forget_acc_above']:7.1f} {r['reach_above'] if r['reach_above'] is None else round(r['reach_above'], 1)!s:>7} "
-            f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} {r['ta_below']:5.2f} "
+            f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} "
+            f"{_number(r.get('proto_above')):>7} {_number(r.get('quant_above')):>7} {r['ta_below']:5.2f} "
             f"{'-' if r.get('class_below') is None else format(r['class_below'], '6.1f'):>6}"
         )
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -24,7 +24,7 @@ from unlearning.evaluation.inputs import (
     torch_threads,
 )
 from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, reach_keys, verdict
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, quant_keys, reach_keys, verdict
 
 
 def judge(
@@ -102,8 +102,9 @@ def evaluate_against(
 ) -> dict[str, dict[str, Any]]:
     """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best), ``probe_auc`` and
     ``probe_ratio`` (at the hidden layer whose probe finds the class best relative to the oracle's; see
-    :func:`~.verdict.most_telling_layer`), ``recovered`` (retain-only fine-tuning) and ``reach`` (the largest
-    reachability over starts and norms), rates as fractions like test accuracies.
+    :func:`~.verdict.most_telling_layer`), ``recovered`` (retain-only fine-tuning), ``reach`` (the largest
+    reachability over starts and norms), ``proto`` (prototypical relearning) and ``quant`` (the forget classes' highest accuracy
+    after 8- or 4-bit weight rounding), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
     A ``cache`` file written for the same checkpoint files (paths, sizes and modification times: a run
@@ -131,6 +132,8 @@ def evaluate_against(
             "probe_ratio": telling and telling[1],
             "recovered": metrics["recovered_acc"] / 100 if "recovered_acc" in metrics else None,
             "reach": max(reach) / 100 if reach else None,
+            "proto": metrics["proto_acc"] / 100 if "proto_acc" in metrics else None,
+            "quant": max(metrics[k] for k in quant) / 100 if (quant := quant_keys(metrics)) else None,
         }
     if cache is not None:
         stored = {"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "summary": summary}

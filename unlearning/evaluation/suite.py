@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from unlearning.data.mnist import MEAN, STD
 from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
+from unlearning.evaluation.attacks import QUANT_BITS, prototype_relearn, quantized_accuracy
 from unlearning.evaluation.data import EvalData, choose
 from unlearning.evaluation.mia import Attack, mia_check, mia_features
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
@@ -125,6 +126,7 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
         return result
     result.metrics.update(_relearn(net, unit_labels, data, forget, budget))
     result.metrics["recovered_acc"] = _recover(net, unit_labels, data, retain, budget)
+    result.metrics.update(_gradient_free_attacks(net, unit_labels, data, forget, budget))
     for start in REACH_STARTS:
         starts = _reach_starts(start, data, budget)
         for norm in REACH_NORMS:
@@ -176,6 +178,25 @@ def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor
         net, data.train_x[rows], data.train_y[rows], data.test_x[held_out], data.test_y[held_out], unit_labels,
         budget.attackers(), budget.relearn_target, budget.relearn_steps,
     )  # fmt: skip
+
+
+def _gradient_free_attacks(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, float]:
+    """``proto_acc``: prototypical relearning from the relearning attacker's forget images, paying 1% of its retain images
+    (as many as nine times its forget images, the natural mix); ``quant<b>_acc``: the forget classes' test accuracy
+    after ``b``-bit rounding."""
+    held_out = data.test_mask(data.forget_classes)
+    test_x, test_y = data.test_x[held_out], data.test_y[held_out]
+    metrics = {f"quant{bits}_acc": quantized_accuracy(net, test_x, test_y, unit_labels, bits) for bits in QUANT_BITS}
+    if not isinstance(getattr(net, "head", None), nn.Linear):
+        return metrics
+    shown = forget[choose(len(forget), budget.relearn_samples, budget.sample_seed + 2).to(forget.device)]
+    retain = data.splits["retain"]
+    retain = retain[choose(len(retain), 9 * len(shown), budget.sample_seed + 6).to(retain.device)]
+    supports = {unit: data.train_x[shown[data.train_y[shown] == unit_labels[unit]]] for unit in units_for(data.forget_classes, unit_labels)}
+    supports = {unit: x for unit, x in supports.items() if len(x)}
+    if supports:
+        metrics["proto_acc"] = prototype_relearn(net, supports, data.train_x[retain], test_x, test_y, unit_labels)
+    return metrics
 
 
 def _recover(net: nn.Module, unit_labels: Tensor, data: EvalData, retain: Tensor, budget: Budget) -> float:

@@ -81,6 +81,7 @@ class Thresholds:
     probe_ratio: float = 0.25
     relearn_ratio: float = 0.25
     recovery_margin: float = 5.0
+    proto_margin: float = 20.0
     utility_margin: float = 1.2
     class_margin: float = 10.0
     mia_margin: float = 20.0
@@ -96,6 +97,11 @@ def oracle_gap(metrics: dict, oracle: dict) -> dict[str, float]:
 def reach_keys(metrics: dict) -> list[str]:
     """The reachability results present (``reach_<start>_<norm>``)."""
     return [k for k in metrics if k.startswith("reach_") and not k.endswith("_steps")]
+
+
+def quant_keys(metrics: dict) -> list[str]:
+    """The quantisation results present (``quant<bits>_acc``)."""
+    return [k for k in metrics if re.fullmatch(r"quant\d+_acc", k)]
 
 
 def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
@@ -164,6 +170,18 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
             f"the attacker's best relearns the class in {steps} steps, the oracle's needs "
             f"{'more than its budget' if oracle_steps is None else oracle_steps} (limit {t.relearn_ratio:g}x)"
         )
+    proto, oracle_proto = metrics.get("proto_acc"), oracle.get("proto_acc")
+    if proto is not None and oracle_proto is not None and proto > oracle_proto + t.proto_margin:
+        representation.append(
+            f"a prototype of the attacker's forget images, set into the head (no gradient step), brings the class back to "
+            f"{proto:.1f}% test accuracy, the oracle's to {oracle_proto:.1f}% (margin {t.proto_margin:g})"
+        )
+    for key in quant_keys(metrics):
+        if key in oracle and metrics[key] > oracle[key] + t.acc_margin:
+            representation.append(
+                f"rounding the weights to {key.removeprefix('quant').removesuffix('_acc')} bits brings the class back to "
+                f"{metrics[key]:.1f}% test accuracy, the oracle's to {oracle[key]:.1f}% (margin {t.acc_margin:g})"
+            )
     recovered, oracle_recovered = metrics.get("recovered_acc"), oracle.get("recovered_acc")
     if recovered is not None and oracle_recovered is not None and recovered > oracle_recovered + t.recovery_margin:
         representation.append(
