@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import CONFIGS, ROOT
 from unlearning.bench import bench_parser
 from unlearning.cli import main
-from unlearning.errors import UsageError
+from unlearning.errors import HeadlineChanged, UsageError
 from unlearning.runs import fit_and_test
 from unlearning.speed import compare, interleaved_fit
 
@@ -65,6 +65,22 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert [r["fit_seconds"] for r in again if r is not again_sg] == [
         r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]
     ]
+
+
+def test_bench_fails_when_a_verdict_the_headline_recorded_changes(tmp_path):
+    """The headline page records each run's verdict; a bench whose verdict differs rewrites the page, then exits 1."""
+    out, readme, page = tmp_path / "results", tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    args = ["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out), "--seeds", "[0]", "--timing_repeats", "1"]
+    args += ["--docs", str(page), "--headline", str(readme), "--frontier", "true"]
+    main(args)
+    recorded = readme.read_text()
+    assert '"forget9/oracle/seed0": "forgets"' in recorded and "| head_mask |" in recorded
+    assert (page.parent / "bench_tiny_frontier.png").stat().st_size > 0 and "### The price of forgetting" in page.read_text()
+    readme.write_text(recorded.replace('"forget9/oracle/seed0": "forgets"', '"forget9/oracle/seed0": "hides"'))
+    with pytest.raises(HeadlineChanged, match=r"1 verdict\(s\) .* came out otherwise .*: forget9/oracle/seed0: hides -> forgets$"):
+        main(args)
+    assert '"forget9/oracle/seed0": "forgets"' in readme.read_text()  # the page shows what this bench found
+    main(args)  # the same verdicts as recorded: no error
 
 
 @pytest.mark.parametrize("holdout", ["test", "val"])
@@ -139,3 +155,16 @@ def test_bench_rejects_bad_options_before_writing_anything(tmp_path, option, mes
 def test_speed_comparison_rejects_counts_below_one(kwargs):
     with pytest.raises(UsageError, match="must be at least 1"):
         compare(**kwargs)
+
+
+@pytest.mark.slow
+def test_the_readmes_forget9_verdicts_hold_on_seed_0(tmp_path):
+    """configs/bench.yaml's forget-9 experiment on seed 0 (one timing, no speed comparison), checked against the verdicts
+    the README records: the bench raises :class:`HeadlineChanged` if any came out otherwise. The README is copied, so a
+    change shows in the copy and the repository's page stays as it was."""
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    main(["bench", "-c", str(CONFIGS / "bench.yaml"), "--only", "[forget9]", "--seeds", "[0]", "--timing_repeats", "1",
+          "--speed_repeats", "0", "--out", str(tmp_path / "results"), "--docs", str(tmp_path / "results.md"),
+          "--headline", str(readme)])  # fmt: skip
+    assert '"forget9/reset_retrain/seed0": "forgets"' in readme.read_text()

@@ -37,15 +37,17 @@ import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
 
-from unlearning.errors import CellsFailed, UsageError
+from unlearning.checkpoints import net_state_dict
+from unlearning.errors import CellsFailed, HeadlineChanged, UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.verdict import worst_class
 from unlearning.files import atomic_file
 from unlearning.launch import Launcher, Slurm, launch
-from unlearning.pages import replace_section
+from unlearning.pages import read_section, replace_section
 from unlearning.runs import fit_and_test
+from unlearning.saliency import unchanged_share
 from unlearning.speed import compare
 from unlearning.training import parse_error
 
@@ -209,6 +211,8 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
     seconds |= _best_fit_seconds(timed_runs, stages, where, seed, cell.timing_repeats, bar)
     for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
         seconds[method] += seconds[upstream]
+    pretrained = net_state_dict(stages["pretrained"]["checkpoint"])
+    frozen = {name: unchanged_share(pretrained, net_state_dict(r["checkpoint"])) for name, r in stages.items()}
     evidence = {}
     if exp.evidence:
         bar.set_postfix_str(f"{exp.name} seed {seed}: evidence")
@@ -221,7 +225,7 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
         {
             "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
             "reused": result.get("reused", False), "checkpoint": result["checkpoint"],
-            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"],
+            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"], "frozen": frozen[method],
             **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
         }
         for method, result in stages.items()
@@ -262,7 +266,7 @@ COLUMNS = [
     ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "all %", 100, 2), ("new_acc", "new %", 100, 2),
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
     ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
-    ("reach", "reach %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
+    ("reach", "reach %", 100, 1), ("proto", "proto %", 100, 1), ("quant", "quant %", 100, 1), ("frozen", "frozen %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
 ]  # fmt: skip
 
 
@@ -323,7 +327,8 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
         "### Verdicts by class and method",
         "",
         "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
-        "the retain class furthest below the oracle's same class (worst over seeds).",
+        "the share of weights bit-identical to the pretrained model's; the retain class furthest below the oracle's same class",
+        "(worst over seeds).",
         "",
         "| experiment | " + " | ".join(methods) + " |",
         "|" + "---|" * (len(methods) + 1),
@@ -339,10 +344,12 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
             verdicts = ", ".join(f"{v} {n}/{len(group)}" for v, n in counts.items())
             gap = statistics.mean(100 * (r["retain_acc"] - oracle[exp, r["seed"]]["retain_acc"]) for r in group)
             cost = statistics.mean(r["cost"] for r in group)
+            frozen = statistics.mean(r["frozen"] for r in group) if all("frozen" in r for r in group) else None
             skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes
             worst = [w for r in group if (w := worst_retain_class(r, oracle[exp, r["seed"]], holdout, skip)) is not None]
             worst_text = f"; worst {max(worst, key=lambda w: w[1])[0]} {-max(w[1] for w in worst):+.1f}" if worst else ""
-            cells.append(f"{verdicts}<br>{gap:+.2f} pp, {cost:.2f}×{worst_text}")
+            frozen_text = "" if frozen is None else f", {100 * frozen:.0f}% frozen"
+            cells.append(f"{verdicts}<br>{gap:+.2f} pp, {cost:.2f}×{frozen_text}{worst_text}")
         lines.append(f"| {exp} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -380,8 +387,50 @@ def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """The price of forgetting: per experiment with evidence, each method's frozen share (weights bit-identical to the
+    pretrained model's, x) against its cost (y, log), coloured by its worst verdict over the seeds. Where a method's
+    settings sweep (``masked_reset_u20``, ``masked_reset_u40``...), the points of one family are joined by a line."""
+    import matplotlib.pyplot as plt
+
+    experiments, methods = _grid_axes(rows)
+    if not experiments or not methods or not all("frozen" in r for r in rows):
+        return None
+    order = list(VERDICT_COLOURS)
+    fig, axes = plt.subplots(1, len(experiments), figsize=(6.2 * len(experiments), 4.8), squeeze=False)
+    for ax, exp in zip(axes[0], experiments):
+        points: dict[str, tuple[float, float, str]] = {}
+        for method in methods:
+            group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
+            if group:
+                worst = order[max(order.index(r["verdict"]) for r in group)]
+                points[method] = (100 * statistics.mean(r["frozen"] for r in group), statistics.mean(r["cost"] for r in group), worst)
+        families: dict[str, list[str]] = {}
+        for method in points:
+            families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
+        for members in families.values():
+            if len(members) > 1:
+                line = sorted(points[m][:2] for m in members)
+                ax.plot(*zip(*line), color="0.75", lw=1, zorder=1)
+        for method, (x, y, worst) in points.items():
+            ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
+            ax.annotate(method, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel="cost (fit time / oracle's)", title=exp, xlim=(-3, 103))
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c) for c in VERDICT_COLOURS.values()]
+    axes[0][-1].legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 #: the per-seed table: what every target in the README is checked against
-SEED_COLUMNS = [("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("fit_seconds", "fit s"), ("cost", "cost × oracle")]  # fmt: skip
+SEED_COLUMNS = [
+    ("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("frozen", "frozen %"),
+    ("fit_seconds", "fit s"), ("cost", "cost × oracle"),
+]  # fmt: skip
 
 
 def per_seed_tables(rows: list[dict[str, Any]]) -> str:
@@ -494,9 +543,19 @@ def bench_parser() -> ArgumentParser:
     parser.add_argument("--slurm", type=Slurm, default=Slurm(), help="with --launcher slurm: the job array's resources")
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
     parser.add_argument(
+        "--frontier", type=bool, default=False,
+        help="add the figure of frozen share against cost, coloured by verdict, to the --docs section (configs/bench_frontier.yaml)",
+    )  # fmt: skip
+    parser.add_argument(
         "--docs", type=Path | None, default=None, help="a page whose section for this config the tables replace (docs/results.md)"
     )
-    parser.add_argument("--headline", type=Path | None, default=None, help="a page whose headline section gets the short table (README.md)")
+    parser.add_argument(
+        "--headline",
+        type=Path | None,
+        default=None,
+        help="a page whose headline section gets the short table (README.md); a run's verdict that differs from the one the "
+        "page recorded fails the bench (exit 1) after writing the new one",
+    )
     return parser
 
 
@@ -559,6 +618,13 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_verdicts.png"
         shutil.copyfile(out / "verdict_grid.png", figure)
         grid += f"\n![verdicts by class and method]({figure.name})\n"
+    if args.frontier and frontier_figure(rows, out / "frontier.png") is not None and args.docs is not None:
+        figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_frontier.png"
+        shutil.copyfile(out / "frontier.png", figure)
+        grid += (
+            "\n### The price of forgetting\n\nEach method's share of weights bit-identical to the pretrained model's against its cost, "
+            f"coloured by its worst verdict over the seeds; a line joins the settings of one method.\n\n![frozen share against cost]({figure.name})\n"
+        )
     report = f"{produced}\n\n{grid}\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
     with atomic_file(out / "results.md") as f:
         f.write(report.encode())
@@ -567,15 +633,25 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.docs is not None:
         replace_section(args.docs, section, f"## `{section}`\n\n{report}")
         written.append(args.docs)
+    changed: list[str] = []
     if args.headline is not None:
+        verdicts = headline_verdicts(rows)
+        changed = changed_verdicts(read_section(args.headline, "headline"), verdicts)
         replace_section(
-            args.headline, "headline", f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n"
+            args.headline,
+            "headline",
+            f"{headline_tables(rows)}\n_{produced} Every table: [docs/results.md](docs/results.md)._\n\n"
+            f"{VERDICTS_MARK.format(json.dumps(verdicts, sort_keys=True))}\n",
         )
         written.append(args.headline)
     plots(rows, out, args.holdout)
     print(per_seed_tables(rows))
     print(tables)
     print(f"bench: {len(rows)} rows in {seconds / 60:.1f} min; wrote {', '.join(map(str, written))} and plots")
+    if changed:
+        raise HeadlineChanged(
+            f"{len(changed)} verdict(s) {args.headline} documented came out otherwise (the page shows the new ones): {'; '.join(changed)}"
+        )
     return rows
 
 
@@ -584,8 +660,29 @@ HEADLINE = [
     ("forget_acc", "forget %", 100, 2),
     ("retain_acc", "retain %", 100, 2),
     ("new_acc", "new %", 100, 2),
+    ("frozen", "frozen %", 100, 1),
     ("cost", "cost × oracle", 1, 3),
 ]
+
+
+#: how the headline section records its verdicts for the next bench to compare with (an HTML comment: invisible on the page)
+VERDICTS_MARK = "<!-- verdicts: {} -->"
+
+
+def headline_verdicts(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """``experiment/method/seed<k>`` -> that run's verdict, for every row that has one."""
+    return {f"{r['experiment']}/{r['method']}/seed{r['seed']}": r["verdict"] for r in rows if "verdict" in r}
+
+
+def changed_verdicts(section: str | None, verdicts: dict[str, str]) -> list[str]:
+    """Each ``experiment/method/seed<k>`` whose verdict the headline ``section`` recorded and ``verdicts`` has otherwise, as
+    ``forget9/reset_retrain/seed0: forgets -> hides``; what only one of them holds is no change (a bench of fewer
+    experiments or seeds)."""
+    found = re.search(re.escape(VERDICTS_MARK).replace(r"\{\}", "(.*?)"), section or "")
+    documented = json.loads(found.group(1)) if found else {}
+    return [
+        f"{key}: {documented[key]} -> {verdicts[key]}" for key in sorted(documented) if key in verdicts and documented[key] != verdicts[key]
+    ]
 
 
 def headline_tables(rows: list[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ import difflib
 import sys
 from typing import Any
 
-from unlearning.errors import CellsFailed, UsageError
+from unlearning.errors import BenchFailed, UsageError
 
 #: command -> what it does, as ``unlearning --help`` lists them
 COMMANDS = {
@@ -73,6 +73,6 @@ def entry() -> None:
     except UsageError as err:
         print(f"unlearning: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except CellsFailed as err:  # each failed cell has been reported with its log
+    except BenchFailed as err:  # failed cells have been reported with their logs, changed verdicts are in the message
         print(f"unlearning: {err}", file=sys.stderr)
         sys.exit(1)

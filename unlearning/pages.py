@@ -22,3 +22,10 @@ def replace_section(page: Path, key: str, text: str) -> None:
     page.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(page) as f:
         f.write(new.encode())
+
+
+def read_section(page: Path, key: str) -> str | None:
+    """What :func:`replace_section` last put under ``key`` in ``page``; ``None`` where there is no such section (or page)."""
+    text = page.read_text() if page.exists() else ""
+    found = re.search(re.escape(f"<!-- bench:{key} -->") + r"\n?(.*?)\n?" + re.escape(f"<!-- /bench:{key} -->"), text, flags=re.DOTALL)
+    return found.group(1) if found else None
