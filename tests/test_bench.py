@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import CONFIGS, ROOT
 from unlearning.bench import bench_parser
+from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
 from unlearning.runs import fit_and_test
@@ -168,3 +170,30 @@ def test_the_readmes_forget9_verdicts_hold_on_seed_0(tmp_path):
           "--speed_repeats", "0", "--out", str(tmp_path / "results"), "--docs", str(tmp_path / "results.md"),
           "--headline", str(readme)])  # fmt: skip
     assert '"forget9/reset_retrain/seed0": "forgets"' in readme.read_text()
+
+
+@pytest.mark.slow
+def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path):
+    """configs/bench_all_classes.yaml's own entries on tiny budgets (one short epoch of pretraining, three steps a method):
+    the plumbing for every digit and pair, not the verdicts. Each run's classes are the experiment's, the masked reset
+    keeps its frozen majority, and the grid and figure are written."""
+    config = yaml.safe_load((CONFIGS / "bench_all_classes.yaml").read_text())
+    tiny = ["-c", "tests/conf/tiny.yaml", "--model.init_args.log_figures=false"]
+    for exp in config["experiments"]:
+        exp["pretrain"] += tiny
+        exp["oracle"] += tiny
+        exp["methods"] = {m: [*args, "--trainer.max_steps=3", "--trainer.val_check_interval=3"] for m, args in exp["methods"].items()}
+        exp["evidence"] = exp["name"] in ("forget4", "replace1to7")  # the suite on one digit and one pair: it takes seconds a cell
+    config |= {"seeds": [0], "out": str(tmp_path / "results"), "docs": str(tmp_path / "results.md")}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
+    rows = main(["bench", "-c", str(tmp_path / "grid.yaml")])
+    assert {r["experiment"] for r in rows} == {e["name"] for e in config["experiments"]} and len(rows) == 10 * 7 + 4 * 5
+    for row in rows:
+        exp = next(e for e in config["experiments"] if e["name"] == row["experiment"])
+        recorded = read_checkpoint(row["checkpoint"])["datamodule_hyper_parameters"]
+        wanted = dict(a.removeprefix("--data.init_args.").split("=") for a in exp["pretrain"] if a.startswith("--data.init_args."))
+        assert {key: recorded[key] for key in wanted} == {key: yaml.safe_load(value) for key, value in wanted.items()}
+        assert row["method"] != "masked_reset" or row["frozen"] >= 0.5
+    judged = {r["experiment"] for r in rows if "verdict" in r}
+    assert judged == {"forget4", "replace1to7"}
+    assert "| forget4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "grid_verdicts.png").is_file()

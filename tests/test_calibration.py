@@ -75,7 +75,7 @@ def test_each_calibration_case_gets_an_allowed_verdict(calibration, case):
 #: how far inside each threshold an oracle judged against another seed's must sit: more than cross-machine float noise
 #: moves any of these numbers (a few hundredths of a point, one relearning step), less than the room seen
 #: (docs/evidence.md lists each case's distance from each threshold)
-ROOM = {"ta": 0.5, "reach": 10.0, "probe": 0.15, "class": 2.0}
+ROOM = {"ta": 0.5, "reach": 10.0, "probe": 0.15, "class": 2.0, "proto": 10.0, "quant": 2.0}
 
 
 def test_the_oracles_forget_with_room_to_spare_on_every_threshold(calibration):
@@ -85,6 +85,8 @@ def test_the_oracles_forget_with_room_to_spare_on_every_threshold(calibration):
         assert r["class_below"] <= limits.class_margin - ROOM["class"], r
         assert r["reach_above"] <= limits.reach_margin - ROOM["reach"], r
         assert r["probe_ratio"] >= limits.probe_ratio + ROOM["probe"], r
+        assert r["proto_above"] <= limits.proto_margin - ROOM["proto"], r
+        assert r["quant_above"] <= limits.acc_margin - ROOM["quant"], r
         assert r["relearn"] is None or r["relearn"] > limits.relearn_ratio * r["oracle_relearn"] + 1, r  # a step beyond the limit
 
 

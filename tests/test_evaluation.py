@@ -199,7 +199,7 @@ def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
         "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
-        "proto_margin": 20.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
+        "proto_margin": 48.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
 
 

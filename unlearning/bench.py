@@ -266,7 +266,8 @@ COLUMNS = [
     ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "all %", 100, 2), ("new_acc", "new %", 100, 2),
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
     ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
-    ("reach", "reach %", 100, 1), ("proto", "proto %", 100, 1), ("quant", "quant %", 100, 1), ("frozen", "frozen %", 100, 1), ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
+    ("reach", "reach %", 100, 1), ("proto", "proto %", 100, 1), ("quant", "quant %", 100, 1), ("frozen", "frozen %", 100, 1),
+    ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
 ]  # fmt: skip
 
 
@@ -616,10 +617,12 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     grid = verdict_grid(rows, args.holdout)
     if grid and verdict_figure(rows, out / "verdict_grid.png") is not None and args.docs is not None:
         figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_verdicts.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "verdict_grid.png", figure)
         grid += f"\n![verdicts by class and method]({figure.name})\n"
     if args.frontier and frontier_figure(rows, out / "frontier.png") is not None and args.docs is not None:
         figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_frontier.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "frontier.png", figure)
         grid += (
             "\n### The price of forgetting\n\nEach method's share of weights bit-identical to the pretrained model's against its cost, "

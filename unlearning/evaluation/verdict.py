@@ -68,6 +68,12 @@ class Thresholds:
         recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
             data alone brings back above what it brings back for the oracle. The pretrained models
             keep 92-94%; no other case (and no oracle) gets anything back.
+        proto_margin: percentage points of forget-class test accuracy that prototypical relearning (no gradient
+            step, :func:`~unlearning.evaluation.attacks.prototype_relearn`) brings back above what it brings back for
+            the oracle. Oracles themselves spread widely under it, 0.6-71% (the features of a network that never saw
+            the class often set it apart anyway), and one stands 43.4 points above another seed's (forget 6, seed 0
+            against seed 1): the limit is that plus a tenth, rounded outward. The pretrained models and the head mask
+            reach 93-99.8%. Quantisation (8 and 4 bits) is read with ``acc_margin``: no oracle gains anything under it.
         utility_margin: percentage points of retain-class test accuracy (TA) below the oracle's that
             count as damage. Oracles of digit 9 lie within 0.44 points of each other, but forget 4's
             within 1.01 (seed 1 against seed 0): the limit, 1.0 before, is 1.2. Every other case of the
@@ -81,7 +87,7 @@ class Thresholds:
     probe_ratio: float = 0.25
     relearn_ratio: float = 0.25
     recovery_margin: float = 5.0
-    proto_margin: float = 20.0
+    proto_margin: float = 48.0
     utility_margin: float = 1.2
     class_margin: float = 10.0
     mia_margin: float = 20.0
