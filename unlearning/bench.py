@@ -615,18 +615,21 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     produced = f"Produced by `{source}` in {seconds / 60:.1f} min{reuse_note} on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
     grid = verdict_grid(rows, args.holdout)
+
+    def beside_docs(figure: Path, kind: str) -> str:
+        """Copy ``figure`` next to the --docs page as ``<config>_<kind>.png``; its name, for the page's link."""
+        copy = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_{kind}.png"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure, copy)
+        return copy.name
+
     if grid and verdict_figure(rows, out / "verdict_grid.png") is not None and args.docs is not None:
-        figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_verdicts.png"
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "verdict_grid.png", figure)
-        grid += f"\n![verdicts by class and method]({figure.name})\n"
+        grid += f"\n![verdicts by class and method]({beside_docs(out / 'verdict_grid.png', 'verdicts')})\n"
     if args.frontier and frontier_figure(rows, out / "frontier.png") is not None and args.docs is not None:
-        figure = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_frontier.png"
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "frontier.png", figure)
+        figure = beside_docs(out / "frontier.png", "frontier")
         grid += (
             "\n### The price of forgetting\n\nEach method's share of weights bit-identical to the pretrained model's against its cost, "
-            f"coloured by its worst verdict over the seeds; a line joins the settings of one method.\n\n![frozen share against cost]({figure.name})\n"
+            f"coloured by its worst verdict over the seeds; a line joins the settings of one method.\n\n![frozen share against cost]({figure})\n"
         )
     report = f"{produced}\n\n{grid}\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
     with atomic_file(out / "results.md") as f:

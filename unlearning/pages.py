@@ -8,10 +8,15 @@ from pathlib import Path
 from unlearning.files import atomic_file
 
 
+def _markers(key: str) -> tuple[str, str]:
+    """The comments that open and close a section: ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
+    return f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+
+
 def replace_section(page: Path, key: str, text: str) -> None:
     """Put ``text`` between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` in ``page`` (appended the first time), so the
     numbers a page shows are always the last bench's; the page is replaced whole (:func:`~unlearning.files.atomic_file`)."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    start, end = _markers(key)
     old = page.read_text() if page.exists() else ""
     block = f"{start}\n{text.strip()}\n{end}"
     new = (
@@ -26,6 +31,7 @@ def replace_section(page: Path, key: str, text: str) -> None:
 
 def read_section(page: Path, key: str) -> str | None:
     """What :func:`replace_section` last put under ``key`` in ``page``; ``None`` where there is no such section (or page)."""
+    start, end = _markers(key)
     text = page.read_text() if page.exists() else ""
-    found = re.search(re.escape(f"<!-- bench:{key} -->") + r"\n?(.*?)\n?" + re.escape(f"<!-- /bench:{key} -->"), text, flags=re.DOTALL)
+    found = re.search(re.escape(start) + r"\n?(.*?)\n?" + re.escape(end), text, flags=re.DOTALL)
     return found.group(1) if found else None

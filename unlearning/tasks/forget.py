@@ -268,7 +268,7 @@ class SpecificReset:
     what may move. A mix-in for an :class:`UnlearnTask`; :meth:`set_reset` takes and checks the settings.
     """
 
-    reset_fraction: float
+    reset_fraction: float | None
     reset_unit_fraction: float
     reset_score: ResetScore
     train_only_reset: bool
@@ -278,7 +278,7 @@ class SpecificReset:
 
     def set_reset(
         self,
-        reset_fraction: float,
+        reset_fraction: float | None,
         reset_unit_fraction: float,
         reset_score: ResetScore,
         train_only_reset: bool,
@@ -616,9 +616,9 @@ def missing_weights(task: str) -> str:
     )
 
 
-def check_reset(fraction: float, unit_fraction: float, score: str, retain_samples: int, batch_size: int) -> None:
-    """Refuse reset settings that cannot work, before anything runs."""
-    if not 0.0 < fraction <= 1.0:
+def check_reset(fraction: float | None, unit_fraction: float, score: str, retain_samples: int, batch_size: int) -> None:
+    """Refuse reset settings that cannot work, before anything runs (``fraction`` ``None``: no reset, the rest still checked)."""
+    if fraction is not None and not 0.0 < fraction <= 1.0:
         raise UsageError(f"reset_fraction must lie in (0, 1], got {fraction}")
     if not 0.0 <= unit_fraction <= 1.0:
         raise UsageError(f"reset_unit_fraction must lie in [0, 1], got {unit_fraction}")

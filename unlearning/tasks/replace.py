@@ -113,11 +113,9 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError(f"distill_units must be 'all' or 'retain', got {distill_units!r}")
         if train_only_reset and reset_fraction is None:
             raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction too")
-        self.resets = reset_fraction is not None
         self.set_reset(
-            reset_fraction if reset_fraction is not None else 1.0, reset_unit_fraction, reset_score, train_only_reset, mask_layers,
-            rank_retain_samples, fisher_batch_size,
-        )  # fmt: skip
+            reset_fraction, reset_unit_fraction, reset_score, train_only_reset, mask_layers, rank_retain_samples, fisher_batch_size
+        )
         self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
@@ -200,7 +198,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
 
     def prepare_net(self) -> None:
         """Reset what serves the old class (if asked), then probe the new units on the features that are left."""
-        if self.resets:
+        if self.reset_fraction is not None:
             self.apply_reset()
         if self.probe_iterations:
             self.probe()
