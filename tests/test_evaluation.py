@@ -34,13 +34,13 @@ from unlearning.evaluation.attacks import prototype_relearn, quantize_
 from unlearning.evaluation.cli import evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.outputs import hidden_layers, label_log_probabilities, layer_features
+from unlearning.evaluation.outputs import label_log_probabilities, layer_features
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
 from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import most_telling_layer, probe_ratios, worst_class
 from unlearning.metrics import unit_to_label
-from unlearning.models import LogisticRegression
+from unlearning.models import LogisticRegression, hidden_layers
 
 #: a smaller budget than the command's default, enough for every verdict below
 FAST = ["--train-samples", "3000", "--mia-per-side", "2000", "--reach-starts", "16", "--relearn-steps", "60"]

@@ -4,6 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from unlearning.errors import UsageError
+from unlearning.models import LeNet, SeedMLP
+
 from unlearning.saliency import (
     RESET_SEED_OFFSET,
     ExactFreeze,
@@ -17,7 +20,10 @@ from unlearning.saliency import (
     ssd_dampening,
     top_fraction_mask,
     unchanged_share,
+    unit_activations,
     unit_mask,
+    unit_selectivity,
+    weight_unit_scores,
 )
 
 
@@ -160,11 +166,41 @@ def test_unit_mask_takes_whole_first_layer_units_by_their_summed_score():
     scores["0.weight"][2] = 5.0
     scores["0.bias"][0] = 9.0
     scores["2.weight"][:] = 100.0  # later layers never count
-    masks = unit_mask(net, scores, 0.5)
+    assert weight_unit_scores(net, scores).tolist() == [9.0, 0.0, 15.0, 0.0]
+    masks = unit_mask(net, weight_unit_scores(net, scores), 0.5)
     assert masks["0.weight"].all(1).tolist() == [True, False, True, False] and not masks["0.weight"][[1, 3]].any()
     assert masks["0.bias"].tolist() == [True, False, True, False] and not masks["2.weight"].any() and not masks["2.bias"].any()
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        unit_mask(net, scores, 0.0)
+        unit_mask(net, weight_unit_scores(net, scores), 0.0)
+    with pytest.raises(UsageError, match="3 unit scores for a layer of 4 units"):
+        unit_mask(net, torch.ones(3), 0.5)
+
+
+def test_unit_selectivity_finds_units_that_fire_for_the_class_or_fall_silent_for_it():
+    retain = torch.tensor([[1.0, 2.0, 0.0, 5.0], [3.0, 2.0, 2.0, 7.0]])  # means 2, 2, 1, 6; stds 1.41, 0, 1.41, 1.41
+    forget = torch.tensor([[2.0, 9.0, 1.0, 0.0], [2.0, 9.0, 1.0, 0.0]])  # unit 1 fires for the class, unit 3 falls silent
+    selectivity = unit_selectivity(forget, retain)
+    assert selectivity[0] == 0 and selectivity[2] == 0  # same mean: no detector, however spread
+    assert selectivity[1] > 1e6 and selectivity[3] == pytest.approx(6 / 2**0.5)  # no spread at all counts as sharpest
+
+
+def test_unit_activations_are_one_number_per_unit_after_each_activation():
+    torch.manual_seed(0)
+    mlp = SeedMLP()
+    x = torch.randn(6, 1, 28, 28)
+    first, second = unit_activations(mlp, x, layers=2, batch_size=4)
+    assert torch.equal(first, torch.relu(mlp.features[1](x.flatten(1)))) and torch.equal(second, torch.relu(mlp.features[3](first)))
+    cnn = LeNet()
+    (acts,) = unit_activations(cnn, x)
+    assert acts.shape == (6, 16) and torch.allclose(acts, torch.relu(cnn.features[0](x)).mean((2, 3)))
+    assert not mlp.features[1]._forward_hooks  # the hooks are gone after
+
+
+def test_unit_mask_of_a_later_layer_takes_its_rows():
+    net = SeedMLP()
+    masks = unit_mask(net, torch.arange(40.0), 0.25, layer=1)
+    assert masks["features.3.weight"].all(1).nonzero().flatten().tolist() == list(range(30, 40))
+    assert masks["features.3.bias"].sum() == 10 and sum(int(m.sum()) for m in masks.values()) == 10 * 50 + 10
 
 
 def test_reinitialize_draws_the_layers_own_init_into_the_masked_entries_only():

@@ -68,3 +68,17 @@ class LogisticRegression(Classifier):
         super().__init__()
         self.features = nn.Flatten()
         self.head = nn.Linear(784, num_classes)
+
+
+#: modules whose outputs are a network's hidden layers: the activation after each layer
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid)
+
+
+def hidden_layers(net: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are ``net``'s hidden layers, input to output.
+
+    Every activation inside ``net.features``; a network with none (logistic regression, whose
+    features are the pixels) has one "layer", ``features`` itself.
+    """
+    names = [f"features.{name}" for name, module in net.features.named_modules() if isinstance(module, ACTIVATIONS)]
+    return names or ["features"]

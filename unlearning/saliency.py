@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from unlearning.errors import UsageError
+from unlearning.models import hidden_layers
 
 Score = Literal["abs_grad", "fisher"]
 Scope = Literal["global", "layer"]
@@ -154,22 +155,63 @@ def parameter_owners(net: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in net.named_modules() if next(m.parameters(recurse=False), None) is not None]
 
 
-def unit_mask(net: nn.Module, scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
-    """Whole units of the first layer (rows of its weight and their biases: a Linear's outputs, a conv's filters), the
-    ``round(fraction * units)`` with the largest summed score. Every other entry is ``False``.
+def weight_unit_scores(net: nn.Module, scores: dict[str, Tensor], layer: int = 0) -> Tensor:
+    """A unit's score from its weights' scores: the sum over its row of the ``layer``-th layer (a Linear's output, a conv's
+    filter), plus its bias's."""
+    name, _ = parameter_owners(net)[layer]
+    prefix = f"{name}." if name else ""
+    unit_score = scores[f"{prefix}weight"].flatten(1).sum(1)
+    if f"{prefix}bias" in scores:
+        unit_score = unit_score + scores[f"{prefix}bias"]
+    return unit_score
+
+
+@torch.no_grad()
+def unit_activations(net: nn.Module, x: Tensor, layers: int = 1, batch_size: int = 4096) -> list[Tensor]:
+    """``(N, units)`` per hidden layer, the first ``layers`` of them: the layer's output (after its activation) for ``x``,
+    a conv map averaged over its positions, so there is one number per unit :func:`unit_mask` ranks."""
+    modules = dict(net.named_modules())
+    captured: list[list[Tensor]] = [[] for _ in range(layers)]
+
+    def keep(i: int) -> Callable[..., None]:
+        return lambda _module, _inputs, out: captured[i].append(out.flatten(2).mean(2) if out.dim() > 2 else out)
+
+    handles = [modules[name].register_forward_hook(keep(i)) for i, name in enumerate(hidden_layers(net)[:layers])]
+    try:
+        for chunk in x.split(batch_size):
+            net(chunk)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(chunks) for chunks in captured]
+
+
+def unit_selectivity(forget: Tensor, retain: Tensor) -> Tensor:
+    """Per unit (columns of ``(N, units)`` activations): how far its activation on the forget samples lies from that on the
+    retain samples, ``|mean_f - mean_r| / (std_f + std_r)``.
+
+    A unit that tells the class apart on its own is one of its detectors, whether it fires for the class or falls
+    silent for it; a linear read-out of the layer finds either. Weight specificity (Fisher ratios summed over a row)
+    ranks units by what their gradients say and can leave such a unit in place when the class is already well fitted.
+    """
+    spread = forget.std(0) + retain.std(0)
+    return (forget.mean(0) - retain.mean(0)).abs() / spread.clamp_min(torch.finfo(spread.dtype).eps)
+
+
+def unit_mask(net: nn.Module, unit_score: Tensor, fraction: float, layer: int = 0) -> dict[str, Tensor]:
+    """Whole units of the ``layer``-th layer (rows of its weight and their biases: a Linear's outputs, a conv's filters),
+    the ``round(fraction * units)`` with the largest ``unit_score``. Every other entry of every parameter is ``False``.
 
     A unit's incoming weights are what make it a detector: a reset unit detects nothing it learned.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"the unit fraction must lie in (0, 1], got {fraction}")
-    name, _ = parameter_owners(net)[0]
+    name, owner = parameter_owners(net)[layer]
     prefix = f"{name}." if name else ""
-    weight = scores[f"{prefix}weight"]
-    unit_score = weight.flatten(1).sum(1)
-    if f"{prefix}bias" in scores:
-        unit_score = unit_score + scores[f"{prefix}bias"]
+    if unit_score.shape != owner.weight.shape[:1]:
+        raise UsageError(f"{len(unit_score)} unit scores for a layer of {owner.weight.shape[0]} units ({name or 'the network'})")
     units = _top(unit_score, fraction)
-    masks = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}
+    masks = {k: torch.zeros_like(p, dtype=torch.bool) for k, p in net.named_parameters()}
     masks[f"{prefix}weight"][units] = True
     if f"{prefix}bias" in masks:
         masks[f"{prefix}bias"][units] = True

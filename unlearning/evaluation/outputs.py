@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from unlearning.models import hidden_layers
+
 
 @torch.no_grad()
 def net_logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
@@ -14,21 +16,9 @@ def net_logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     return torch.cat([net(chunk) for chunk in x.split(batch_size)])
 
 
-#: modules whose outputs are a network's hidden layers: the activation after each layer
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid)
 #: a convolutional map is average-pooled to this many cells per channel before probing, so a linear
 #: probe on it stays a few hundred inputs (LeNet's first map would otherwise be 12 544)
 POOLED_CELLS = (4, 4)
-
-
-def hidden_layers(net: nn.Module) -> list[str]:
-    """Names of the modules whose outputs are ``net``'s hidden layers, input to output.
-
-    Every activation inside ``net.features``; a network with none (logistic regression, whose
-    features are the pixels) has one "layer", ``features`` itself.
-    """
-    names = [f"features.{name}" for name, module in net.features.named_modules() if isinstance(module, ACTIVATIONS)]
-    return names or ["features"]
 
 
 @torch.no_grad()

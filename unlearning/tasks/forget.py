@@ -28,6 +28,7 @@ from unlearning.saliency import (
     Score,
     diagonal_fisher,
     last_layers_mask,
+    parameter_owners,
     mask_summary,
     per_class_share,
     reinitialize,
@@ -37,11 +38,15 @@ from unlearning.saliency import (
     ssd_dampening,
     top_fraction_mask,
     union,
+    unit_activations,
     unit_mask,
+    unit_selectivity,
+    weight_unit_scores,
 )
 from unlearning.tasks.base import BaseTask, Batch
 
 ResetScore = Literal["specificity", "abs_grad"]
+UnitScore = Literal["weights", "selectivity"]
 #: samples per backward pass where batching does not change a saliency (``abs_grad``): few passes, bounded memory
 SALIENCY_CHUNK = 2048
 
@@ -271,6 +276,8 @@ class SpecificReset:
     reset_fraction: float | None
     reset_unit_fraction: float
     reset_score: ResetScore
+    unit_score: UnitScore
+    unit_layers: int
     train_only_reset: bool
     mask_layers: int | None
     rank_retain_samples: int
@@ -281,16 +288,25 @@ class SpecificReset:
         reset_fraction: float | None,
         reset_unit_fraction: float,
         reset_score: ResetScore,
+        unit_score: UnitScore,
+        unit_layers: int,
         train_only_reset: bool,
         mask_layers: int | None,
         rank_retain_samples: int,
         fisher_batch_size: int,
     ) -> None:
-        check_reset(reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size)
+        check_reset(reset_fraction, reset_unit_fraction, reset_score, unit_score, rank_retain_samples, fisher_batch_size)
         self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
+        self.unit_score, self.unit_layers = unit_score, unit_layers
         self.train_only_reset, self.mask_layers = train_only_reset, mask_layers
         self.rank_retain_samples, self.fisher_batch_size = rank_retain_samples, fisher_batch_size
         self.pending_reset: dict[str, Tensor] | None = None
+
+    def check_unit_layers(self) -> None:
+        """Refuse a ``unit_layers`` the network does not have, when it is built rather than at fit start."""
+        layers = max(1, len(parameter_owners(self.net)) - 1)  # the head's units are the classes: never reset as units
+        if not 1 <= self.unit_layers <= layers:
+            raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
 
     def reset_scores(self) -> dict[str, Tensor]:
         """Per weight, how much it serves the forget split: ``specificity`` ranks by the forget split's diagonal Fisher over
@@ -303,10 +319,23 @@ class SpecificReset:
             return specificity(diagonal_fisher(self.net, forget), diagonal_fisher(self.net, retain))
         return saliency_scores(self.net, split_batches(datamodule, "forget", size=SALIENCY_CHUNK), "abs_grad")
 
+    def unit_scores(self, scores: dict[str, Tensor]) -> list[Tensor]:
+        """Per unit of each of the first ``unit_layers`` layers, how much it serves the forget classes: ``weights`` sums
+        :meth:`reset_scores` over its row; ``selectivity`` takes its activation's
+        :func:`~unlearning.saliency.unit_selectivity` between each forget class and the ``rank_retain_samples`` retain
+        subset, the largest over the classes."""
+        if self.unit_score == "weights":
+            return [weight_unit_scores(self.net, scores, layer) for layer in range(self.unit_layers)]
+        datamodule = self.trainer.datamodule
+        x, y = datamodule.split_tensors("forget")
+        retain_x, _ = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
+        forget, retain = unit_activations(self.net, x, self.unit_layers), unit_activations(self.net, retain_x, self.unit_layers)
+        return [torch.stack([unit_selectivity(f[y == c], r) for c in self.forget_classes]).amax(0) for f, r in zip(forget, retain)]
+
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
         ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
-        the first layer's units (whole rows), each per forget class (:func:`~unlearning.saliency.per_class_share`: with
+        the units (whole rows, by :meth:`unit_scores`) of the first ``unit_layers`` layers, each per forget class (:func:`~unlearning.saliency.per_class_share`: with
         two classes, 1 - (1 - fraction)²). Rank 0's mask, on every rank."""
         scores = self.reset_scores()
         classes = max(1, len(self.forget_classes))
@@ -317,7 +346,8 @@ class SpecificReset:
         top = top_fraction_mask(ranked, per_class_share(self.reset_fraction, classes))
         masks = [{k: top[k] if k in top else torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}]
         if self.reset_unit_fraction:
-            masks.append(unit_mask(self.net, scores, per_class_share(self.reset_unit_fraction, classes)))
+            unit_share = per_class_share(self.reset_unit_fraction, classes)
+            masks += [unit_mask(self.net, score, unit_share, layer) for layer, score in enumerate(self.unit_scores(scores))]
         return self.broadcast_from_rank_zero(union(*masks))
 
     def reset_training_mask(self) -> dict[str, Tensor] | None:
@@ -366,6 +396,10 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         reset_unit_fraction: fraction of the first layer's units reset per forget class, in [0, 1].
         reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
             ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
+        unit_score: how the first layer's units are ranked: ``weights``, their weights' ``reset_score`` summed over the
+            row; ``selectivity``, how far their activation on the class lies from that on retain samples
+            (:meth:`SpecificReset.unit_scores`).
+        unit_layers: how many layers, from the input, reset their top ``reset_unit_fraction`` units.
         train_only_reset: train the reset weights (and the last ``mask_layers`` layers) alone; freeze the rest exactly.
         mask_layers: the last layers that train whole beside the reset, and among which ``reset_fraction`` is ranked;
             ``None``: no layer whole, the ranking over every weight.
@@ -382,6 +416,8 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         reset_fraction: float = 0.15,
         reset_unit_fraction: float = 0.5,
         reset_score: ResetScore = "specificity",
+        unit_score: UnitScore = "weights",
+        unit_layers: int = 1,
         train_only_reset: bool = False,
         mask_layers: int | None = None,
         rank_retain_samples: int = 5000,
@@ -391,8 +427,9 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         **kwargs: Any,
     ):
         self.set_reset(
-            reset_fraction, reset_unit_fraction, reset_score, train_only_reset, mask_layers, rank_retain_samples, fisher_batch_size
-        )
+            reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, train_only_reset, mask_layers, rank_retain_samples,
+            fisher_batch_size,
+        )  # fmt: skip
         if distill_weight < 0 or distill_temperature <= 0:
             raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
@@ -401,6 +438,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
             raise UsageError(f"{type(self).__name__} resets what serves whole classes; set forget_classes")
         if mask_layers is not None:
             last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
+        self.check_unit_layers()
         if distill_weight:
             self.keep_teacher()
 
@@ -616,7 +654,7 @@ def missing_weights(task: str) -> str:
     )
 
 
-def check_reset(fraction: float | None, unit_fraction: float, score: str, retain_samples: int, batch_size: int) -> None:
+def check_reset(fraction: float | None, unit_fraction: float, score: str, unit_score: str, retain_samples: int, batch_size: int) -> None:
     """Refuse reset settings that cannot work, before anything runs (``fraction`` ``None``: no reset, the rest still checked)."""
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise UsageError(f"reset_fraction must lie in (0, 1], got {fraction}")
@@ -624,6 +662,8 @@ def check_reset(fraction: float | None, unit_fraction: float, score: str, retain
         raise UsageError(f"reset_unit_fraction must lie in [0, 1], got {unit_fraction}")
     if score not in ("specificity", "abs_grad"):
         raise UsageError(f"reset_score must be 'specificity' or 'abs_grad', got {score!r}")
+    if unit_score not in ("weights", "selectivity"):
+        raise UsageError(f"unit_score must be 'weights' or 'selectivity', got {unit_score!r}")
     if retain_samples < 1 or batch_size < 1:
         raise UsageError(f"rank_retain_samples and fisher_batch_size must be at least 1, got {retain_samples} and {batch_size}")
 

@@ -26,7 +26,7 @@ from unlearning.errors import UsageError
 from unlearning.metrics import unit_to_label
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
-from unlearning.tasks.forget import ResetScore, SelectiveGradient, SpecificReset
+from unlearning.tasks.forget import ResetScore, SelectiveGradient, SpecificReset, UnitScore
 
 HeadMode = Literal["own", "reuse"]
 SaliencyFrom = Literal["old", "new", "both"]
@@ -61,7 +61,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         distill_temperature: softening of both distributions in the distillation.
         distill_units: ``all`` distils every logit; ``retain`` only the retain classes' (the old and new
             units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
-        reset_fraction, reset_unit_fraction, reset_score, rank_retain_samples, fisher_batch_size: reset
+        reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, fisher_batch_size: reset
             what serves the old class to a fresh initialisation before anything else (the reset of
             :class:`~unlearning.tasks.forget.ResetRetrain`); ``None`` resets nothing.
         train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
@@ -93,6 +93,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         reset_fraction: float | None = None,
         reset_unit_fraction: float = 0.0,
         reset_score: ResetScore = "specificity",
+        unit_score: UnitScore = "weights",
+        unit_layers: int = 1,
         train_only_reset: bool = False,
         rank_retain_samples: int = 5000,
         fisher_batch_size: int = 1000,
@@ -114,8 +116,9 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         if train_only_reset and reset_fraction is None:
             raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction too")
         self.set_reset(
-            reset_fraction, reset_unit_fraction, reset_score, train_only_reset, mask_layers, rank_retain_samples, fisher_batch_size
-        )
+            reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, train_only_reset, mask_layers, rank_retain_samples,
+            fisher_batch_size,
+        )  # fmt: skip
         self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
@@ -129,6 +132,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError(f"head_mode 'reuse' pairs old and new classes one to one; got {self.forget_classes} and {self.new_classes}")
         if mask_layers is not None:
             last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
+        self.check_unit_layers()
         if probe_iterations and not isinstance(getattr(self.net, "head", None), nn.Linear):
             raise UsageError(
                 f"probe_iterations needs a network whose last layer `head` is an nn.Linear; {type(self.net).__name__} has none"
