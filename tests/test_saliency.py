@@ -6,7 +6,6 @@ from torch import nn
 
 from unlearning.errors import UsageError
 from unlearning.models import LeNet, SeedMLP
-
 from unlearning.saliency import (
     RESET_SEED_OFFSET,
     ExactFreeze,
