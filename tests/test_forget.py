@@ -174,6 +174,7 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
             ["--model.init_args.reset_unit_fraction=-0.1"],
             r"reset_unit_fraction must lie in \[0, 1\], got -0.1",
         ),
+        ("masked_reset", "pretrained", ["--model.init_args.unit_layers=5"], r"unit_layers must lie in \[1, 4\] for SeedMLP, got 5"),
         ("reset_retrain", "none", [], r"ResetRetrain starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
@@ -381,11 +382,16 @@ def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretra
 
 
 class RankDependentReset(ResetRetrain):
-    """Rank 1 ranks the weights the opposite way from rank 0: only the broadcast can make the ranks reset the same ones."""
+    """Rank 1 ranks the weights and units the opposite way from rank 0: only the broadcast can make the ranks reset the
+    same ones."""
 
     def reset_scores(self, *args, **kwargs):
         scores = super().reset_scores(*args, **kwargs)
         return {k: -v for k, v in scores.items()} if self.global_rank == 1 else scores
+
+    def unit_scores(self, *args, **kwargs):
+        scores = super().unit_scores(*args, **kwargs)
+        return [-s for s in scores] if self.global_rank == 1 else scores
 
 
 class ResetDump(Callback):
@@ -406,7 +412,8 @@ class ResetDump(Callback):
 def test_two_process_reset_resets_the_same_weights_to_the_same_values_on_every_rank(pretrained_ckpt, tmp_path):
     cli = unlearn(
         UNLEARN / "reset_retrain.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=1", "--model.init_args.log_figures=false",
-        "--model.class_path=tests.test_forget.RankDependentReset", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--model.class_path=tests.test_forget.RankDependentReset", "--model.init_args.unit_score=selectivity",
+        "--model.init_args.unit_layers=4", "--trainer.accelerator=cpu", "--trainer.devices=2",
         "--trainer.strategy=ddp_spawn", run=False,
     )  # fmt: skip
     cli.trainer.callbacks.append(ResetDump(tmp_path))

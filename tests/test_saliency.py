@@ -9,6 +9,7 @@ from unlearning.models import LeNet, SeedMLP
 from unlearning.saliency import (
     RESET_SEED_OFFSET,
     ExactFreeze,
+    class_selectivity,
     diagonal_fisher,
     mask_summary,
     per_class_share,
@@ -181,6 +182,16 @@ def test_unit_selectivity_finds_units_that_fire_for_the_class_or_fall_silent_for
     selectivity = unit_selectivity(forget, retain)
     assert selectivity[0] == 0 and selectivity[2] == 0  # same mean: no detector, however spread
     assert selectivity[1] > 1e6 and selectivity[3] == pytest.approx(6 / 2**0.5)  # no spread at all counts as sharpest
+
+
+def test_class_selectivity_also_counts_what_tells_the_forget_classes_apart_from_each_other():
+    retain = torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])  # means 1, std 1.41 on every unit
+    forget = torch.tensor([[1.0, 0.0, 5.0], [1.0, 0.0, 5.0], [1.0, 2.0, 5.0], [1.0, 2.0, 5.0]])
+    labels = torch.tensor([3, 3, 5, 5])  # unit 1 sets 3 apart from 5 and neither from the retain samples
+    one = class_selectivity(forget[:2], labels[:2], retain, [3])
+    assert torch.equal(one, unit_selectivity(forget[:2], retain))  # one class: its selectivity against the retain samples
+    two = class_selectivity(forget, labels, retain, [3, 5])
+    assert two[0] == 0 and two[1] > 1e6 and two[2] == pytest.approx(4 / 2**0.5)
 
 
 def test_unit_activations_are_one_number_per_unit_after_each_activation():

@@ -7,7 +7,8 @@ rank of a DDP job that scores the same data with the same weights selects the sa
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -196,6 +197,18 @@ def unit_selectivity(forget: Tensor, retain: Tensor) -> Tensor:
     """
     spread = forget.std(0) + retain.std(0)
     return (forget.mean(0) - retain.mean(0)).abs() / spread.clamp_min(torch.finfo(spread.dtype).eps)
+
+
+def class_selectivity(forget: Tensor, labels: Tensor, retain: Tensor, classes: Sequence[int]) -> Tensor:
+    """Per unit, the largest :func:`unit_selectivity` between each forget class (rows of ``forget`` whose ``labels`` is
+    that class) and the retain samples, and between each forget class and each other one.
+
+    A network that never saw the forget classes cannot tell them apart from each other either: a unit that does is
+    what the classes left behind, even where it does not set them apart from the retain classes.
+    """
+    groups = [forget[labels == c] for c in classes]
+    pairs = [(group, retain) for group in groups] + list(itertools.combinations(groups, 2))
+    return torch.stack([unit_selectivity(a, b) for a, b in pairs]).amax(0)
 
 
 def unit_mask(net: nn.Module, unit_score: Tensor, fraction: float, layer: int = 0) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from unlearning.saliency import (
     ExactFreeze,
     Scope,
     Score,
+    class_selectivity,
     diagonal_fisher,
     last_layers_mask,
     mask_summary,
@@ -40,7 +41,6 @@ from unlearning.saliency import (
     union,
     unit_activations,
     unit_mask,
-    unit_selectivity,
     weight_unit_scores,
 )
 from unlearning.tasks.base import BaseTask, Batch
@@ -322,15 +322,14 @@ class SpecificReset:
     def unit_scores(self, scores: dict[str, Tensor]) -> list[Tensor]:
         """Per unit of each of the first ``unit_layers`` layers, how much it serves the forget classes: ``weights`` sums
         :meth:`reset_scores` over its row; ``selectivity`` takes its activation's
-        :func:`~unlearning.saliency.unit_selectivity` between each forget class and the ``rank_retain_samples`` retain
-        subset, the largest over the classes."""
+        :func:`~unlearning.saliency.class_selectivity` against the ``rank_retain_samples`` retain subset."""
         if self.unit_score == "weights":
             return [weight_unit_scores(self.net, scores, layer) for layer in range(self.unit_layers)]
         datamodule = self.trainer.datamodule
         x, y = datamodule.split_tensors("forget")
         retain_x, _ = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
         forget, retain = unit_activations(self.net, x, self.unit_layers), unit_activations(self.net, retain_x, self.unit_layers)
-        return [torch.stack([unit_selectivity(f[y == c], r) for c in self.forget_classes]).amax(0) for f, r in zip(forget, retain)]
+        return [class_selectivity(f, y, r, self.forget_classes) for f, r in zip(forget, retain)]
 
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
