@@ -334,8 +334,9 @@ class SpecificReset:
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
         ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
-        the units (whole rows, by :meth:`unit_scores`) of the first ``unit_layers`` layers, each per forget class (:func:`~unlearning.saliency.per_class_share`: with
-        two classes, 1 - (1 - fraction)²). Rank 0's mask, on every rank."""
+        the units (whole rows, by :meth:`unit_scores`) of each of the first ``unit_layers`` layers, each per forget class
+        (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Rank 0's mask, on every
+        rank."""
         scores = self.reset_scores()
         classes = max(1, len(self.forget_classes))
         ranked = scores
@@ -392,11 +393,11 @@ class ResetRetrain(SpecificReset, UnlearnTask):
     Args:
         reset_fraction: fraction of the ranked weights reset per forget class, in (0, 1] (two classes reset
             1 - (1 - reset_fraction)²: they share more of the network than one does).
-        reset_unit_fraction: fraction of the first layer's units reset per forget class, in [0, 1].
+        reset_unit_fraction: fraction of each of the first ``unit_layers`` layers' units reset per forget class, in [0, 1].
         reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
             ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
-        unit_score: how the first layer's units are ranked: ``weights``, their weights' ``reset_score`` summed over the
-            row; ``selectivity``, how far their activation on the class lies from that on retain samples
+        unit_score: how units are ranked: ``weights``, their weights' ``reset_score`` summed over the row;
+            ``selectivity``, how far their activation on the class lies from that on retain samples
             (:meth:`SpecificReset.unit_scores`).
         unit_layers: how many layers, from the input, reset their top ``reset_unit_fraction`` units.
         train_only_reset: train the reset weights (and the last ``mask_layers`` layers) alone; freeze the rest exactly.
@@ -426,8 +427,9 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         **kwargs: Any,
     ):
         self.set_reset(
-            reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, train_only_reset, mask_layers, rank_retain_samples,
-            fisher_batch_size,
+            reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
+            unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
+            rank_retain_samples=rank_retain_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
         if distill_weight < 0 or distill_temperature <= 0:
             raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")

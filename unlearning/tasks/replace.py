@@ -61,8 +61,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         distill_temperature: softening of both distributions in the distillation.
         distill_units: ``all`` distils every logit; ``retain`` only the retain classes' (the old and new
             units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
-        reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, fisher_batch_size: reset
-            what serves the old class to a fresh initialisation before anything else (the reset of
+        reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, fisher_batch_size:
+            reset what serves the old class to a fresh initialisation before anything else (the reset of
             :class:`~unlearning.tasks.forget.ResetRetrain`); ``None`` resets nothing.
         train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
             head rows (the probe writes them); every other weight stays bit-identical. Needs ``reset_fraction``; replaces
@@ -116,8 +116,9 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         if train_only_reset and reset_fraction is None:
             raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction too")
         self.set_reset(
-            reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, train_only_reset, mask_layers, rank_retain_samples,
-            fisher_batch_size,
+            reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
+            unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
+            rank_retain_samples=rank_retain_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
         self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
