@@ -7,7 +7,9 @@ suite probes ``features`` and the head-masking baseline edits ``head``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 
@@ -82,3 +84,25 @@ def hidden_layers(net: nn.Module) -> list[str]:
     """
     names = [f"features.{name}" for name, module in net.features.named_modules() if isinstance(module, ACTIVATIONS)]
     return names or ["features"]
+
+
+@torch.no_grad()
+def hidden_outputs(
+    net: nn.Module, x: Tensor, names: list[str], reduce: Callable[[Tensor], Tensor], batch_size: int = 4096
+) -> dict[str, Tensor]:
+    """The outputs of the named hidden layers (:func:`hidden_layers`) for ``x``, each batch's passed through ``reduce``
+    to ``(N, D)``; ``x`` goes through ``net.features`` alone, in batches of ``batch_size``."""
+    modules = dict(net.named_modules())
+    captured: dict[str, list[Tensor]] = {name: [] for name in names}
+
+    def keep(name: str) -> Callable[..., None]:
+        return lambda _module, _inputs, output: captured[name].append(reduce(output))
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in names]
+    try:
+        for chunk in x.split(batch_size):
+            net.features(chunk)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in captured.items()}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from unlearning.errors import UsageError
-from unlearning.models import hidden_layers
+from unlearning.models import hidden_layers, hidden_outputs
 
 Score = Literal["abs_grad", "fisher"]
 Scope = Literal["global", "layer"]
@@ -167,24 +167,14 @@ def weight_unit_scores(net: nn.Module, scores: dict[str, Tensor], layer: int = 0
     return unit_score
 
 
-@torch.no_grad()
 def unit_activations(net: nn.Module, x: Tensor, layers: int = 1, batch_size: int = 4096) -> list[Tensor]:
     """``(N, units)`` per hidden layer, the first ``layers`` of them: the layer's output (after its activation) for ``x``,
     a conv map averaged over its positions, so there is one number per unit :func:`unit_mask` ranks."""
-    modules = dict(net.named_modules())
-    captured: list[list[Tensor]] = [[] for _ in range(layers)]
 
-    def keep(i: int) -> Callable[..., None]:
-        return lambda _module, _inputs, out: captured[i].append(out.flatten(2).mean(2) if out.dim() > 2 else out)
+    def per_unit(output: Tensor) -> Tensor:
+        return output.flatten(2).mean(2) if output.dim() > 2 else output
 
-    handles = [modules[name].register_forward_hook(keep(i)) for i, name in enumerate(hidden_layers(net)[:layers])]
-    try:
-        for chunk in x.split(batch_size):
-            net(chunk)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [torch.cat(chunks) for chunks in captured]
+    return list(hidden_outputs(net, x, hidden_layers(net)[:layers], per_unit, batch_size).values())
 
 
 def unit_selectivity(forget: Tensor, retain: Tensor) -> Tensor:

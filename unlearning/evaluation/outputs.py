@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from unlearning.models import hidden_layers
+from unlearning.models import hidden_layers, hidden_outputs
 
 
 @torch.no_grad()
@@ -21,28 +21,13 @@ def net_logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
 POOLED_CELLS = (4, 4)
 
 
-@torch.no_grad()
 def layer_features(net: nn.Module, x: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
     """Every hidden layer's output for ``x``, flattened to ``(N, D)`` (conv maps pooled to :data:`POOLED_CELLS` first)."""
-    modules = dict(net.named_modules())
-    captured: dict[str, list[Tensor]] = {name: [] for name in hidden_layers(net)}
 
-    def keep(name: str):
-        def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
-            if output.dim() == 4:
-                output = nn.functional.adaptive_avg_pool2d(output, POOLED_CELLS)
-            captured[name].append(output.flatten(1))
+    def flatten(output: Tensor) -> Tensor:
+        return (nn.functional.adaptive_avg_pool2d(output, POOLED_CELLS) if output.dim() == 4 else output).flatten(1)
 
-        return hook
-
-    handles = [modules[name].register_forward_hook(keep(name)) for name in captured]
-    try:
-        for chunk in x.split(batch_size):
-            net.features(chunk)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(parts) for name, parts in captured.items()}
+    return hidden_outputs(net, x, hidden_layers(net), flatten, batch_size)
 
 
 def predicted_labels(logits: Tensor, unit_labels: Tensor) -> Tensor:
