@@ -7,11 +7,11 @@ import torch
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
-from unlearning.bench import bench_parser
+from unlearning.bench import bench_parser, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
-from unlearning.runs import fit_and_test
+from unlearning.runs import fit_and_test, quiet_collector
 from unlearning.speed import compare, interleaved_fit
 
 
@@ -197,3 +197,29 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
     judged = {r["experiment"] for r in rows if "verdict" in r}
     assert judged == {"forget4", "replace1to7"}
     assert "| forget4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "grid_verdicts.png").is_file()
+
+
+def test_the_verdict_grid_reads_each_method_against_the_oracle_and_shows_where_the_pretrained_model_starts():
+    def row(exp, method, seed, retain, verdict="forgets", cost=0.2):
+        return {"experiment": exp, "method": method, "seed": seed, "retain_acc": retain, "verdict": verdict, "cost": cost, "frozen": 0.5}
+
+    rows = []
+    for exp in ("forget1", "forget4"):
+        for seed, (oracle, start, after) in enumerate([(0.960, 0.951, 0.957), (0.950, 0.949, 0.952)]):
+            rows += [row(exp, "oracle", seed, oracle, cost=1.0), row(exp, "pretrained", seed, start, "incomplete", 1.1)]
+            rows.append(row(exp, "masked_reset", seed, after, "hides" if (exp, seed) == ("forget4", 1) else "forgets"))
+    grid = verdict_grid(rows)
+    assert "| experiment | pretrained | masked_reset |" in grid
+    # the start: -0.9 and -0.1 points, one seed of two within half a point; the method: -0.3 and +0.2
+    assert "| forget1 | -0.50 pp, 1/2 within 0.5 | forgets 2/2<br>-0.05 pp, 0.20×, 50% frozen |" in grid
+    assert "| forget4 | -0.50 pp, 1/2 within 0.5 | forgets 1/2, hides 1/2<br>-0.05 pp" in grid
+
+
+def test_quiet_collector_keeps_the_objects_alive_before_it_out_of_the_collectors_passes_and_releases_them_after():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with quiet_collector():
+        assert gc.get_freeze_count() > 10_000  # the interpreter's long-lived objects: torch's, Lightning's, the tests'
+        assert gc.isenabled()  # the fit's own garbage is still collected
+    assert gc.get_freeze_count() == 0

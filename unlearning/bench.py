@@ -319,23 +319,30 @@ def _grid_axes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
     """Experiments (rows) by methods (columns): each cell's verdicts over the seeds (``forgets 3/3``), its retain accuracy
-    against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class."""
+    against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class. The
+    pretrained model's own retain gap comes first: the start, against which a method's gap reads."""
     experiments, methods = _grid_axes(rows)
     if len(experiments) < 2 or not methods:
         return ""
     oracle = {(r["experiment"], r["seed"]): r for r in rows if r["method"] == "oracle"}
+
+    def retain_gap(row: dict[str, Any]) -> float:
+        return 100 * (row["retain_acc"] - oracle[row["experiment"], row["seed"]]["retain_acc"])
+
     lines = [
         "### Verdicts by class and method",
         "",
         "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
         "the share of weights bit-identical to the pretrained model's; the retain class furthest below the oracle's same class",
-        "(worst over seeds).",
+        "(worst over seeds). The pretrained column is where every method starts: its own retain accuracy minus the oracle's,",
+        "and in how many seeds that lies within half a point.",
         "",
-        "| experiment | " + " | ".join(methods) + " |",
-        "|" + "---|" * (len(methods) + 1),
+        "| experiment | pretrained | " + " | ".join(methods) + " |",
+        "|" + "---|" * (len(methods) + 2),
     ]
     for exp in experiments:
-        cells = []
+        start = [retain_gap(r) for r in rows if r["experiment"] == exp and r["method"] == "pretrained"]
+        cells = [f"{statistics.mean(start):+.2f} pp, {sum(g >= -0.5 for g in start)}/{len(start)} within 0.5" if start else "–"]
         for method in methods:
             group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
             if not group:
@@ -343,7 +350,7 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
                 continue
             counts = {v: sum(r["verdict"] == v for r in group) for v in dict.fromkeys(r["verdict"] for r in group)}
             verdicts = ", ".join(f"{v} {n}/{len(group)}" for v, n in counts.items())
-            gap = statistics.mean(100 * (r["retain_acc"] - oracle[exp, r["seed"]]["retain_acc"]) for r in group)
+            gap = statistics.mean(retain_gap(r) for r in group)
             cost = statistics.mean(r["cost"] for r in group)
             frozen = statistics.mean(r["frozen"] for r in group) if all("frozen" in r for r in group) else None
             skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes

@@ -311,8 +311,9 @@ class ExactFreeze:
         unknown = sorted(set(masks) - set(params))
         if unknown:
             raise ValueError(f"masks name parameters the network does not have: {unknown}")
-        self.entries = [(params[name], mask.to(params[name].device), params[name].detach().clone()) for name, mask in masks.items()]
-        self.entries += [(p, torch.zeros_like(p, dtype=torch.bool), p.detach().clone()) for name, p in params.items() if name not in masks]
+        masks = {name: masks[name].to(p.device) if name in masks else torch.zeros_like(p, dtype=torch.bool) for name, p in params.items()}
+        # a tensor that moves whole needs no hook and no copy: both would be work on every step for nothing
+        self.entries = [(params[name], mask, params[name].detach().clone()) for name, mask in masks.items() if not mask.all()]
         self.handles: list[RemovableHandle] = []
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:

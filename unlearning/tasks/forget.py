@@ -308,36 +308,34 @@ class SpecificReset:
         if not 1 <= self.unit_layers <= layers:
             raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
 
-    def reset_scores(self) -> dict[str, Tensor]:
-        """Per weight, how much it serves the forget split: ``specificity`` ranks by the forget split's diagonal Fisher over
-        the retain split's (on a seeded ``rank_retain_samples`` subset), both in batches of ``fisher_batch_size``;
-        ``abs_grad`` by the forget loss's saliency alone."""
-        datamodule = self.trainer.datamodule
+    def reset_scores(self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """Per weight, how much it serves the ``forget`` samples: ``specificity`` ranks by their diagonal Fisher over the
+        ``retain`` samples', both in batches of ``fisher_batch_size``; ``abs_grad`` by the forget loss's saliency alone."""
         if self.reset_score == "specificity":
-            forget = split_batches(datamodule, "forget", size=self.fisher_batch_size)
-            retain = split_batches(datamodule, "retain", size=self.fisher_batch_size, samples=self.rank_retain_samples)
-            return specificity(diagonal_fisher(self.net, forget), diagonal_fisher(self.net, retain))
-        return saliency_scores(self.net, split_batches(datamodule, "forget", size=SALIENCY_CHUNK), "abs_grad")
+            forget_fisher, retain_fisher = (diagonal_fisher(self.net, batches(*xy, self.fisher_batch_size)) for xy in (forget, retain))
+            return specificity(forget_fisher, retain_fisher)
+        return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad")
 
-    def unit_scores(self, scores: dict[str, Tensor]) -> list[Tensor]:
+    def unit_scores(self, scores: dict[str, Tensor], forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> list[Tensor]:
         """Per unit of each of the first ``unit_layers`` layers, how much it serves the forget classes: ``weights`` sums
         :meth:`reset_scores` over its row; ``selectivity`` takes its activation's
-        :func:`~unlearning.saliency.class_selectivity` against the ``rank_retain_samples`` retain subset."""
+        :func:`~unlearning.saliency.class_selectivity` on the ``forget`` samples against the ``retain`` ones."""
         if self.unit_score == "weights":
             return [weight_unit_scores(self.net, scores, layer) for layer in range(self.unit_layers)]
-        datamodule = self.trainer.datamodule
-        x, y = datamodule.split_tensors("forget")
-        retain_x, _ = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
-        forget, retain = unit_activations(self.net, x, self.unit_layers), unit_activations(self.net, retain_x, self.unit_layers)
-        return [class_selectivity(f, y, r, self.forget_classes) for f, r in zip(forget, retain)]
+        (x, y), (retain_x, _) = forget, retain
+        layers = zip(unit_activations(self.net, x, self.unit_layers), unit_activations(self.net, retain_x, self.unit_layers))
+        return [class_selectivity(f, y, r, self.forget_classes) for f, r in layers]
 
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
         ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
         the units (whole rows, by :meth:`unit_scores`) of each of the first ``unit_layers`` layers, each per forget class
-        (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Rank 0's mask, on every
-        rank."""
-        scores = self.reset_scores()
+        (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Both rankings read the
+        whole forget split and a seeded ``rank_retain_samples`` subset of the retain split, gathered once. Rank 0's mask,
+        on every rank."""
+        datamodule = self.trainer.datamodule
+        forget, retain = datamodule.split_tensors("forget"), datamodule.split_tensors("retain", samples=self.rank_retain_samples)
+        scores = self.reset_scores(forget, retain)
         classes = max(1, len(self.forget_classes))
         ranked = scores
         if self.mask_layers is not None:  # rank only the layers that train; the others are never reset
@@ -347,7 +345,8 @@ class SpecificReset:
         masks = [{k: top[k] if k in top else torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}]
         if self.reset_unit_fraction:
             unit_share = per_class_share(self.reset_unit_fraction, classes)
-            masks += [unit_mask(self.net, score, unit_share, layer) for layer, score in enumerate(self.unit_scores(scores))]
+            unit_scores = self.unit_scores(scores, forget, retain)
+            masks += [unit_mask(self.net, score, unit_share, layer) for layer, score in enumerate(unit_scores)]
         return self.broadcast_from_rank_zero(union(*masks))
 
     def reset_training_mask(self) -> dict[str, Tensor] | None:
@@ -642,8 +641,11 @@ def split_batches(datamodule: Any, *splits: str, size: int | None = None, sample
     ``samples``: only this many of them, a subset fixed by the datamodule's seed (gathered alone, not
     the whole split first).
     """
-    x, y = datamodule.split_tensors(*splits, samples=samples)
-    size = size or datamodule.batch_size
+    return batches(*datamodule.split_tensors(*splits, samples=samples), size or datamodule.batch_size)
+
+
+def batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+    """``(x, y)`` in consecutive batches of ``size`` (views, no copy)."""
     return list(zip(x.split(size), y.split(size)))
 
 
