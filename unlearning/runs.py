@@ -92,9 +92,9 @@ class PhaseTimer(Callback):
 def quiet_collector() -> Iterator[None]:
     """Keep the garbage collector's full passes out of a timed fit.
 
-    By the time a fit starts the interpreter holds a few million long-lived objects (torch, Lightning, jsonargparse). A
-    full collection scans them all, about 0.25 s on 2 cores, and it lands in whichever fit crosses the threshold: a
-    third of a short unlearning run, timed as if the method had cost it. So they are collected once before the fit,
+    By the time a fit starts the interpreter tracks half a million long-lived objects and more (torch, Lightning,
+    jsonargparse). A full collection scans them all, about 0.25 s on 2 cores, and it lands in whichever fit crosses the
+    threshold: a third of a short unlearning run, timed as if the method had cost it. So they are collected once before the fit,
     frozen out of the collector's passes during it (the fit's own garbage is still collected), and released after.
     """
     gc.collect()
