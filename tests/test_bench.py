@@ -184,7 +184,7 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
         exp["oracle"] += tiny
         exp["methods"] = {m: [*args, "--trainer.max_steps=3", "--trainer.val_check_interval=3"] for m, args in exp["methods"].items()}
         exp["evidence"] = exp["name"] in ("forget4", "replace1to7")  # the suite on one digit and one pair: it takes seconds a cell
-    config |= {"seeds": [0], "out": str(tmp_path / "results"), "docs": str(tmp_path / "results.md")}
+    config |= {"seeds": [0], "out": str(tmp_path / "results"), "docs": str(tmp_path / "results.md"), "timing_repeats": 1}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
     rows = main(["bench", "-c", str(tmp_path / "grid.yaml")])
     assert {r["experiment"] for r in rows} == {e["name"] for e in config["experiments"]} and len(rows) == 10 * 7 + 4 * 5
