@@ -187,7 +187,7 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
     config |= {"seeds": [0], "out": str(tmp_path / "results"), "docs": str(tmp_path / "results.md"), "timing_repeats": 1}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
     rows = main(["bench", "-c", str(tmp_path / "grid.yaml")])
-    assert {r["experiment"] for r in rows} == {e["name"] for e in config["experiments"]} and len(rows) == 10 * 7 + 4 * 5
+    assert {r["experiment"] for r in rows} == {e["name"] for e in config["experiments"]} and len(rows) == 10 * 8 + 4 * 5
     for row in rows:
         exp = next(e for e in config["experiments"] if e["name"] == row["experiment"])
         recorded = read_checkpoint(row["checkpoint"])["datamodule_hyper_parameters"]
