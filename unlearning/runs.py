@@ -94,8 +94,9 @@ def quiet_collector() -> Iterator[None]:
 
     By the time a fit starts the interpreter tracks half a million long-lived objects and more (torch, Lightning,
     jsonargparse). A full collection scans them all, about 0.25 s on 2 cores, and it lands in whichever fit crosses the
-    threshold: a third of a short unlearning run, timed as if the method had cost it. So they are collected once before the fit,
-    frozen out of the collector's passes during it (the fit's own garbage is still collected), and released after.
+    threshold: a third of a short unlearning run, timed as if the method had cost it. So they are collected once before
+    the fit, frozen out of the collector's passes during it (the fit's own garbage is still collected), and released
+    after.
     """
     gc.collect()
     gc.freeze()
@@ -119,7 +120,8 @@ def fit_and_test(
     validation split, for tuning) or ``None`` (no scoring: a timing run).
 
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading, the test pass or a full garbage collection:
-    :func:`quiet_collector`), which is what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an interrupted run, in its own folder.
+    :func:`quiet_collector`), which is what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an
+    interrupted run, in its own folder.
     """
     args = [
         "-c",
