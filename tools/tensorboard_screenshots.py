@@ -22,11 +22,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: file name -> TensorBoard page; each file is named for the tab a user clicks
+#: file name -> TensorBoard page; each file is named for the tab a user clicks. Unsmoothed: an unlearning run logs two
+#: validation points (step 0 and its last step), which TensorBoard's default smoothing would draw as a gentle slope.
 PAGES = {
     "time_series": "#timeseries",
-    "scalars": "#scalars",
-    "custom_scalars": "#custom_scalars",
+    "scalars": "#scalars&_smoothingWeight=0&tagFilter=%5Eval%2F(acc%7Cforget_acc%7Cretain_acc)",  # ^val/(acc|forget_acc|retain_acc)
+    "custom_scalars": "#custom_scalars&_smoothingWeight=0",
     "images": "#images",
     "hparams": "#hparams",
 }
