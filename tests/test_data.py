@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearning.data.loader import ShardedOrder, TensorBatchLoader
+from lightning.pytorch.utilities import CombinedLoader
+
+from unlearning.data.loader import ShardedOrder, StepBudgetStreams, TensorBatchLoader
 from unlearning.data.mnist import MEAN, MNIST_MD5, STD, DataError, load_mnist, prepare_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +185,41 @@ def test_loader_batches_are_indexed_slices():
     assert torch.equal(batches[0][0].squeeze(1), batches[0][1].float())
 
 
+def _streams() -> dict[str, TensorBatchLoader]:
+    """A long and a short stream (4 and 2 batches an epoch), shuffled as training streams are."""
+    return {
+        name: TensorBatchLoader(torch.arange(n).float().view(n, 1), torch.arange(n), batch_size=3, sampler=ShardedOrder(n, shuffle=True))
+        for name, n in (("retain", 11), ("forget", 5))
+    }
+
+
+def _labels(batches) -> list[dict[str, list[int]]]:
+    return [{name: xy[1].tolist() for name, xy in batch.items()} for batch in batches]
+
+
+def test_a_step_budget_is_served_as_one_epoch_of_the_batches_lightnings_epochs_would_give():
+    epochs, combined = [], CombinedLoader(_streams(), mode="max_size_cycle")
+    for epoch in range(3):  # what Lightning does each epoch: set every sampler's epoch, then iterate
+        for loader in combined.flattened:
+            loader.sampler.set_epoch(epoch)
+        epochs += [batch for batch, _, _ in iter(combined)]
+    budget = StepBudgetStreams(_streams(), steps=10)
+    served = list(itertools.islice(iter(budget), 10))
+    assert len(budget) == 10 and len(epochs) == 12  # 3 epochs of 4 batches: the budget ends inside the third, not at an end
+    assert _labels(served) == _labels(epochs[:10])
+    assert budget.state_dict() == {"epoch": 2, "streams": {"retain": {"epoch": 2, "pass": 0, "served": 2}, "forget": {"epoch": 2, "pass": 0, "served": 2}}}
+
+
+def test_a_step_budget_resumes_with_the_batches_it_would_have_served():
+    straight = _labels(itertools.islice(iter(StepBudgetStreams(_streams(), steps=10)), 10))
+    first = StepBudgetStreams(_streams(), steps=10)
+    head = _labels(itertools.islice(iter(first), 7))  # stopped in the second epoch, after the short stream cycled in it
+    assert first.state_dict()["streams"]["forget"] == {"epoch": 1, "pass": 1, "served": 1}
+    resumed = StepBudgetStreams(_streams(), steps=10)
+    resumed.load_state_dict(first.state_dict())
+    assert head + _labels(itertools.islice(iter(resumed), 3)) == straight
+
+
 def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
     """A datamodule attached to a stand-in trainer whose strategy runs on ``device``."""
     from types import SimpleNamespace
@@ -193,8 +231,9 @@ def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
         train_streams={"forget": ("forget",), "retain": ("retain",)}, stream_batch_sizes={"forget": 8}, parameters=lambda: iter(())
     )
     dm.trainer = SimpleNamespace(
-        strategy=SimpleNamespace(root_device=device), global_rank=rank, world_size=world_size, lightning_module=task
-    )
+        strategy=SimpleNamespace(root_device=device), global_rank=rank, world_size=world_size, lightning_module=task,
+        max_steps=-1, max_epochs=1,
+    )  # fmt: skip
     return dm
 
 

@@ -424,12 +424,33 @@ def test_two_process_reset_resets_the_same_weights_to_the_same_values_on_every_r
     assert ranks[0]["reset"]["features.1.weight"].any()
 
 
+class ValidationSteps(Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.steps.append(trainer.global_step)
+
+
+def test_a_step_budget_longer_than_an_epoch_validates_only_where_val_check_interval_says(pretrained_ckpt, tmp_path):
+    """Lightning validates at every epoch end of a ``dataloader_iter`` step; a budget is one epoch (StepBudgetStreams)."""
+    cli = unlearn(UNLEARN / "unit_reset.yaml", pretrained_ckpt, tmp_path, "--data.init_args.batch_size=20000",  # 3 batches an epoch
+                  "--trainer.max_steps=8", "--trainer.val_check_interval=4", "--model.init_args.log_figures=false", run=False)  # fmt: skip
+    validations = ValidationSteps()
+    cli.trainer.callbacks.append(validations)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert validations.steps == [4, 8]  # not also at 3 and 6, where the 3-batch epochs end
+
+
 def test_a_run_stopped_mid_epoch_resumes_to_exactly_the_uninterrupted_result(pretrained_ckpt, tmp_path):
     """The loaders are resumable (their position is in the checkpoint), the mask comes from it, nothing is evaluated again."""
     budget = ("--trainer.val_check_interval=6", "--model.init_args.log_figures=false")
     straight = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "straight", "--trainer.max_steps=12", *budget)
     first = unlearn(UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "resumed", "--trainer.max_steps=6", *budget)
-    assert last_contents(first)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "pass": 0, "served": 6}] * 2
+    position = {"epoch": 0, "pass": 0, "served": 6}
+    assert last_contents(first)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "streams": {"forget": position, "retain": position}}
+    ]
     resumed = unlearn(
         UNLEARN / "selective_gradient.yaml", pretrained_ckpt, tmp_path / "resumed", "--trainer.max_steps=12", *budget, "--ckpt_path=last"
     )

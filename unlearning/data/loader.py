@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,7 +81,7 @@ class TensorBatchLoader:
         """Where this loader stands: the epoch, which pass over the data within it, and the batches of that pass served.
 
         Lightning stores it in every checkpoint and hands it back on resume, so a run stopped mid-epoch
-        (every unlearning run: a few hundred steps of a longer epoch) continues with exactly the batches
+        (or inside a step budget's stream epoch: :class:`StepBudgetStreams`) continues with exactly the batches
         it would have seen.
         """
         return dict(self._position)
@@ -107,3 +108,61 @@ class TensorBatchLoader:
             self._position["served"] += 1
             # index_select, not x[idx]: a third of the time of advanced indexing for whole rows
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+
+class StepBudgetStreams:
+    """The training streams of a run bounded by ``max_steps`` alone, served as one epoch that spans the budget.
+
+    Lightning ends an epoch when its loader runs out, and with a ``dataloader_iter`` training step it validates and
+    checkpoints at every epoch end, whatever ``val_check_interval`` says: a 200-step unlearning run over 194-batch
+    epochs validated at step 194 as well as at 200, and where that happened depended on the forget class's size.
+    This loader walks the streams' epochs itself, each exactly as ``CombinedLoader(mode="max_size_cycle")`` would
+    (every sampler set to the epoch, the longest stream ending it, the shorter ones cycled with a fresh shuffle), so
+    the batches are the same and only the epoch ends are gone. Its length is the budget; it never runs out first.
+    """
+
+    def __init__(self, loaders: dict[str, TensorBatchLoader], steps: int):
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.loaders, self.steps, self.epoch = loaders, steps, 0
+        self._iterated = False  # whether an iteration has begun since the start or the last load_state_dict
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream epoch under way and each stream's position in it, for Lightning's checkpoint (see
+        :meth:`TensorBatchLoader.state_dict`): a resumed run continues with the batches it would have seen."""
+        return {"epoch": self.epoch, "streams": {name: loader.state_dict() for name, loader in self.loaders.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self._iterated = state["epoch"], False
+        for name, loader in self.loaders.items():
+            loader.load_state_dict(state["streams"][name])
+
+    def __iter__(self) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
+        if self._iterated:  # Lightning's epoch ended first (``limit_train_batches`` below the budget): the next stream epoch
+            self.epoch += 1
+        self._iterated = True
+        while True:
+            yield from self._stream_epoch()
+            self.epoch += 1
+
+    def _stream_epoch(self) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
+        """One epoch of the streams, as Lightning's ``max_size_cycle`` serves it."""
+        for loader in self.loaders.values():
+            loader.sampler.set_epoch(self.epoch)
+        iterators = {name: iter(loader) for name, loader in self.loaders.items()}
+        consumed = dict.fromkeys(iterators, False)
+        while True:
+            batch = {}
+            for name in iterators:
+                try:
+                    batch[name] = next(iterators[name])
+                except StopIteration:
+                    consumed[name] = True
+                    if all(consumed.values()):
+                        return
+                    iterators[name] = iter(self.loaders[name])  # a shorter stream cycles: its next pass
+                    batch[name] = next(iterators[name])
+            yield batch

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 
 import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
-from unlearning.data.loader import ShardedOrder, TensorBatchLoader
+from unlearning.data.loader import ShardedOrder, StepBudgetStreams, TensorBatchLoader
 from unlearning.data.splits import build_splits, check_classes, choose
 from unlearning.errors import UsageError
 from unlearning.files import atomic_file, unwritable_as_usage_error
@@ -280,11 +280,17 @@ class MNISTDataModule(LightningDataModule):
         """Batches are already on the device (the tensors moved there once): skip Lightning's per-step walk over them."""
         return batch
 
-    def train_dataloader(self) -> CombinedLoader:
+    def train_dataloader(self) -> CombinedLoader | StepBudgetStreams:
+        """The task's ``train_streams``, cycled to the longest; a run that ``max_steps`` alone bounds gets them as one
+        epoch spanning the budget (:class:`StepBudgetStreams`: the same batches, no epoch end to validate at before it)."""
         task = self.trainer.lightning_module
         streams: Mapping[str, Sequence[str]] = task.train_streams
         sizes: Mapping[str, int] = getattr(task, "stream_batch_sizes", {})
         loaders = {name: self.loader(*splits, train=True, batch_size=sizes.get(name)) for name, splits in streams.items()}
+        steps_only = self.trainer.max_steps > 0 and self.trainer.max_epochs in (None, -1)
+        epoch_scheduler = getattr(task, "lr_scheduler", None) is not None and getattr(task, "scheduler_interval", None) == "epoch"
+        if steps_only and not epoch_scheduler:  # an epoch-interval scheduler still steps at each epoch's end
+            return StepBudgetStreams(loaders, self.trainer.max_steps)
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def eval_dataloaders(self, main: str) -> list[TensorBatchLoader]:
