@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lightning.pytorch.utilities import CombinedLoader
 
 from unlearning.data.loader import ShardedOrder, StepBudgetStreams, TensorBatchLoader
@@ -207,7 +206,10 @@ def test_a_step_budget_is_served_as_one_epoch_of_the_batches_lightnings_epochs_w
     served = list(itertools.islice(iter(budget), 10))
     assert len(budget) == 10 and len(epochs) == 12  # 3 epochs of 4 batches: the budget ends inside the third, not at an end
     assert _labels(served) == _labels(epochs[:10])
-    assert budget.state_dict() == {"epoch": 2, "streams": {"retain": {"epoch": 2, "pass": 0, "served": 2}, "forget": {"epoch": 2, "pass": 0, "served": 2}}}
+    assert budget.state_dict() == {
+        "epoch": 2,
+        "streams": {"retain": {"epoch": 2, "pass": 0, "served": 2}, "forget": {"epoch": 2, "pass": 0, "served": 2}},
+    }
 
 
 def test_a_step_budget_resumes_with_the_batches_it_would_have_served():

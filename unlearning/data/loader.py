@@ -156,9 +156,9 @@ class StepBudgetStreams:
         consumed = dict.fromkeys(iterators, False)
         while True:
             batch = {}
-            for name in iterators:
+            for name, iterator in list(iterators.items()):
                 try:
-                    batch[name] = next(iterators[name])
+                    batch[name] = next(iterator)
                 except StopIteration:
                     consumed[name] = True
                     if all(consumed.values()):
