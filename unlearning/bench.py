@@ -416,13 +416,15 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         families: dict[str, list[str]] = {}
         for method in points:
             families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
+        below: set[str] = set()  # a family's points often sit at one height: their labels alternate above and below
         for members in families.values():
             if len(members) > 1:
                 line = sorted(points[m][:2] for m in members)
                 ax.plot(*zip(*line), color="0.75", lw=1, zorder=1)
+                below |= set(sorted(members, key=lambda m: points[m][0])[1::2])
         for method, (x, y, worst) in points.items():
             ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
-            ax.annotate(method, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(method, (x, y), fontsize=7, xytext=(4, -10 if method in below else 3), textcoords="offset points")
         ax.set_yscale("log")
         ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel="cost (fit time / oracle's)", title=exp, xlim=(-3, 103))
         ax.grid(alpha=0.3)
