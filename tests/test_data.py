@@ -240,6 +240,20 @@ def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
 
 
 @pytest.mark.parametrize(
+    ("max_steps", "max_epochs", "interval", "spans"),
+    [(10, -1, "step", True), (10, -1, "epoch", False), (10, 2, "step", False), (-1, 2, "step", False)],
+    ids=["steps alone", "epoch scheduler", "epochs too", "epochs alone"],
+)
+def test_only_a_run_bounded_by_steps_alone_gets_its_budget_as_one_epoch(max_steps, max_epochs, interval, spans):
+    """An epoch-interval scheduler steps at each epoch's end, and max_epochs counts epochs: both keep Lightning's epochs."""
+    dm = _on_device(torch.device("cpu"))
+    dm.trainer.max_steps, dm.trainer.max_epochs = max_steps, max_epochs
+    dm.trainer.lightning_module.lr_scheduler, dm.trainer.lightning_module.scheduler_interval = object(), interval
+    loader = dm.train_dataloader()
+    assert isinstance(loader, StepBudgetStreams) == spans and (not spans or len(loader) == max_steps)
+
+
+@pytest.mark.parametrize(
     "device",
     [
         # the meta device stands in for a GPU on a CPU-only machine: the same code path, no memory, no kernels
