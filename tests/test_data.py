@@ -222,6 +222,16 @@ def test_a_step_budget_resumes_with_the_batches_it_would_have_served():
     assert head + _labels(itertools.islice(iter(resumed), 3)) == straight
 
 
+def test_a_one_stream_position_saved_before_budgets_were_one_epoch_still_resumes():
+    def retain_only():
+        return {"retain": _streams()["retain"]}
+
+    straight = _labels(itertools.islice(iter(StepBudgetStreams(retain_only(), steps=10)), 10))
+    resumed = StepBudgetStreams(retain_only(), steps=10)
+    resumed.load_state_dict({"epoch": 1, "pass": 0, "served": 2})  # what TensorBatchLoader wrote, 2 batches into epoch 1
+    assert _labels(itertools.islice(iter(resumed), 4)) == straight[6:]
+
+
 def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
     """A datamodule attached to a stand-in trainer whose strategy runs on ``device``."""
     from types import SimpleNamespace

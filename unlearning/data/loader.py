@@ -136,6 +136,10 @@ class StepBudgetStreams:
         return {"epoch": self.epoch, "streams": {name: loader.state_dict() for name, loader in self.loaders.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "streams" not in state and len(self.loaders) == 1:
+            # a one-stream run checkpointed before budgets were one epoch: TensorBatchLoader's own state, whose epoch the
+            # stream epoch is (a two-stream one Lightning refuses before this: 1 stateful loader, 2 states)
+            state = {"epoch": state["epoch"], "streams": dict.fromkeys(self.loaders, state)}
         self.epoch, self._iterated = state["epoch"], False
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["streams"][name])
