@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
 
@@ -116,7 +117,7 @@ class StepBudgetStreams:
     Lightning ends an epoch when its loader runs out, and with a ``dataloader_iter`` training step it validates and
     checkpoints at every epoch end, whatever ``val_check_interval`` says: a 200-step unlearning run over 194-batch
     epochs validated at step 194 as well as at 200, and where that happened depended on the forget class's size.
-    This loader walks the streams' epochs itself, each exactly as ``CombinedLoader(mode="max_size_cycle")`` would
+    This loader chains the streams' epochs itself, each served by ``CombinedLoader(mode="max_size_cycle")`` as before
     (every sampler set to the epoch, the longest stream ending it, the shorter ones cycled with a fresh shuffle), so
     the batches are the same and only the epoch ends are gone. Its length is the budget; it never runs out first.
     """
@@ -153,20 +154,8 @@ class StepBudgetStreams:
             self.epoch += 1
 
     def _stream_epoch(self) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
-        """One epoch of the streams, as Lightning's ``max_size_cycle`` serves it."""
+        """One epoch of the streams, served by Lightning's own ``max_size_cycle`` after each sampler is set to it."""
         for loader in self.loaders.values():
             loader.sampler.set_epoch(self.epoch)
-        iterators = {name: iter(loader) for name, loader in self.loaders.items()}
-        consumed = dict.fromkeys(iterators, False)
-        while True:
-            batch = {}
-            for name, iterator in list(iterators.items()):
-                try:
-                    batch[name] = next(iterator)
-                except StopIteration:
-                    consumed[name] = True
-                    if all(consumed.values()):
-                        return
-                    iterators[name] = iter(self.loaders[name])  # a shorter stream cycles: its next pass
-                    batch[name] = next(iterators[name])
+        for batch, _, _ in CombinedLoader(self.loaders, mode="max_size_cycle"):
             yield batch
