@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
-from unlearning.bench import bench_parser, verdict_grid
+from unlearning.bench import bench_parser, place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
@@ -199,7 +199,7 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
     assert "| forget4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "grid_verdicts.png").is_file()
 
 
-def test_the_verdict_grid_reads_each_method_against_the_oracle_and_shows_where_the_pretrained_model_starts():
+def test_the_verdict_grid_reads_each_method_against_the_oracle_beside_the_pretrained_start_and_another_seeds_oracle():
     def row(exp, method, seed, retain, verdict="forgets", cost=0.2):
         return {"experiment": exp, "method": method, "seed": seed, "retain_acc": retain, "verdict": verdict, "cost": cost, "frozen": 0.5}
 
@@ -209,10 +209,12 @@ def test_the_verdict_grid_reads_each_method_against_the_oracle_and_shows_where_t
             rows += [row(exp, "oracle", seed, oracle, cost=1.0), row(exp, "pretrained", seed, start, "incomplete", 1.1)]
             rows.append(row(exp, "masked_reset", seed, after, "hides" if (exp, seed) == ("forget4", 1) else "forgets"))
     grid = verdict_grid(rows)
-    assert "| experiment | pretrained | masked_reset |" in grid
-    # the start: -0.9 and -0.1 points, one seed of two within half a point; the method: -0.3 and +0.2
-    assert "| forget1 | -0.50 pp, 1/2 within 0.5 | forgets 2/2<br>-0.05 pp, 0.20×, 50% frozen |" in grid
-    assert "| forget4 | -0.50 pp, 1/2 within 0.5 | forgets 1/2, hides 1/2<br>-0.05 pp" in grid
+    assert "| experiment | pretrained | another seed's oracle | masked_reset |" in grid
+    # the start: -0.9 and -0.1 points, one seed of two within half a point; the oracles read against each other: -1.0 and
+    # +1.0; the method: -0.3 and +0.2
+    assert "| forget1 | -0.50 pp, 1/2 within 0.5 | lowest -1.00 pp, 1/2 within 0.5 | forgets 2/2<br>-0.05 pp, 0.20×, 50% frozen |" in grid
+    assert "| forget4 | -0.50 pp, 1/2 within 0.5 | lowest -1.00 pp, 1/2 within 0.5 | forgets 1/2, hides 1/2<br>-0.05 pp" in grid
+    assert "| all | 2/4 within 0.5 | 2/4 within 0.5 | 4/4 within 0.5<br>forgets 3/4 |" in grid
 
 
 def test_quiet_collector_keeps_the_objects_alive_before_it_out_of_the_collectors_passes_and_releases_them_after():
@@ -223,3 +225,25 @@ def test_quiet_collector_keeps_the_objects_alive_before_it_out_of_the_collectors
         assert gc.get_freeze_count() > 10_000  # the interpreter's long-lived objects: torch's, Lightning's, the tests'
         assert gc.isenabled()  # the fit's own garbage is still collected
     assert gc.get_freeze_count() == 0
+
+
+def test_point_labels_stay_inside_the_axes_and_clear_of_each_other_where_a_sweep_sits_at_one_height():
+    import itertools
+
+    import matplotlib.pyplot as plt
+
+    # the masked reset's sweep at one cost, a few points apart, and three methods crowded at the right edge
+    points = {f"masked_reset_u{u}": (x, 0.25) for u, x in [(10, 82), (30, 64), (50, 46), (70, 28)]}
+    points |= {"head_mask": (100, 0.04), "layer_freeze_1": (99, 0.06), "layer_freeze_2": (98, 0.062)}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(*zip(*points.values()))
+    ax.set_yscale("log")
+    ax.set_xlim(-3, 103)
+    place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    frame = ax.get_window_extent(renderer)
+    plt.close(fig)
+    assert sorted(text.get_text() for text in ax.texts) == sorted(points)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -320,7 +321,9 @@ def _grid_axes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
     """Experiments (rows) by methods (columns): each cell's verdicts over the seeds (``forgets 3/3``), its retain accuracy
     against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class. The
-    pretrained model's own retain gap comes first: the start, against which a method's gap reads."""
+    pretrained model's own retain gap comes first: the start, against which a method's gap reads; then each seed's oracle
+    against the other seeds' (retraining on another seed: what a per-run retain target asks of retraining itself). A last
+    row counts each column's runs within half a point and its ``forgets``."""
     experiments, methods = _grid_axes(rows)
     if len(experiments) < 2 or not methods:
         return ""
@@ -335,30 +338,50 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
         "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
         "the share of weights bit-identical to the pretrained model's; the retain class furthest below the oracle's same class",
         "(worst over seeds). The pretrained column is where every method starts: its own retain accuracy minus the oracle's,",
-        "and in how many seeds that lies within half a point.",
+        "and in how many seeds that lies within half a point. The next column is a retrain from scratch on another seed: each",
+        "seed's oracle read against every other seed's oracle of the row (the lowest gap, and how many of those pairs lie",
+        "within half a point), what a per-run target on the retain gap demands of retraining itself. The last row counts, per",
+        "column, the runs (or pairs) within half a point and the runs that get `forgets`.",
         "",
-        "| experiment | pretrained | " + " | ".join(methods) + " |",
-        "|" + "---|" * (len(methods) + 2),
+        "| experiment | pretrained | another seed's oracle | " + " | ".join(methods) + " |",
+        "|" + "---|" * (len(methods) + 3),
     ]
+    within = {column: [0, 0] for column in ("pretrained", "oracles", *methods)}
+    forgets = dict.fromkeys(methods, 0)
+
+    def count(column: str, gaps: list[float]) -> str:
+        near = sum(g >= -0.5 for g in gaps)
+        within[column][0] += near
+        within[column][1] += len(gaps)
+        return f"{near}/{len(gaps)} within 0.5"
+
     for exp in experiments:
         start = [retain_gap(r) for r in rows if r["experiment"] == exp and r["method"] == "pretrained"]
-        cells = [f"{statistics.mean(start):+.2f} pp, {sum(g >= -0.5 for g in start)}/{len(start)} within 0.5" if start else "–"]
+        cells = [f"{statistics.mean(start):+.2f} pp, {count('pretrained', start)}" if start else "–"]
+        oracles = [r for r in rows if r["experiment"] == exp and r["method"] == "oracle"]
+        pairs = [100 * (a["retain_acc"] - b["retain_acc"]) for a, b in itertools.permutations(oracles, 2)]
+        cells.append(f"lowest {min(pairs):+.2f} pp, {count('oracles', pairs)}" if pairs else "–")
         for method in methods:
             group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
             if not group:
                 cells.append("–")
                 continue
             counts = {v: sum(r["verdict"] == v for r in group) for v in dict.fromkeys(r["verdict"] for r in group)}
+            forgets[method] += counts.get("forgets", 0)
             verdicts = ", ".join(f"{v} {n}/{len(group)}" for v, n in counts.items())
-            gap = statistics.mean(retain_gap(r) for r in group)
+            gaps = [retain_gap(r) for r in group]
+            count(method, gaps)
             cost = statistics.mean(r["cost"] for r in group)
             frozen = statistics.mean(r["frozen"] for r in group) if all("frozen" in r for r in group) else None
             skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes
             worst = [w for r in group if (w := worst_retain_class(r, oracle[exp, r["seed"]], holdout, skip)) is not None]
             worst_text = f"; worst {max(worst, key=lambda w: w[1])[0]} {-max(w[1] for w in worst):+.1f}" if worst else ""
             frozen_text = "" if frozen is None else f", {100 * frozen:.0f}% frozen"
-            cells.append(f"{verdicts}<br>{gap:+.2f} pp, {cost:.2f}×{frozen_text}{worst_text}")
+            cells.append(f"{verdicts}<br>{statistics.mean(gaps):+.2f} pp, {cost:.2f}×{frozen_text}{worst_text}")
         lines.append(f"| {exp} | " + " | ".join(cells) + " |")
+    totals = {column: f"{near}/{n} within 0.5" if n else "–" for column, (near, n) in within.items()}
+    totals.update({m: f"{totals[m]}<br>forgets {forgets[m]}/{within[m][1]}" for m in methods if within[m][1]})
+    lines.append("| all | " + " | ".join(totals.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -406,6 +429,7 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     order = list(VERDICT_COLOURS)
     fig, axes = plt.subplots(1, len(experiments), figsize=(6.2 * len(experiments), 4.8), squeeze=False)
+    labels = []
     for ax, exp in zip(axes[0], experiments):
         points: dict[str, tuple[float, float, str]] = {}
         for method in methods:
@@ -416,24 +440,56 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         families: dict[str, list[str]] = {}
         for method in points:
             families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
-        below: set[str] = set()  # a family's points often sit at one height: their labels alternate above and below
         for members in families.values():
             if len(members) > 1:
-                line = sorted(points[m][:2] for m in members)
-                ax.plot(*zip(*line), color="0.75", lw=1, zorder=1)
-                below |= set(sorted(members, key=lambda m: points[m][0])[1::2])
-        for method, (x, y, worst) in points.items():
+                ax.plot(*zip(*sorted(points[m][:2] for m in members)), color="0.75", lw=1, zorder=1)
+        for x, y, worst in points.values():
             ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
-            ax.annotate(method, (x, y), fontsize=7, xytext=(4, -10 if method in below else 3), textcoords="offset points")
         ax.set_yscale("log")
         ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel="cost (fit time / oracle's)", title=exp, xlim=(-3, 103))
         ax.grid(alpha=0.3)
+        labels.append((ax, {method: point[:2] for method, point in points.items()}))
     handles = [plt.Line2D([], [], ls="", marker="o", color=c) for c in VERDICT_COLOURS.values()]
     axes[0][-1].legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
     fig.tight_layout()
+    for ax, named_points in labels:  # placed where the layout has put the axes for good
+        place_labels(ax, named_points)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def place_labels(ax: Any, points: dict[str, tuple[float, float]], fontsize: int = 7) -> None:
+    """Label each point with its name beside it, at the first of ten positions around it whose text stays inside the axes
+    and overlaps no label already placed and no other point (where none is free, the first inside the axes): the settings
+    of one method often sit at one height, a few points apart, where labels all to the right of their points would print
+    over each other."""
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the axes' limits and gives the renderer that measures text
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    marks = {name: ax.transData.transform(xy) for name, xy in points.items()}
+    offsets = [(dx, dy, ha) for dy in (3, -10, 12, -19) for dx, ha in ((4, "left"), (-4, "right"))]
+    offsets += [(0, 7, "center"), (0, -15, "center")]
+    taken: list[Any] = []
+
+    def inside(box: Any) -> bool:
+        return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+    def clear(box: Any, name: str) -> bool:
+        padded = box.expanded(1.05, 1.1)
+        return not any(padded.overlaps(t) for t in taken) and not any(padded.contains(*m) for n, m in marks.items() if n != name)
+
+    for name, (x, y) in sorted(points.items(), key=lambda item: item[1]):
+        candidates = []
+        for dx, dy, ha in offsets:
+            label = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
+            candidates.append((dx, dy, ha, label.get_window_extent(renderer)))
+            label.remove()
+        fits = [c for c in candidates if inside(c[3])] or candidates
+        dx, dy, ha, box = next((c for c in fits if clear(c[3], name)), fits[0])
+        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
+        taken.append(box)
 
 
 #: the per-seed table: what every target in the README is checked against
