@@ -222,14 +222,22 @@ def test_a_step_budget_resumes_with_the_batches_it_would_have_served():
     assert head + _labels(itertools.islice(iter(resumed), 3)) == straight
 
 
-def test_a_one_stream_position_saved_before_budgets_were_one_epoch_still_resumes():
-    def retain_only():
-        return {"retain": _streams()["retain"]}
+def test_positions_saved_per_stream_before_budgets_were_one_epoch_still_resume():
+    """Lightning kept one TensorBatchLoader state per stream then; ``from_stream_states`` folds them into the budget's."""
+    straight = _labels(itertools.islice(iter(StepBudgetStreams(_streams(), steps=10)), 10))
+    first = StepBudgetStreams(_streams(), steps=10)
+    list(itertools.islice(iter(first), 7))  # in the second epoch, after the short stream cycled in it
+    per_stream = first.state_dict()["streams"]  # each loader's own state, as Lightning saved it beside the others
+    assert per_stream == {"retain": {"epoch": 1, "pass": 0, "served": 3}, "forget": {"epoch": 1, "pass": 1, "served": 1}}
+    resumed = StepBudgetStreams(_streams(), steps=10)
+    resumed.load_state_dict(StepBudgetStreams.from_stream_states(per_stream))
+    assert _labels(itertools.islice(iter(resumed), 3)) == straight[7:]
 
-    straight = _labels(itertools.islice(iter(StepBudgetStreams(retain_only(), steps=10)), 10))
-    resumed = StepBudgetStreams(retain_only(), steps=10)
-    resumed.load_state_dict({"epoch": 1, "pass": 0, "served": 2})  # what TensorBatchLoader wrote, 2 batches into epoch 1
-    assert _labels(itertools.islice(iter(resumed), 4)) == straight[6:]
+    retain_only = {"retain": _streams()["retain"]}
+    straight = _labels(itertools.islice(iter(StepBudgetStreams(retain_only, steps=10)), 10))
+    resumed = StepBudgetStreams({"retain": _streams()["retain"]}, steps=10)
+    resumed.load_state_dict(StepBudgetStreams.from_stream_states({"retain": {"epoch": 1, "pass": 0, "served": 2}}))
+    assert _labels(itertools.islice(iter(resumed), 4)) == straight[6:]  # 2 batches into epoch 1 of 4-batch epochs
 
 
 def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):

@@ -7,7 +7,7 @@ collates it again is pure overhead. This loader indexes the normalised tensors d
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -137,13 +137,16 @@ class StepBudgetStreams:
         return {"epoch": self.epoch, "streams": {name: loader.state_dict() for name, loader in self.loaders.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "streams" not in state and len(self.loaders) == 1:
-            # a one-stream run checkpointed before budgets were one epoch: TensorBatchLoader's own state, whose epoch the
-            # stream epoch is (a two-stream one Lightning refuses before this: 1 stateful loader, 2 states)
-            state = {"epoch": state["epoch"], "streams": dict.fromkeys(self.loaders, state)}
         self.epoch, self._iterated = state["epoch"], False
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["streams"][name])
+
+    @staticmethod
+    def from_stream_states(states: Mapping[str, dict[str, int]]) -> dict[str, Any]:
+        """The state of a budget whose streams stand where ``states`` say: one :meth:`TensorBatchLoader.state_dict` per
+        stream, as a run checkpointed before budgets were one epoch kept them (Lightning held one state per stream then,
+        and set every sampler to its own epoch, which is the stream epoch)."""
+        return {"epoch": max(state["epoch"] for state in states.values()), "streams": dict(states)}
 
     def __iter__(self) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
         if self._iterated:  # Lightning's epoch ended first (``limit_train_batches`` below the budget): the next stream epoch

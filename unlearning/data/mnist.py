@@ -150,6 +150,14 @@ def load_mnist(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
     return _loaded[key]
 
 
+def serves_step_budget(trainer: Any, task: Any) -> bool:
+    """Whether ``task``'s training streams come as one :class:`StepBudgetStreams` epoch: a run bounded by ``max_steps``
+    alone, unless an epoch-interval scheduler must still step at each epoch's end."""
+    steps_only = trainer.max_steps > 0 and trainer.max_epochs in (None, -1)
+    epoch_scheduler = getattr(task, "lr_scheduler", None) is not None and getattr(task, "scheduler_interval", None) == "epoch"
+    return steps_only and not epoch_scheduler
+
+
 class MNISTDataModule(LightningDataModule):
     """Serves MNIST's ``retain``, ``forget``, ``new``, ``val`` and ``test`` splits from memory.
 
@@ -287,9 +295,7 @@ class MNISTDataModule(LightningDataModule):
         streams: Mapping[str, Sequence[str]] = task.train_streams
         sizes: Mapping[str, int] = getattr(task, "stream_batch_sizes", {})
         loaders = {name: self.loader(*splits, train=True, batch_size=sizes.get(name)) for name, splits in streams.items()}
-        steps_only = self.trainer.max_steps > 0 and self.trainer.max_epochs in (None, -1)
-        epoch_scheduler = getattr(task, "lr_scheduler", None) is not None and getattr(task, "scheduler_interval", None) == "epoch"
-        if steps_only and not epoch_scheduler:  # an epoch-interval scheduler still steps at each epoch's end
+        if serves_step_budget(self.trainer, task):
             return StepBudgetStreams(loaders, self.trainer.max_steps)
         return CombinedLoader(loaders, mode="max_size_cycle")
 

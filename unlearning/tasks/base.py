@@ -24,6 +24,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from unlearning.checkpoints import LatestCheckpoint, check_recorded_classes, load_net_weights, read_checkpoint
+from unlearning.data.loader import StepBudgetStreams
+from unlearning.data.mnist import serves_step_budget
 from unlearning.data.splits import NUM_CLASSES, check_classes
 from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
@@ -266,6 +268,18 @@ class BaseTask(LightningModule):
     def on_train_start(self) -> None:
         if self.log_figures:
             self.log_image("weights/first_layer", first_layer_weights(self.net))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run checkpointed before a step budget was one epoch kept one loader state per training stream, where this
+        version serves a budget as one :class:`~unlearning.data.loader.StepBudgetStreams`: fold the states into its one,
+        or Lightning refuses to resume (1 stateful loader, 2 states) although the batches are the same."""
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        states = loop.get("combined_loader")
+        if self._trainer is None or not states or any("streams" in state for state in states):
+            return
+        if len(states) == len(self.train_streams) and serves_step_budget(self.trainer, self):
+            # Lightning's CombinedLoader flattened the streams' dict in its order, the task's train_streams
+            loop["combined_loader"] = [StepBudgetStreams.from_stream_states(dict(zip(self.train_streams, states)))]
 
     def on_fit_end(self) -> None:
         """The HParams tab: this run's key settings beside its final accuracies, so runs compare side by side."""

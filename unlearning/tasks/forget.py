@@ -200,6 +200,7 @@ class UnlearnTask(BaseTask):
             checkpoint["before"] = self.before
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.weight_masks, self.reset_masks = checkpoint.get("weight_masks"), checkpoint.get("reset_masks")
         self.before = checkpoint.get("before")
 
