@@ -233,9 +233,11 @@ def test_positions_saved_per_stream_before_budgets_were_one_epoch_still_resume()
     resumed.load_state_dict(StepBudgetStreams.from_stream_states(per_stream))
     assert _labels(itertools.islice(iter(resumed), 3)) == straight[7:]
 
-    retain_only = {"retain": _streams()["retain"]}
-    straight = _labels(itertools.islice(iter(StepBudgetStreams(retain_only, steps=10)), 10))
-    resumed = StepBudgetStreams({"retain": _streams()["retain"]}, steps=10)
+    def retain_only():
+        return {"retain": _streams()["retain"]}
+
+    straight = _labels(itertools.islice(iter(StepBudgetStreams(retain_only(), steps=10)), 10))
+    resumed = StepBudgetStreams(retain_only(), steps=10)
     resumed.load_state_dict(StepBudgetStreams.from_stream_states({"retain": {"epoch": 1, "pass": 0, "served": 2}}))
     assert _labels(itertools.islice(iter(resumed), 4)) == straight[6:]  # 2 batches into epoch 1 of 4-batch epochs
 
