@@ -30,7 +30,7 @@ from unlearning.evaluation import (
     relearn_steps,
     verdict,
 )
-from unlearning.evaluation.attacks import prototype_relearn, quantize_
+from unlearning.evaluation.attacks import prototype_relearn, quantize_, quantized_recovery
 from unlearning.evaluation.cli import evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
@@ -401,6 +401,31 @@ def test_quantisation_rounds_each_tensor_to_its_own_symmetric_grid():
     with torch.no_grad():
         eight.weight.copy_(before)
     assert (quantize_(eight, 8).weight - before).abs().max() <= before.abs().max() / 127 / 2 + 1e-7
+
+
+@pytest.mark.parametrize(("silenced", "expected"), [(False, 100.0), (True, 0.0)], ids=["knows", "collapses"])
+def test_quantisation_recovery_is_net_of_what_the_rounded_copy_calls_the_class(silenced, expected):
+    """Points of ten classes on two axes. A head that still knows class 9 keeps it through 8-bit rounding: its recall
+    counts. A head that never says 9 but whose rounding zeroes every other row (one large weight sets the tensor's
+    grid, on an input that is always 0) calls every point 9 once rounded: recall 100, but as many false claims, so 0."""
+    centres = torch.tensor([[4.0 * math.cos(a), 4.0 * math.sin(a), 0.0] for a in torch.arange(9) * 2 * math.pi / 9] + [[0.0, 8.0, 0.0]])
+    head = torch.nn.Linear(3, 10)
+    with torch.no_grad():
+        if silenced:
+            head.weight.copy_(0.05 * centres)
+            head.weight[9] = torch.tensor([0.0, 0.0, 10.0])
+            head.bias.copy_(torch.tensor([0.0] * 9 + [0.3]))
+        else:
+            head.weight.copy_(centres)
+            head.bias.copy_(-0.5 * centres.pow(2).sum(1))
+    net = PointNet(head)
+    forget_x, other_x = centres[9].expand(50, 3), centres[:9].repeat(20, 1)
+    labels = torch.arange(10)
+    unrounded = labels[net(torch.cat([forget_x, other_x])).argmax(1)]
+    assert (unrounded[:50] == 9).all() != silenced and (unrounded[50:] != 9).all()  # the silenced head never says 9
+    bits = 4 if silenced else 8
+    score = quantized_recovery(net, forget_x, torch.full((50,), 9), other_x, labels, [9], bits)
+    assert score == expected
 
 
 class PointNet(torch.nn.Module):

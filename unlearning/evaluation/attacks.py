@@ -3,7 +3,7 @@
 * :func:`prototype_relearn`: Spotter's prototypical relearning (arXiv 2506.01318). The mean penultimate features of
   ``k`` forget-class images are blended into the forget class's row of the head. If the features still set the class
   apart, the row finds it again; the oracle's features were never shaped by the class, so its row finds it less.
-* :func:`quantized_accuracy`: round-to-nearest weight quantisation (arXiv 2410.16454). A method that moved the weights
+* :func:`quantized_recovery`: round-to-nearest weight quantisation (arXiv 2410.16454). A method that moved the weights
   only a little can be undone by the rounding a deployment applies anyway.
 """
 
@@ -80,8 +80,18 @@ def quantize_(net: nn.Module, bits: int) -> nn.Module:
     return net
 
 
-def quantized_accuracy(net: nn.Module, test_x: Tensor, test_y: Tensor, unit_labels: Tensor, bits: int) -> float:
-    """Accuracy (%) on the forget class's held-out ``test_x`` of a ``bits``-bit round-to-nearest copy of ``net``."""
+def quantized_recovery(
+    net: nn.Module, forget_x: Tensor, forget_y: Tensor, other_x: Tensor, unit_labels: Tensor, forget_classes: Sequence[int], bits: int
+) -> float:
+    """What a ``bits``-bit round-to-nearest copy of ``net`` knows of the forget classes (%): its accuracy on their held-out
+    ``forget_x`` less the share of the other classes' ``other_x`` it gives a forget label, at least 0.
+
+    Net of those false claims, as the prototype attack pays in retain images: rounding with one scale per tensor can zero
+    every row of a head but one outlier's, and a copy that calls every image the forget class has not recovered it.
+    """
     model = quantize_(copy.deepcopy(net).eval(), bits)
+    forget_labels = torch.as_tensor(forget_classes, device=other_x.device)
     with torch.no_grad():
-        return float((predicted_labels(net_logits(model, test_x), unit_labels) == test_y).float().mean() * 100)
+        recall = (predicted_labels(net_logits(model, forget_x), unit_labels) == forget_y).float().mean()
+        claimed = torch.isin(predicted_labels(net_logits(model, other_x), unit_labels), forget_labels)
+    return max(0.0, float((recall - claimed.float().mean()) * 100))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from unlearning.data.mnist import MEAN, STD
 from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
-from unlearning.evaluation.attacks import QUANT_BITS, prototype_relearn, quantized_accuracy
+from unlearning.evaluation.attacks import QUANT_BITS, prototype_relearn, quantized_recovery
 from unlearning.evaluation.data import EvalData, choose
 from unlearning.evaluation.mia import Attack, mia_check, mia_features
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
@@ -183,10 +183,13 @@ def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor
 def _gradient_free_attacks(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, float]:
     """``proto_acc``: prototypical relearning from the relearning attacker's forget images, paying 1% of its retain images
     (as many as nine times its forget images, the natural mix); ``quant<b>_acc``: the forget classes' test accuracy
-    after ``b``-bit rounding."""
+    after ``b``-bit rounding, less the share of the other test images the rounded copy gives a forget label."""
     held_out = data.test_mask(data.forget_classes)
     test_x, test_y = data.test_x[held_out], data.test_y[held_out]
-    metrics = {f"quant{bits}_acc": quantized_accuracy(net, test_x, test_y, unit_labels, bits) for bits in QUANT_BITS}
+    other_x = data.test_x[~held_out]
+    metrics = {
+        f"quant{bits}_acc": quantized_recovery(net, test_x, test_y, other_x, unit_labels, data.forget_classes, bits) for bits in QUANT_BITS
+    }
     if not isinstance(getattr(net, "head", None), nn.Linear):
         return metrics
     shown = forget[choose(len(forget), budget.relearn_samples, budget.sample_seed + 2).to(forget.device)]

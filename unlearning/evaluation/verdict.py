@@ -186,7 +186,8 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
         if key in oracle and metrics[key] > oracle[key] + t.acc_margin:
             representation.append(
                 f"rounding the weights to {key.removeprefix('quant').removesuffix('_acc')} bits brings the class back to "
-                f"{metrics[key]:.1f}% test accuracy, the oracle's to {oracle[key]:.1f}% (margin {t.acc_margin:g})"
+                f"{metrics[key]:.1f}% test accuracy net of the other images it then calls the class, the oracle's to "
+                f"{oracle[key]:.1f}% (margin {t.acc_margin:g})"
             )
     recovered, oracle_recovered = metrics.get("recovered_acc"), oracle.get("recovered_acc")
     if recovered is not None and oracle_recovered is not None and recovered > oracle_recovered + t.recovery_margin:
