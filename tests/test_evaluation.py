@@ -405,9 +405,9 @@ def test_quantisation_rounds_each_tensor_to_its_own_symmetric_grid():
 
 @pytest.mark.parametrize(("silenced", "expected"), [(False, 100.0), (True, 0.0)], ids=["knows", "collapses"])
 def test_quantisation_recovery_is_net_of_what_the_rounded_copy_calls_the_class(silenced, expected):
-    """Points of ten classes on two axes. A head that still knows class 9 keeps it through 8-bit rounding: its recall
-    counts. A head that never says 9 but whose rounding zeroes every other row (one large weight sets the tensor's
-    grid, on an input that is always 0) calls every point 9 once rounded: recall 100, but as many false claims, so 0."""
+    """Ten classes' centres in the plane (a third input, always 0). A head that still knows class 9 keeps it through
+    8-bit rounding: its recall counts. A head that never says 9 but whose rounding zeroes every other row (one large
+    weight on the zero input sets the tensor's grid) calls every point 9 once rounded: recall 100, as many false claims, 0."""
     centres = torch.tensor([[4.0 * math.cos(a), 4.0 * math.sin(a), 0.0] for a in torch.arange(9) * 2 * math.pi / 9] + [[0.0, 8.0, 0.0]])
     head = torch.nn.Linear(3, 10)
     with torch.no_grad():
