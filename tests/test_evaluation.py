@@ -424,7 +424,8 @@ def test_quantisation_recovery_is_net_of_what_the_rounded_copy_calls_the_class(s
     unrounded = labels[net(torch.cat([forget_x, other_x])).argmax(1)]
     assert (unrounded[:50] == 9).all() != silenced and (unrounded[50:] != 9).all()  # the silenced head never says 9
     bits = 4 if silenced else 8
-    score = quantized_recovery(net, forget_x, torch.full((50,), 9), other_x, labels, [9], bits)
+    test_y = torch.cat([torch.full((50,), 9), torch.arange(9).repeat(20)])
+    score = quantized_recovery(net, torch.cat([forget_x, other_x]), test_y, labels, [9], bits)
     assert score == expected
 
 

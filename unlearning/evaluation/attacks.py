@@ -81,17 +81,19 @@ def quantize_(net: nn.Module, bits: int) -> nn.Module:
 
 
 def quantized_recovery(
-    net: nn.Module, forget_x: Tensor, forget_y: Tensor, other_x: Tensor, unit_labels: Tensor, forget_classes: Sequence[int], bits: int
+    net: nn.Module, test_x: Tensor, test_y: Tensor, unit_labels: Tensor, forget_classes: Sequence[int], bits: int
 ) -> float:
-    """What a ``bits``-bit round-to-nearest copy of ``net`` knows of the forget classes (%): its accuracy on their held-out
-    ``forget_x`` less the share of the other classes' ``other_x`` it gives a forget label, at least 0.
+    """What a ``bits``-bit round-to-nearest copy of ``net`` knows of the forget classes (%): its accuracy on their images in
+    ``test_x`` less the share of the other classes' images it gives a forget label, at least 0.
 
     Net of those false claims, as the prototype attack pays in retain images: rounding with one scale per tensor can zero
     every row of a head but one outlier's, and a copy that calls every image the forget class has not recovered it.
     """
     model = quantize_(copy.deepcopy(net).eval(), bits)
-    forget_labels = torch.as_tensor(forget_classes, device=other_x.device)
+    forget_labels = torch.as_tensor(forget_classes, device=test_y.device)
     with torch.no_grad():
-        recall = (predicted_labels(net_logits(model, forget_x), unit_labels) == forget_y).float().mean()
-        claimed = torch.isin(predicted_labels(net_logits(model, other_x), unit_labels), forget_labels)
-    return max(0.0, float((recall - claimed.float().mean()) * 100))
+        predicted = predicted_labels(net_logits(model, test_x), unit_labels)
+    is_forget = torch.isin(test_y, forget_labels)
+    recall = (predicted[is_forget] == test_y[is_forget]).float().mean()
+    claimed = torch.isin(predicted[~is_forget], forget_labels).float().mean()
+    return max(0.0, float((recall - claimed) * 100))

@@ -184,21 +184,21 @@ def _gradient_free_attacks(net: nn.Module, unit_labels: Tensor, data: EvalData, 
     """``proto_acc``: prototypical relearning from the relearning attacker's forget images, paying 1% of its retain images
     (as many as nine times its forget images, the natural mix); ``quant<b>_acc``: the forget classes' test accuracy
     after ``b``-bit rounding, less the share of the other test images the rounded copy gives a forget label."""
-    held_out = data.test_mask(data.forget_classes)
-    test_x, test_y = data.test_x[held_out], data.test_y[held_out]
-    other_x = data.test_x[~held_out]
     metrics = {
-        f"quant{bits}_acc": quantized_recovery(net, test_x, test_y, other_x, unit_labels, data.forget_classes, bits) for bits in QUANT_BITS
+        f"quant{bits}_acc": quantized_recovery(net, data.test_x, data.test_y, unit_labels, data.forget_classes, bits) for bits in QUANT_BITS
     }
     if not isinstance(getattr(net, "head", None), nn.Linear):
         return metrics
+    held_out = data.test_mask(data.forget_classes)
     shown = forget[choose(len(forget), budget.relearn_samples, budget.sample_seed + 2).to(forget.device)]
     retain = data.splits["retain"]
     retain = retain[choose(len(retain), 9 * len(shown), budget.sample_seed + 6).to(retain.device)]
     supports = {unit: data.train_x[shown[data.train_y[shown] == unit_labels[unit]]] for unit in units_for(data.forget_classes, unit_labels)}
     supports = {unit: x for unit, x in supports.items() if len(x)}
     if supports:
-        metrics["proto_acc"] = prototype_relearn(net, supports, data.train_x[retain], test_x, test_y, unit_labels)
+        metrics["proto_acc"] = prototype_relearn(
+            net, supports, data.train_x[retain], data.test_x[held_out], data.test_y[held_out], unit_labels
+        )
     return metrics
 
 
