@@ -133,6 +133,26 @@ def test_the_probe_fits_only_the_new_unit_before_training(replace_ckpt, tmp_path
     assert (net(x).argmax(1) == 3).float().mean() > 0.5  # the pretrained net never predicts 3; the probe alone gets most of them
 
 
+@pytest.mark.parametrize(("probe_norm", "target_norm"), [("aligned", torch.mean), ("capped", torch.max)])
+def test_a_norm_limited_probe_is_the_free_probe_scaled_down_to_the_other_rows_norm(probe_norm, target_norm, replace_ckpt, tmp_path):
+    """Weight aligning shrinks the new unit's row and bias by one factor: the decision direction stays the probe's."""
+    heads = {}
+    for norm in ("free", probe_norm):
+        cli = replace(REPLACE / "full_network.yaml", replace_ckpt, tmp_path / norm, "--model.init_args.optimizer.init_args.lr=0",
+                      "--trainer.max_steps=1", f"--model.init_args.probe_norm={norm}")  # fmt: skip
+        after = net_state_dict(last(cli))
+        heads[norm] = after["head.weight"], after["head.bias"]
+    (free_w, free_b), (w, b) = heads["free"], heads[probe_norm]
+    others = torch.ones(10, dtype=torch.bool)
+    others[3] = False
+    target = target_norm(free_w[others].norm(dim=1))
+    assert free_w[3].norm() > 2 * target  # the unregularised regression outgrows the other rows
+    assert torch.equal(w[others], free_w[others]) and torch.equal(b[others], free_b[others])
+    assert torch.allclose(w[3].norm(), target)
+    scale = w[3].norm() / free_w[3].norm()
+    assert torch.allclose(w[3], free_w[3] * scale, atol=1e-6) and torch.allclose(b[3], free_b[3] * scale, atol=1e-6)
+
+
 def test_replacement_by_reset_resets_what_serves_the_old_class_then_trains_every_weight(replace_ckpt, tmp_path):
     cli = replace(REPLACE / "reset_retrain.yaml", replace_ckpt, tmp_path, "--trainer.max_steps=3")
     checkpoint = read_checkpoint(last(cli))

@@ -31,6 +31,7 @@ from unlearning.tasks.forget import ResetScore, SelectiveGradient, SpecificReset
 HeadMode = Literal["own", "reuse"]
 SaliencyFrom = Literal["old", "new", "both"]
 DistillUnits = Literal["all", "retain"]
+ProbeNorm = Literal["free", "aligned", "capped"]
 
 
 class ReplaceTask(SpecificReset, SelectiveGradient):
@@ -71,6 +72,9 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
         probe_samples: shuffled samples of retain ∪ new the probe fits on: plenty for a few linear
             units (10 000 did no better on the validation split), and a small share of the budget.
+        probe_norm: ``aligned`` scales each probed row (weight and bias) down to the mean norm of the head's other
+            rows where it is longer (weight aligning), ``capped`` to the longest other row's; ``free`` keeps the logistic
+            regression's own. See :meth:`probe`.
         stream_batch_sizes: samples per step of the named streams (``forget``, ``new``, ``retain``),
             which the datamodule serves; the others get its ``batch_size``. A retain batch larger
             than the new one balances what the shared features are tuned for.
@@ -100,6 +104,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         fisher_batch_size: int = 1000,
         probe_iterations: int = 0,
         probe_samples: int = 3000,
+        probe_norm: ProbeNorm = "free",
         stream_batch_sizes: dict[str, int] | None = None,
         **kwargs: Any,
     ):
@@ -111,6 +116,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError(
                 "new_weight, forget_weight, distill_weight and probe_iterations must be >= 0, distill_temperature > 0, probe_samples >= 1"
             )
+        if probe_norm not in ("free", "aligned", "capped"):
+            raise UsageError(f"probe_norm must be 'free', 'aligned' or 'capped', got {probe_norm!r}")
         if distill_units not in ("all", "retain"):
             raise UsageError(f"distill_units must be 'all' or 'retain', got {distill_units!r}")
         if train_only_reset and reset_fraction is None:
@@ -124,7 +131,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
-        self.probe_iterations, self.probe_samples = probe_iterations, probe_samples
+        self.probe_iterations, self.probe_samples, self.probe_norm = probe_iterations, probe_samples, probe_norm
         self.stream_batch_sizes = dict(stream_batch_sizes or {})
         super().__init__(*args, **kwargs)
         if self.forget_fraction is not None or not self.forget_classes or not self.new_classes:
@@ -219,6 +226,13 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         against the fixed other units (convex; L-BFGS on ``probe_samples`` shuffled samples in their
         natural proportions), starts fine-tuning where those gradients are small. Rank 0's result is
         broadcast, like the mask.
+
+        A new class the features already set apart is separable, and an unregularised logistic regression then grows
+        its row without bound: 20 iterations left 2 -> 9's at ten times the other rows' norm, and fine-tuning never
+        shrank it (an over-confident unit that rounding to 4 bits turns into the only one left). ``probe_norm:
+        aligned`` scales such a row, and its bias, down to the other rows' mean norm (weight aligning, Zhao et al.,
+        2020, "Maintaining Discrimination and Fairness in Class Incremental Learning"): the same decision direction,
+        the other classes' confidence; ``capped``, to the longest other row's.
         """
         units = self.target_unit[self.new_classes]
         head, datamodule = self.net.head, self.trainer.datamodule
@@ -238,7 +252,15 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             return loss
 
         optimizer.step(closure)
-        weight, bias = self.broadcast_from_rank_zero((weight.detach(), bias.detach()))
+        weight, bias = weight.detach(), bias.detach()
+        if self.probe_norm != "free":
+            others = torch.ones(len(head.weight), dtype=torch.bool, device=head.weight.device)
+            others[units] = False
+            norms = head.weight[others].norm(dim=1)
+            target = norms.mean() if self.probe_norm == "aligned" else norms.max()
+            scale = (target / weight.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+            weight, bias = weight * scale[:, None], bias * scale
+        weight, bias = self.broadcast_from_rank_zero((weight, bias))
         head.weight[units], head.bias[units] = weight, bias
 
     def eval_summaries(self, confmat: Tensor, stage: str) -> dict[str, Tensor]:
