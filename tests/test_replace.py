@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from tests.conftest import CONFIGS, TINY, changed, fit_recording
@@ -136,12 +137,14 @@ def test_the_probe_fits_only_the_new_unit_before_training(replace_ckpt, tmp_path
 @pytest.mark.parametrize(("probe_norm", "target_norm"), [("aligned", torch.mean), ("capped", torch.max)])
 def test_a_norm_limited_probe_is_the_free_probe_scaled_down_to_the_other_rows_norm(probe_norm, target_norm, replace_ckpt, tmp_path):
     """Weight aligning shrinks the new unit's row and bias by one factor: the decision direction stays the probe's."""
-    heads = {}
+    heads, logged = {}, {}
     for norm in ("free", probe_norm):
         cli = replace(REPLACE / "full_network.yaml", replace_ckpt, tmp_path / norm, "--model.init_args.optimizer.init_args.lr=0",
                       "--trainer.max_steps=1", f"--model.init_args.probe_norm={norm}")  # fmt: skip
         after = net_state_dict(last(cli))
         heads[norm] = after["head.weight"], after["head.bias"]
+        events = EventAccumulator(cli.trainer.log_dir).Reload()
+        logged[norm] = {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"] if tag.startswith("probe/")}
     (free_w, free_b), (w, b) = heads["free"], heads[probe_norm]
     others = torch.ones(10, dtype=torch.bool)
     others[3] = False
@@ -151,6 +154,12 @@ def test_a_norm_limited_probe_is_the_free_probe_scaled_down_to_the_other_rows_no
     assert torch.allclose(w[3].norm(), target)
     scale = w[3].norm() / free_w[3].norm()
     assert torch.allclose(w[3], free_w[3] * scale, atol=1e-6) and torch.allclose(b[3], free_b[3] * scale, atol=1e-6)
+    # TensorBoard shows the row as fitted and as kept, beside the other rows' mean norm
+    fitted, other_rows = float(free_w[3].norm()), float(free_w[others].norm(dim=1).mean())
+    assert logged["free"] == pytest.approx({"probe/fitted_row_norm": fitted, "probe/row_norm": fitted, "probe/other_rows_norm": other_rows})
+    assert logged[probe_norm] == pytest.approx(
+        {"probe/fitted_row_norm": fitted, "probe/row_norm": float(target), "probe/other_rows_norm": other_rows}
+    )
 
 
 def test_replacement_by_reset_resets_what_serves_the_old_class_then_trains_every_weight(replace_ckpt, tmp_path):

@@ -232,7 +232,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         shrank it (an over-confident unit that rounding to 4 bits turns into the only one left). ``probe_norm:
         aligned`` scales such a row, and its bias, down to the other rows' mean norm (weight aligning, Zhao et al.,
         2020, "Maintaining Discrimination and Fairness in Class Incremental Learning"): the same decision direction,
-        the other classes' confidence; ``capped``, to the longest other row's.
+        the other classes' confidence; ``capped``, to the longest other row's. TensorBoard gets the largest new row's
+        norm as fitted and as kept (``probe/fitted_row_norm``, ``probe/row_norm``) beside the other rows' mean, at step 0.
         """
         units = self.target_unit[self.new_classes]
         head, datamodule = self.net.head, self.trainer.datamodule
@@ -252,16 +253,19 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             return loss
 
         optimizer.step(closure)
+        others = torch.ones(len(head.weight), dtype=torch.bool, device=head.weight.device)
+        others[units] = False
         weight, bias = weight.detach(), bias.detach()
+        other_norms, fitted_norms = head.weight[others].norm(dim=1), weight.norm(dim=1)
         if self.probe_norm != "free":
-            others = torch.ones(len(head.weight), dtype=torch.bool, device=head.weight.device)
-            others[units] = False
-            norms = head.weight[others].norm(dim=1)
-            target = norms.mean() if self.probe_norm == "aligned" else norms.max()
-            scale = (target / weight.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+            target = other_norms.mean() if self.probe_norm == "aligned" else other_norms.max()
+            scale = (target / fitted_norms.clamp_min(1e-12)).clamp(max=1.0)
             weight, bias = weight * scale[:, None], bias * scale
         weight, bias = self.broadcast_from_rank_zero((weight, bias))
         head.weight[units], head.bias[units] = weight, bias
+        if self.logger is not None and self.trainer.is_global_zero:  # the largest new row, as fitted and as kept
+            norms = {"fitted_row_norm": fitted_norms.max(), "row_norm": weight.norm(dim=1).max(), "other_rows_norm": other_norms.mean()}
+            self.logger.log_metrics({f"probe/{k}": float(v) for k, v in norms.items()}, step=0)
 
     def eval_summaries(self, confmat: Tensor, stage: str) -> dict[str, Tensor]:
         """Adds ``old_acc`` (the old classes' accuracy, lower is better) and ``old_as_new``: the share of
