@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
-from unlearning.bench import bench_parser, place_labels, verdict_grid
+from unlearning.bench import Cell, Experiment, bench_parser, place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
@@ -130,12 +130,30 @@ def test_speed_fit_args_reach_the_fit(tmp_path):
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("bench*.yaml")), ids=lambda p: p.name)
 def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
     """A typo in a bench config would otherwise surface minutes into the grid."""
-    experiments = bench_parser().parse_args(["-c", str(config)]).experiments
+    parser = bench_parser()
+    experiments = parser.instantiate(parser.parse_args(["-c", str(config)])).experiments  # each entry with its experiment's args
     assert experiments
     for exp in experiments:
         for args in [exp.pretrain, exp.oracle, *exp.methods.values()]:
             cli = main(["-c", *args, f"--trainer.default_root_dir={tmp_path}"], run=False)  # as fit_and_test runs them
             assert cli.model.net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_an_experiments_args_go_into_every_entry_after_its_config_and_leave_the_cell_as_if_spelled_out():
+    folded = Experiment(
+        "forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"],
+        {"a": ["configs/unlearn/unit_reset.yaml", "--trainer.max_steps=3"]}, args=["--data.init_args.forget_classes=[2]"],
+    )  # fmt: skip
+    spelled = Experiment(
+        "forget2", ["configs/pretrain.yaml", "--data.init_args.forget_classes=[2]"], ["configs/oracle.yaml", "--data.init_args.forget_classes=[2]"],
+        {"a": ["configs/unlearn/unit_reset.yaml", "--data.init_args.forget_classes=[2]", "--trainer.max_steps=3"]},
+    )  # fmt: skip
+    assert folded == spelled and Cell(folded, 0).key == Cell(spelled, 0).key  # the same runs, reused
+    assert Cell(folded, 0).key != Cell(Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"]), 0).key
+    with pytest.raises(UsageError, match=r"forget2: methods: a: starts with a config file \(\.yaml\), got \['--trainer.max_steps=3'\]"):
+        Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"], {"a": ["--trainer.max_steps=3"]})
+    with pytest.raises(UsageError, match="after: b: a needs both methods listed"):
+        Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"], {"a": ["configs/unlearn/undo.yaml"]}, after={"b": "a"})
 
 
 @pytest.mark.parametrize(
@@ -191,7 +209,7 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
     for row in rows:
         exp = next(e for e in config["experiments"] if e["name"] == row["experiment"])
         recorded = read_checkpoint(row["checkpoint"])["datamodule_hyper_parameters"]
-        wanted = dict(a.removeprefix("--data.init_args.").split("=") for a in exp["pretrain"] if a.startswith("--data.init_args."))
+        wanted = dict(a.removeprefix("--data.init_args.").split("=") for a in exp["args"] if a.startswith("--data.init_args."))
         assert {key: recorded[key] for key in wanted} == {key: yaml.safe_load(value) for key, value in wanted.items()}
         assert row["method"] != "masked_reset" or row["frozen"] >= 0.5
     judged = {r["experiment"] for r in rows if "verdict" in r}

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,9 @@ class Experiment:
     """A pretrain config, its oracle and the methods run from the pretrained weights.
 
     Each entry is a config path followed by optional CLI overrides, exactly as a user would type them.
+    ``args``: overrides every entry (pretrain, oracle, each method) shares, such as the forget class; they go in right
+    after each entry's config path, so an entry's own overrides still win. An experiment written with them is the same
+    experiment, and reuses the same runs, as one that spells them out in every entry.
     ``after`` names methods that start from another method's checkpoint instead (``undo: selective_gradient``);
     their fit time, and so their cost, includes that method's.
     """
@@ -68,8 +71,16 @@ class Experiment:
     methods: dict[str, list[str]] = field(default_factory=dict)
     after: dict[str, str] = field(default_factory=dict)
     evidence: bool = True
+    args: InitVar[list[str] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, args: list[str] | None) -> None:
+        entries = {"pretrain": self.pretrain, "oracle": self.oracle} | {f"methods: {m}": e for m, e in self.methods.items()}
+        for where, entry in entries.items():
+            if not entry or not entry[0].endswith((".yaml", ".yml")):
+                raise UsageError(f"experiment {self.name}: {where}: starts with a config file (.yaml), got {entry}")
+        if args:
+            self.pretrain, self.oracle = ([entry[0], *args, *entry[1:]] for entry in (self.pretrain, self.oracle))
+            self.methods = {method: [entry[0], *args, *entry[1:]] for method, entry in self.methods.items()}
         for method, upstream in self.after.items():
             if (
                 method not in self.methods
