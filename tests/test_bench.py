@@ -156,9 +156,15 @@ def test_an_experiments_args_go_into_every_entry_after_its_config_and_leave_the_
         Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"], {"a": ["configs/unlearn/undo.yaml"]}, after={"b": "a"})
 
 
+TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "oracle": ["configs/oracle.yaml"]}'] * 2)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
+        ("--seeds=[]", "--seeds must list at least one seed"),
+        ("--seeds=[0,0]", r"--seeds repeats a seed: \[0, 0\]"),
+        (f"--experiments=[{TWICE_A}]", r"experiment names repeat: \['a'\]"),
         ("--timing_repeats=0", "--timing_repeats must be at least 1"),
         ("--speed_repeats=-1", "--speed_repeats must be 0"),
         ("--headline=README.md", "--headline takes test-set results"),  # the tiny config has no headline; with val it is refused

@@ -197,6 +197,20 @@ def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
         )
 
 
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        ("unlearn/unit_reset.yaml", "--data.init_args.forget_classes=[11]", "forget_classes must hold class indices in 0..9, got 11"),
+        ("replace/reset_retrain.yaml", "--data.init_args.new_classes=[6]", r"class \[6\] is in both forget_classes and new_classes"),
+    ],
+)
+def test_a_bad_class_is_named_before_the_missing_weights(config, override, message, tmp_path):
+    """Both are wrong; the class is reported first, so a user who then gives the weights is not refused a second time."""
+    with pytest.raises(UsageError, match=message):
+        main(["fit", "-c", str(CONFIGS / config), override, f"--trainer.default_root_dir={tmp_path}"])
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_console_entry_prints_one_error_line_and_exits_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "unlearning", "fit", "-c", str(CONFIGS / "pretrain.yaml"), "--data.init_args.forget_classes=[11]", f"--trainer.default_root_dir={tmp_path}"],

@@ -646,6 +646,15 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise UsageError(
+            f"experiment names repeat: {sorted({n for n in names if names.count(n) > 1})}; each names its rows and run folders"
+        )
+    if not args.seeds:
+        raise UsageError("--seeds must list at least one seed (a grid of no runs would overwrite the tables with empty ones)")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds repeats a seed: {args.seeds}")
     if args.timing_repeats < 1:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:
