@@ -140,6 +140,9 @@ class UnlearningCLI(LightningCLI):
         task = import_class(config.model.class_path)
         logger = config.trainer.logger
         ckpt_path = config.get("ckpt_path")
+        data = config.data.get("init_args") if isinstance(config.data, Namespace) else None
+        if data is not None:  # the classes first: a user who fixes the weights should not then learn the class was wrong
+            check_classes(list(data.get("forget_classes") or []), list(data.get("new_classes") or []))
         if isinstance(logger, Namespace) and import_class(logger.class_path) is RunLogger:
             args = logger.init_args
             if args.save_dir is None:
@@ -150,9 +153,6 @@ class UnlearningCLI(LightningCLI):
                                      config.data.init_args, files[0] if files else None)  # fmt: skip
             if ckpt_path is not None:
                 ckpt_path = self._resolve_checkpoint(config, args)
-        data = config.data.get("init_args") if isinstance(config.data, Namespace) else None
-        if data is not None:  # the classes first: a user who fixes the weights should not then learn the class was wrong
-            check_classes(list(data.get("forget_classes") or []), list(data.get("new_classes") or []))
         if self.subcommand == "fit" and task.starts_from_weights and config.model.init_args.get("weights") is None and ckpt_path is None:
             raise UsageError(missing_weights(task.__name__))
         if self.subcommand:
