@@ -7,7 +7,8 @@ import torch
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
-from unlearning.bench import Cell, Experiment, bench_parser, place_labels, verdict_grid
+from unlearning.bench import Cell, Experiment, bench_parser
+from unlearning.bench_report import place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError

@@ -7,7 +7,7 @@ that seed's oracle and pretrained model. The oracle and every method are timed
 ``--timing_repeats`` times (the cost takes the best of each). A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
 ``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
-tables and per-seed rows, and PNG plots. Last, it times Lightning against a plain torch loop
+tables and per-seed rows, and PNG plots (:mod:`unlearning.bench_report`, from the rows alone). Last, it times Lightning against a plain torch loop
 (:mod:`unlearning.speed`).
 """
 
@@ -16,14 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
 import platform
-import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,17 +30,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
 
+from unlearning.bench_report import (
+    VERDICTS_MARK,
+    changed_verdicts,
+    frontier_figure,
+    headline_tables,
+    headline_verdicts,
+    markdown_tables,
+    per_seed_tables,
+    phase_tables,
+    plots,
+    verdict_figure,
+    verdict_grid,
+)
 from unlearning.checkpoints import net_state_dict
 from unlearning.errors import CellsFailed, HeadlineChanged, UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.verdict import worst_class
 from unlearning.files import atomic_file
 from unlearning.launch import Launcher, Slurm, launch
 from unlearning.pages import read_section, replace_section
@@ -272,319 +280,6 @@ def run_grid(
     return [row | {"reused": True} if cell.name in earlier else row for cell, row in rows]
 
 
-# -- tables -------------------------------------------------------------------------------------
-#: (column key, header, scale, digits)
-COLUMNS = [
-    ("forget_acc", "forget %", 100, 2), ("retain_acc", "retain %", 100, 2), ("acc", "all %", 100, 2), ("new_acc", "new %", 100, 2),
-    ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
-    ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
-    ("reach", "reach %", 100, 1), ("proto", "proto %", 100, 1), ("quant", "quant %", 100, 1), ("frozen", "frozen %", 100, 1),
-    ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
-]  # fmt: skip
-
-
-def _cell(values: list[float], scale: float, digits: int) -> str:
-    values = [scale * v for v in values if v is not None]
-    if not values:
-        return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
-
-
-def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, str, float, int]] = COLUMNS, level: str = "###") -> str:
-    """Mean ± std over seeds per experiment and method; columns that an experiment lacks are left out."""
-    lines = []
-    for exp in dict.fromkeys(r["experiment"] for r in rows):
-        mine = [r for r in rows if r["experiment"] == exp]
-        seeds = sorted({r["seed"] for r in mine})
-        columns = [c for c in columns_wanted if any(r.get(c[0]) is not None for r in mine)]
-        has_verdict = any("verdict" in r for r in mine)
-        lines += [f"{level} {exp} (seeds {', '.join(map(str, seeds))}, mean ± std)", ""]
-        header = ["method", *[c[1] for c in columns]] + (["verdict"] if has_verdict else [])
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            group = [r for r in mine if r["method"] == method]
-            cells = [_cell([r.get(key) for r in group], scale, digits) for key, _, scale, digits in columns]
-            if has_verdict:
-                cells.append(", ".join(sorted({r.get("verdict", "–") for r in group})))
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def worst_retain_class(row: dict[str, Any], oracle: dict[str, Any], holdout: Holdout, skip: set[int]) -> tuple[int, float] | None:
-    """The retain class whose accuracy falls furthest below the same seed's oracle's, and by how much (percentage points):
-    the verdict's own check (:func:`~unlearning.evaluation.verdict.worst_class`) on a bench row's per-class scores."""
-    keys = {c: f"{holdout}_class_acc/{c}" for c in range(10)}
-    if not all(key in row and key in oracle for key in keys.values()):
-        return None
-    as_metrics = [{"class_acc": [100 * r[keys[c]] for c in range(10)]} for r in (row, oracle)]
-    return worst_class({**as_metrics[0], "retain_classes": [c for c in range(10) if c not in skip]}, as_metrics[1])
-
-
-def _grid_axes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """The verdict grid's rows (experiments with evidence) and columns (their methods, the pretrained model and oracle aside)."""
-    experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments) if m not in ("pretrained", "oracle")]
-    return experiments, methods
-
-
-def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
-    """Experiments (rows) by methods (columns): each cell's verdicts over the seeds (``forgets 3/3``), its retain accuracy
-    against the oracle's (mean over seeds, points), its cost against the oracle's, and its most damaged retain class. The
-    pretrained model's own retain gap comes first: the start, against which a method's gap reads; then each seed's oracle
-    against the other seeds' (retraining on another seed: what a per-run retain target asks of retraining itself). A last
-    row counts each column's runs within half a point and its ``forgets``."""
-    experiments, methods = _grid_axes(rows)
-    if len(experiments) < 2 or not methods:
-        return ""
-    oracle = {(r["experiment"], r["seed"]): r for r in rows if r["method"] == "oracle"}
-
-    def retain_gap(row: dict[str, Any]) -> float:
-        return 100 * (row["retain_acc"] - oracle[row["experiment"], row["seed"]]["retain_acc"])
-
-    lines = [
-        "### Verdicts by class and method",
-        "",
-        "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
-        "the share of weights bit-identical to the pretrained model's; the retain class furthest below the oracle's same class",
-        "(worst over seeds). The pretrained column is where every method starts: its own retain accuracy minus the oracle's,",
-        "and in how many seeds that lies within half a point. The next column is a retrain from scratch on another seed: each",
-        "seed's oracle read against every other seed's oracle of the row (the lowest gap, and how many of those pairs lie",
-        "within half a point), what a per-run target on the retain gap demands of retraining itself. The last row counts, per",
-        "column, the runs (or pairs) within half a point and the runs that get `forgets`.",
-        "",
-        "| experiment | pretrained | another seed's oracle | " + " | ".join(methods) + " |",
-        "|" + "---|" * (len(methods) + 3),
-    ]
-    within = {column: [0, 0] for column in ("pretrained", "oracles", *methods)}
-    forgets = dict.fromkeys(methods, 0)
-
-    def count(column: str, gaps: list[float]) -> str:
-        near = sum(g >= -0.5 for g in gaps)
-        within[column][0] += near
-        within[column][1] += len(gaps)
-        return f"{near}/{len(gaps)} within 0.5"
-
-    for exp in experiments:
-        start = [retain_gap(r) for r in rows if r["experiment"] == exp and r["method"] == "pretrained"]
-        cells = [f"{statistics.mean(start):+.2f} pp, {count('pretrained', start)}" if start else "–"]
-        oracles = [r for r in rows if r["experiment"] == exp and r["method"] == "oracle"]
-        pairs = [100 * (a["retain_acc"] - b["retain_acc"]) for a, b in itertools.permutations(oracles, 2)]
-        cells.append(f"lowest {min(pairs):+.2f} pp, {count('oracles', pairs)}" if pairs else "–")
-        for method in methods:
-            group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
-            if not group:
-                cells.append("–")
-                continue
-            counts = {v: sum(r["verdict"] == v for r in group) for v in dict.fromkeys(r["verdict"] for r in group)}
-            forgets[method] += counts.get("forgets", 0)
-            verdicts = ", ".join(f"{v} {n}/{len(group)}" for v, n in counts.items())
-            gaps = [retain_gap(r) for r in group]
-            count(method, gaps)
-            cost = statistics.mean(r["cost"] for r in group)
-            frozen = statistics.mean(r["frozen"] for r in group) if all("frozen" in r for r in group) else None
-            skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes
-            worst = [w for r in group if (w := worst_retain_class(r, oracle[exp, r["seed"]], holdout, skip)) is not None]
-            worst_text = f"; worst {max(worst, key=lambda w: w[1])[0]} {-max(w[1] for w in worst):+.1f}" if worst else ""
-            frozen_text = "" if frozen is None else f", {100 * frozen:.0f}% frozen"
-            cells.append(f"{verdicts}<br>{statistics.mean(gaps):+.2f} pp, {cost:.2f}×{frozen_text}{worst_text}")
-        lines.append(f"| {exp} | " + " | ".join(cells) + " |")
-    totals = {column: f"{near}/{n} within 0.5" if n else "–" for column, (near, n) in within.items()}
-    totals.update({m: f"{totals[m]}<br>forgets {forgets[m]}/{within[m][1]}" for m in methods if within[m][1]})
-    lines.append("| all | " + " | ".join(totals.values()) + " |")
-    return "\n".join(lines) + "\n"
-
-
-VERDICT_COLOURS = {"forgets": "#2e7d32", "damages": "#8e24aa", "hides": "#ef6c00", "incomplete": "#c62828"}
-
-
-def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """:func:`verdict_grid` as a picture: one square per experiment and method, coloured by its worst verdict over the seeds
-    (``incomplete`` > ``hides`` > ``damages`` > ``forgets``), labelled with how many seeds got ``forgets``."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    experiments, methods = _grid_axes(rows)
-    if len(experiments) < 2 or not methods:
-        return None
-    order = list(VERDICT_COLOURS)  # best first
-    grid = np.full((len(experiments), len(methods)), np.nan)
-    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2.5, 0.42 * len(experiments) + 1.6))
-    for i, exp in enumerate(experiments):
-        for j, method in enumerate(methods):
-            group = [r["verdict"] for r in rows if r["experiment"] == exp and r["method"] == method]
-            if group:
-                grid[i, j] = max(order.index(v) for v in group)
-                ax.text(j, i, f"{group.count('forgets')}/{len(group)}", ha="center", va="center", color="white", fontsize=8)
-    ax.imshow(grid, cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5, vmax=len(order) - 0.5, aspect="auto")
-    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(experiments)), experiments, fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
-    ax.legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
-    ax.set_title("verdict by class and method (label: seeds that forget)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """The price of forgetting: per experiment with evidence, each method's frozen share (weights bit-identical to the
-    pretrained model's, x) against its cost (y, log), coloured by its worst verdict over the seeds. Where a method's
-    settings sweep (``masked_reset_u20``, ``masked_reset_u40``...), the points of one family are joined by a line."""
-    import matplotlib.pyplot as plt
-
-    experiments, methods = _grid_axes(rows)
-    if not experiments or not methods or not all("frozen" in r for r in rows):
-        return None
-    order = list(VERDICT_COLOURS)
-    fig, axes = plt.subplots(1, len(experiments), figsize=(6.2 * len(experiments), 4.8), squeeze=False)
-    labels = []
-    for ax, exp in zip(axes[0], experiments):
-        points: dict[str, tuple[float, float, str]] = {}
-        for method in methods:
-            group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
-            if group:
-                worst = order[max(order.index(r["verdict"]) for r in group)]
-                points[method] = (100 * statistics.mean(r["frozen"] for r in group), statistics.mean(r["cost"] for r in group), worst)
-        families: dict[str, list[str]] = {}
-        for method in points:
-            families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
-        for members in families.values():
-            if len(members) > 1:
-                ax.plot(*zip(*sorted(points[m][:2] for m in members)), color="0.75", lw=1, zorder=1)
-        for x, y, worst in points.values():
-            ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
-        ax.set_yscale("log")
-        ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel="cost (fit time / oracle's)", title=exp, xlim=(-3, 103))
-        ax.grid(alpha=0.3)
-        labels.append((ax, {method: point[:2] for method, point in points.items()}))
-    handles = [plt.Line2D([], [], ls="", marker="o", color=c) for c in VERDICT_COLOURS.values()]
-    axes[0][-1].legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
-    fig.tight_layout()
-    for ax, named_points in labels:  # placed where the layout has put the axes for good
-        place_labels(ax, named_points)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def place_labels(ax: Any, points: dict[str, tuple[float, float]], fontsize: int = 7) -> None:
-    """Label each point with its name beside it, at the first of ten positions around it whose text stays inside the axes
-    and overlaps no label already placed and no other point (where none is free, the first inside the axes): the settings
-    of one method often sit at one height, a few points apart, where labels all to the right of their points would print
-    over each other."""
-    fig = ax.figure
-    fig.canvas.draw()  # fixes the axes' limits and gives the renderer that measures text
-    renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    marks = {name: ax.transData.transform(xy) for name, xy in points.items()}
-    offsets = [(dx, dy, ha) for dy in (3, -10, 12, -19) for dx, ha in ((4, "left"), (-4, "right"))]
-    offsets += [(0, 7, "center"), (0, -15, "center")]
-    taken: list[Any] = []
-
-    def inside(box: Any) -> bool:
-        return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-
-    def clear(box: Any, name: str) -> bool:
-        padded = box.expanded(1.05, 1.1)
-        return not any(padded.overlaps(t) for t in taken) and not any(padded.contains(*m) for n, m in marks.items() if n != name)
-
-    for name, (x, y) in sorted(points.items(), key=lambda item: item[1]):
-        candidates = []
-        for dx, dy, ha in offsets:
-            label = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
-            candidates.append((dx, dy, ha, label.get_window_extent(renderer)))
-            label.remove()
-        fits = [c for c in candidates if inside(c[3])] or candidates
-        dx, dy, ha, box = next((c for c in fits if clear(c[3], name)), fits[0])
-        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
-        taken.append(box)
-
-
-#: the per-seed table: what every target in the README is checked against
-SEED_COLUMNS = [
-    ("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("frozen", "frozen %"),
-    ("fit_seconds", "fit s"), ("cost", "cost × oracle"),
-]  # fmt: skip
-
-
-def per_seed_tables(rows: list[dict[str, Any]]) -> str:
-    """One row per experiment, method and seed: accuracies (%), fit seconds and cost against that seed's oracle."""
-    lines = []
-    for exp in dict.fromkeys(r["experiment"] for r in rows):
-        mine = [r for r in rows if r["experiment"] == exp]
-        columns = [c for c in SEED_COLUMNS if any(r.get(c[0]) is not None for r in mine)]
-        lines += [
-            f"### {exp}, per seed",
-            "",
-            "| method | seed | " + " | ".join(h for _, h in columns) + " |",
-            "|" + "---|" * (len(columns) + 2),
-        ]
-        for r in sorted(mine, key=lambda r: r["seed"]):
-            cells = [
-                "–" if r.get(k) is None else f"{r[k]:.3f}" if k == "cost" else f"{r[k]:.2f}" if k == "fit_seconds" else f"{100 * r[k]:.2f}"
-                for k, _ in columns
-            ]
-            lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-# -- plots --------------------------------------------------------------------------------------
-def plots(rows: list[dict[str, Any]], out: Path, holdout: Holdout = "test") -> list[Path]:
-    """Per experiment: forget vs retain accuracy, per-class bars before and after, retain accuracy against cost."""
-    import matplotlib.pyplot as plt
-
-    from unlearning.figures import class_bars  # selects matplotlib's Agg backend
-
-    held_out = HELD_OUT_NAME[holdout]
-
-    written = []
-    for exp in dict.fromkeys(r["experiment"] for r in rows):
-        mine = [r for r in rows if r["experiment"] == exp and r.get("forget_acc") is not None]
-        if not mine:
-            continue
-        methods = list(dict.fromkeys(r["method"] for r in mine))
-        mean = {
-            m: {k: statistics.mean(r[k] for r in mine if r["method"] == m) for k in ("forget_acc", "retain_acc", "cost")} for m in methods
-        }
-
-        for x_key, x_label, name in (
-            ("forget_acc", f"forget-class {held_out} accuracy (%)", "forget_vs_retain"),
-            ("cost", "fit time / oracle fit time", "retain_vs_cost"),
-        ):
-            fig, ax = plt.subplots(figsize=(6.5, 4.5))
-            for m in methods:
-                scale = 100 if x_key == "forget_acc" else 1
-                marker, size = ("*", 220) if m == "oracle" else ("o", 50)
-                ax.scatter(scale * mean[m][x_key], 100 * mean[m]["retain_acc"], marker=marker, s=size, label=m)
-                ax.annotate(m, (scale * mean[m][x_key], 100 * mean[m]["retain_acc"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            if x_key == "cost":
-                ax.set_xscale("log")
-            ax.set(xlabel=x_label, ylabel=f"retain-class {held_out} accuracy (%)", title=f"{exp}: {name.replace('_', ' ')}")
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            path = out / f"{exp}_{name}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
-
-        per_class = {
-            m: [statistics.mean(r[f"{holdout}_class_acc/{c}"] for r in mine if r["method"] == m) for c in range(10)]
-            for m in methods if f"{holdout}_class_acc/0" in mine[0]
-        }  # fmt: skip
-        if per_class:
-            fig = class_bars(per_class, f"{exp}: per-class {held_out} accuracy, before (pretrained) and after")
-            fig.set_size_inches(max(6, 0.9 * len(per_class) + 4), 3.5)
-            path = out / f"{exp}_per_class.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
-    return written
-
-
 def bench_parser() -> ArgumentParser:
     """``unlearning bench``'s arguments; a config file (``-c``) sets any of them."""
     parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[])
@@ -744,62 +439,6 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{len(changed)} verdict(s) {args.headline} documented came out otherwise (the page shows the new ones): {'; '.join(changed)}"
         )
     return rows
-
-
-#: (column key, header, scale, digits) of the README's short table
-HEADLINE = [
-    ("forget_acc", "forget %", 100, 2),
-    ("retain_acc", "retain %", 100, 2),
-    ("new_acc", "new %", 100, 2),
-    ("frozen", "frozen %", 100, 1),
-    ("cost", "cost × oracle", 1, 3),
-]
-
-
-#: how the headline section records its verdicts for the next bench to compare with (an HTML comment: invisible on the page)
-VERDICTS_MARK = "<!-- verdicts: {} -->"
-
-
-def headline_verdicts(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """``experiment/method/seed<k>`` -> that run's verdict, for every row that has one."""
-    return {f"{r['experiment']}/{r['method']}/seed{r['seed']}": r["verdict"] for r in rows if "verdict" in r}
-
-
-def changed_verdicts(section: str | None, verdicts: dict[str, str]) -> list[str]:
-    """Each ``experiment/method/seed<k>`` whose verdict the headline ``section`` recorded and ``verdicts`` has otherwise, as
-    ``forget9/reset_retrain/seed0: forgets -> hides``; what only one of them holds is no change (a bench of fewer
-    experiments or seeds)."""
-    found = re.search(re.escape(VERDICTS_MARK).replace(r"\{\}", "(.*?)"), section or "")
-    documented = json.loads(found.group(1)) if found else {}
-    return [
-        f"{key}: {documented[key]} -> {verdicts[key]}" for key in sorted(documented) if key in verdicts and documented[key] != verdicts[key]
-    ]
-
-
-def headline_tables(rows: list[dict[str, Any]]) -> str:
-    """Per experiment: each method's forget, retain and new accuracy, cost and verdicts, mean ± std over seeds."""
-    return markdown_tables(rows, HEADLINE, level="####")
-
-
-PHASES = ("setup", "fit_start", "train_start", "steps", "validation", "checkpoint", "end", "loop")
-
-
-def phase_tables(rows: list[dict[str, Any]]) -> str:
-    """Where each method's fit time goes (the bench's own fit, milliseconds, median over seeds): the fixed costs beside the steps."""
-    lines = []
-    for exp in dict.fromkeys(r["experiment"] for r in rows):
-        mine = [r for r in rows if r["experiment"] == exp and r.get("phases")]
-        if not mine:
-            continue
-        lines += [f"### {exp}: where a fit's time goes (ms, median over seeds; see unlearning.runs.PhaseTimer)", ""]
-        lines += ["| method | " + " | ".join(PHASES) + " | fit |", "|" + "---|" * (len(PHASES) + 2)]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            group = [r for r in mine if r["method"] == method]
-            cells = [f"{1000 * statistics.median(r['phases'][p] for r in group):.0f}" for p in PHASES]
-            total = 1000 * statistics.median(sum(r["phases"].values()) for r in group)
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager
