@@ -163,6 +163,7 @@ TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "orac
 @pytest.mark.parametrize(
     ("option", "message"),
     [
+        ("--only=[forget9,forget8]", r"--only names no experiment of this grid: \['forget8'\] \(it has \['forget9', 'replace6to3'\]\)"),
         ("--seeds=[]", "--seeds must list at least one seed"),
         ("--seeds=[0,0]", r"--seeds repeats a seed: \[0, 0\]"),
         (f"--experiments=[{TWICE_A}]", r"experiment names repeat: \['a'\]"),

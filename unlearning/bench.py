@@ -338,6 +338,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args = parser.instantiate(parser.parse_args(argv))
     except ArgumentError as err:
         raise UsageError(parse_error(str(err), "bench", list(argv or []))) from None
+    unknown = sorted(set(args.only or []) - {e.name for e in args.experiments})
+    if unknown:
+        raise UsageError(f"--only names no experiment of this grid: {unknown} (it has {[e.name for e in args.experiments]})")
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
