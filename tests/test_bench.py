@@ -179,6 +179,13 @@ def test_bench_rejects_bad_options_before_writing_anything(tmp_path, option, mes
     assert not (tmp_path / "results").exists()
 
 
+def test_bench_refuses_a_results_folder_it_cannot_make(tmp_path):
+    (tmp_path / "results").write_text("a file where the folder would go")
+    with pytest.raises(UsageError, match=r"--out .*results: cannot make the results folder there \(File exists\); give another --out"):
+        main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(tmp_path / "results")])
+    assert (tmp_path / "results").read_text() == "a file where the folder would go"
+
+
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"chunk": 0}, {"epochs": 0}])
 def test_speed_comparison_rejects_counts_below_one(kwargs):
     with pytest.raises(UsageError, match="must be at least 1"):

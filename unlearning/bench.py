@@ -363,7 +363,10 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     out = Path(args.out)
     _check_holdout(out, args.holdout)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, or a folder this user cannot write
+        raise UsageError(f"--out {out}: cannot make the results folder there ({err.strerror}); give another --out") from None
     start = time.perf_counter()
     cells = [Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module) for e in experiments for seed in args.seeds]
     rows = run_grid(cells, out, args.launcher, args.jobs, args.slurm)
