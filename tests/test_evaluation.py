@@ -580,6 +580,7 @@ def _other_architecture(tmp_path: Path, like: Path) -> Path:
         ("forget_mismatch", "--forget-classes \\[3\\] does not match the checkpoint's forget_classes \\[9\\]"),
         ("forget_out_of_range", "forget_classes must hold class indices in 0..9, got 11"),
         ("oracle_is_pretrained", "is a pretrain checkpoint, not an oracle"),
+        ("oracle_is_unlearned", "started from trained weights \\(an unlearning or replacement run\\), not an oracle"),
         ("never_learned", "never learned class \\[9\\]"),
         ("seed_mismatch", "--seed 3 does not match"),
         ("bad_holdout", "argument --holdout: invalid choice: 'tset' .*\\(run 'unlearning evaluate --help' for the options\\)"),
@@ -597,6 +598,9 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
         extra = ["--forget-classes", "11"]
     elif case == "oracle_is_pretrained":
         oracle = evaluation_pretrained
+    elif case == "oracle_is_unlearned":  # an unlearning run records the pretrained weights' metrics, and so started from them
+        oracle = tmp_path / "o.ckpt"
+        torch.save(torch.load(evaluation_oracle, map_location="cpu", weights_only=True) | {"before": {"val/acc": 0.95}}, oracle)
     elif case == "never_learned":
         pretrained = edited(evaluation_pretrained, tmp_path / "p.ckpt", new_classes=[9], forget_classes=[])
     elif case == "seed_mismatch":

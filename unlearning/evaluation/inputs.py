@@ -37,6 +37,7 @@ class Loaded:
     unit_labels: Tensor
     hparams: dict[str, Any]
     datamodule_hparams: dict[str, Any]
+    from_weights: bool = False  # an unlearning or replacement run, which starts from trained weights (its checkpoint keeps their "before")
 
     def classes(self) -> dict[str, Any]:
         """The recorded forget classes, new classes and forget fraction (class lists sorted; absent keys left out)."""
@@ -65,7 +66,7 @@ def load(name: str, path: str | Path, allow_modules: Sequence[str] = ()) -> Load
         unit_labels = unit_to_label(NUM_CLASSES, hparams["forget_classes"], hparams["new_classes"])
     else:
         unit_labels = torch.arange(NUM_CLASSES)
-    return Loaded(str(path), net, unit_labels, hparams, checkpoint.get("datamodule_hyper_parameters") or {})
+    return Loaded(str(path), net, unit_labels, hparams, checkpoint.get("datamodule_hyper_parameters") or {}, "before" in checkpoint)
 
 
 def check_architectures(loaded: Mapping[str, Loaded], reference: str) -> None:
@@ -116,11 +117,17 @@ def _sorted(classes: Sequence[int] | None) -> list[int] | None:
 
 def check_references(loaded: Mapping[str, Loaded], oracle: str, pretrained: str, classes: dict[str, Any]) -> None:
     """Every checkpoint but the pretrained one was made for exactly these classes; the oracle was retrained
-    without their data (and, for random samples, split them the same way); the pretrained model learned them."""
+    without their data (and, for random samples, split them the same way: a run that started from trained weights is no
+    oracle, whatever it records); the pretrained model learned them."""
     for name, item in loaded.items():
         stage = item.hparams.get("stage")
         if name == oracle and stage not in (None, "oracle"):
             raise UsageError(f"{describe(name, item.path)} is a {stage} checkpoint, not an oracle (stage: oracle)")
+        if name == oracle and item.from_weights:
+            raise UsageError(
+                f"{describe(name, item.path)} started from trained weights (an unlearning or replacement run), not an oracle "
+                "retrained without the class (configs/oracle.yaml)"
+            )
         if name == pretrained:
             if stage not in (None, "pretrain"):
                 raise UsageError(f"{describe(name, item.path)} is a {stage} checkpoint, not a pretrained one (stage: pretrain)")
