@@ -86,9 +86,9 @@ class Experiment:
         for where, entry in entries.items():
             if not entry or not entry[0].endswith((".yaml", ".yml")):
                 raise UsageError(f"experiment {self.name}: {where}: starts with a config file (.yaml), got {entry}")
-        if args:
-            self.pretrain, self.oracle = ([entry[0], *args, *entry[1:]] for entry in (self.pretrain, self.oracle))
-            self.methods = {method: [entry[0], *args, *entry[1:]] for method, entry in self.methods.items()}
+        if args:  # right after each entry's config path
+            self.pretrain, self.oracle, *methods = ([e[0], *args, *e[1:]] for e in (self.pretrain, self.oracle, *self.methods.values()))
+            self.methods = dict(zip(self.methods, methods))
         for method, upstream in self.after.items():
             if (
                 method not in self.methods
