@@ -168,6 +168,7 @@ TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "orac
         ("--seeds=[0,0]", r"--seeds repeats a seed: \[0, 0\]"),
         (f"--experiments=[{TWICE_A}]", r"experiment names repeat: \['a'\]"),
         ("--timing_repeats=0", "--timing_repeats must be at least 1"),
+        ("--threads=0", "--threads must be at least 1, got 0"),
         ("--speed_repeats=-1", "--speed_repeats must be 0"),
         ("--headline=README.md", "--headline takes test-set results"),  # the tiny config has no headline; with val it is refused
     ],

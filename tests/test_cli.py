@@ -185,6 +185,7 @@ def test_an_unknown_command_suggests_the_nearest(capsys):
         ("--data.init_args.val_size=60000", "val_size"),
         ("--trainer.gradient_clip_val=1.0", "--model.init_args.gradient_clip_val"),
         ("--trainer.accumulate_grad_batches=2", "batch_size"),
+        ("--model.init_args.optimizer.init_args.lr=-1", r"^model.init_args.optimizer or lr_scheduler: Invalid learning rate: -1.0$"),
     ],
 )
 def test_bad_inputs_raise_usage_errors(tmp_path, override, message):

@@ -36,6 +36,7 @@ from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
+from unlearning.evaluation.report import check_out
 from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import most_telling_layer, probe_ratios, worst_class
@@ -495,6 +496,7 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
     assert "**Verdict on checkpoint: hides**" in (tmp_path / "out" / "summary.md").read_text()
     assert len(list((tmp_path / "out").glob("events.out.tfevents.*"))) == 1
+    check_out(tmp_path / "out")  # an earlier evaluation's folder takes a re-run, which replaces its events
 
 
 def test_evaluate_calls_the_oracle_forgotten_with_identical_numbers(evaluation_oracle, evaluation_pretrained, tmp_path):
@@ -584,6 +586,10 @@ def _other_architecture(tmp_path: Path, like: Path) -> Path:
         ("never_learned", "never learned class \\[9\\]"),
         ("seed_mismatch", "--seed 3 does not match"),
         ("bad_holdout", "argument --holdout: invalid choice: 'tset' .*\\(run 'unlearning evaluate --help' for the options\\)"),
+        ("no_mia_samples", "--mia-per-side must be positive, got 0"),
+        ("negative_step_cap", "--relearn-steps must be positive, got -1"),
+        ("no_relearn_rate", "--relearn-adam-lrs must be positive, got \\(0.001, 0.0\\)"),
+        ("no_threads", "--threads must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation_oracle, evaluation_pretrained, tmp_path):
@@ -607,9 +613,31 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
         extra = ["--seed", "3"]
     elif case == "bad_holdout":
         extra = ["--holdout", "tset"]
+    elif case == "no_mia_samples":
+        extra = ["--mia-per-side", "0"]
+    elif case == "negative_step_cap":
+        extra = ["--relearn-steps", "-1"]
+    elif case == "no_relearn_rate":
+        extra = ["--relearn-adam-lrs", "1e-3", "0"]
+    elif case == "no_threads":
+        extra = ["--threads", "0"]
     with pytest.raises(UsageError, match=message):
         _evaluate(ckpt, oracle, pretrained, tmp_path / "out", *extra)
     assert not (tmp_path / "out").exists()
+
+
+def test_out_is_refused_where_a_rerun_would_delete_what_no_evaluation_wrote(evaluation_oracle, evaluation_pretrained, tmp_path):
+    """A re-run replaces an earlier evaluation's events; pointed at a training run's folder it must delete nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.out.tfevents.1.host").write_bytes(b"training history")
+    (run / "hparams.yaml").write_text("lr: 0.001\n")
+    with pytest.raises(UsageError, match=f"--out {run} holds what no evaluation wrote \\(hparams.yaml\\)"):
+        _evaluate(evaluation_oracle, evaluation_oracle, evaluation_pretrained, run)
+    assert sorted(p.name for p in run.iterdir()) == ["events.out.tfevents.1.host", "hparams.yaml"]
+    assert (run / "events.out.tfevents.1.host").read_bytes() == b"training history"
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        _evaluate(evaluation_oracle, evaluation_oracle, evaluation_pretrained, run / "hparams.yaml")
 
 
 def test_evaluation_data_builds_every_index_on_its_own_device(mnist):

@@ -353,6 +353,8 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError("--seeds must list at least one seed (a grid of no runs would overwrite the tables with empty ones)")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds repeats a seed: {args.seeds}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.timing_repeats < 1:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:

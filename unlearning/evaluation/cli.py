@@ -19,7 +19,7 @@ from unlearning.errors import UsageError
 from unlearning.evaluation.data import Holdout
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.mia import Attack
-from unlearning.evaluation.report import write_outputs
+from unlearning.evaluation.report import check_out, write_outputs
 from unlearning.evaluation.run import judge
 from unlearning.evaluation.suite import Budget
 from unlearning.evaluation.verdict import EVIDENCE
@@ -88,6 +88,8 @@ def evaluate_main(argv: list[str] | None = None) -> dict:
     budget = Budget(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v for f in fields(Budget)})
     paths = dict(zip(ROLES, (args.ckpt, args.oracle, args.pretrained)))
     out = Path(args.out) if args.out else None
+    if out is not None:
+        check_out(out)
     with torch_threads(args.threads):
         start = time.perf_counter()
         report, evaluations = judge(

@@ -167,6 +167,8 @@ def resolve_device(name: str) -> torch.device:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run with ``n`` intra-op threads, restoring the previous number afterwards."""
+    if n < 1:
+        raise UsageError(f"--threads must be at least 1, got {n}")
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from unlearning.errors import UsageError
 from unlearning.evaluation.data import HELD_OUT_NAME
 from unlearning.evaluation.mia import HEADLINE_FEATURE
 from unlearning.evaluation.relearn import attacker_name
@@ -127,6 +128,25 @@ def markdown(report: dict, cells: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+#: what :func:`write_outputs` writes; a folder holding anything else is not an evaluation's to overwrite
+OUTPUT_FILES = ("report.json", "summary.md")
+EVENTS = "events.out.tfevents.*"
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any check runs, an ``--out`` that is a file or a folder holding anything but an earlier evaluation's
+    outputs: a re-run replaces those (TensorBoard events included), and must never delete a training run's history."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES and not p.match(EVENTS))
+        if foreign:
+            raise UsageError(
+                f"--out {out} holds what no evaluation wrote ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+                "give a new or empty folder, or an earlier evaluation's"
+            )
+
+
 def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation], budget: Budget) -> str:
     """``report.json``, ``summary.md`` and TensorBoard events (scalars, per-class bars, confusion matrices,
     reachability end points) under ``out``; returns the text table."""
@@ -134,7 +154,7 @@ def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation]
     cells = table(report, budget)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(markdown(report, cells))
-    for stale in out.glob("events.out.tfevents.*"):  # a re-run replaces the last one's numbers, like the JSON
+    for stale in out.glob(EVENTS):  # a re-run replaces the last one's numbers, like the JSON
         stale.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name in report["checkpoints"]:

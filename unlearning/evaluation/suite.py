@@ -7,13 +7,14 @@ forgotten class any more (a replacement that reused its unit).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from unlearning.data.mnist import MEAN, STD
+from unlearning.errors import UsageError
 from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
 from unlearning.evaluation.attacks import QUANT_BITS, prototype_relearn, quantized_recovery
 from unlearning.evaluation.data import EvalData, choose
@@ -68,6 +69,15 @@ class Budget:
     l2_eps: float = 3.0
     l2_step: float = 0.2
     sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse a budget no check can run on (``--mia-per-side 0`` failed deep in the MIA; a negative step cap passed)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sample_seed" or isinstance(value, str):
+                continue
+            if any(v <= 0 for v in (value if isinstance(value, tuple) else (value,))):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
 
     def attackers(self) -> list[tuple[OptimizerName, float]]:
         """The relearning grid: ``(optimizer, lr)`` cells."""

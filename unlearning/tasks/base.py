@@ -174,10 +174,13 @@ class BaseTask(LightningModule):
         return self.net(x)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.trainable_parameters())
-        if self.lr_scheduler is None:
+        try:  # torch's optimizers and schedulers check their own arguments (a negative lr, betas outside [0, 1))
+            optimizer = self.optimizer(self.trainable_parameters())
+            scheduler = None if self.lr_scheduler is None else self.lr_scheduler(optimizer)
+        except ValueError as err:
+            raise UsageError(f"model.init_args.optimizer or lr_scheduler: {err}") from err
+        if scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
         if isinstance(scheduler, ReduceLROnPlateau) and (self.monitor is None or self.scheduler_interval == "step"):
             raise UsageError(
                 f"ReduceLROnPlateau steps on a validation metric after each validation; {type(self).__name__} "
