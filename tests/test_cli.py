@@ -186,6 +186,7 @@ def test_an_unknown_command_suggests_the_nearest(capsys):
         ("--trainer.gradient_clip_val=1.0", "--model.init_args.gradient_clip_val"),
         ("--trainer.accumulate_grad_batches=2", "batch_size"),
         ("--model.init_args.optimizer.init_args.lr=-1", r"^model.init_args.optimizer or lr_scheduler: Invalid learning rate: -1.0$"),
+        ("--trainer.val_check_interval=0", r"^--trainer.val_check_interval must be positive \(steps, or a share of an epoch\), got 0$"),
     ],
 )
 def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
@@ -196,6 +197,15 @@ def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
             override,
             "--data.init_args.forget_fraction=null" if "fraction" not in override else "--data.init_args.forget_classes=[]",
         )
+
+
+def test_a_cosine_schedule_of_no_steps_is_one_line(tmp_path):
+    """torch divides by ``T_max`` at the first step: refused when the optimizer is built, not as a traceback mid-run."""
+    with pytest.raises(UsageError, match=r"^CosineAnnealingLR's T_max must be at least 1 \(it is normally max_steps\), got 0$"):
+        fit(
+            CONFIGS / "pretrain.yaml", tmp_path,
+            "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR", "--model.init_args.lr_scheduler.init_args.T_max=0",
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,8 @@ def check_trainer(trainer: Trainer) -> None:
         raise UsageError("tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val")
     if trainer.accumulate_grad_batches != 1:
         raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
+    if trainer.val_check_interval is not None and trainer.val_check_interval <= 0:  # Lightning divides by it
+        raise UsageError(f"--trainer.val_check_interval must be positive (steps, or a share of an epoch), got {trainer.val_check_interval}")
     limit = trainer.limit_train_batches
     if isinstance(limit, int) and 0 < limit < trainer.log_every_n_steps:
         trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing

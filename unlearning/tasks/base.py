@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
@@ -181,6 +181,8 @@ class BaseTask(LightningModule):
             raise UsageError(f"model.init_args.optimizer or lr_scheduler: {err}") from err
         if scheduler is None:
             return optimizer
+        if isinstance(scheduler, CosineAnnealingLR) and scheduler.T_max < 1:  # torch divides by it at the first step
+            raise UsageError(f"CosineAnnealingLR's T_max must be at least 1 (it is normally max_steps), got {scheduler.T_max}")
         if isinstance(scheduler, ReduceLROnPlateau) and (self.monitor is None or self.scheduler_interval == "step"):
             raise UsageError(
                 f"ReduceLROnPlateau steps on a validation metric after each validation; {type(self).__name__} "
