@@ -157,6 +157,7 @@ def test_an_experiments_args_go_into_every_entry_after_its_config_and_leave_the_
         Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"], {"a": ["configs/unlearn/undo.yaml"]}, after={"b": "a"})
 
 
+MISSPELT = '{"name": "a", "pretrain": ["configs/pretrain.yaml"], "oracle": ["configs/oracle.yaml"], "methods": {"sg": ["configs/unlearn/selective_gradiant.yaml"]}}'
 TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "oracle": ["configs/oracle.yaml"]}'] * 2)
 
 
@@ -171,6 +172,13 @@ TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "orac
         ("--threads=0", "--threads must be at least 1, got 0"),
         ("--speed_repeats=-1", "--speed_repeats must be 0"),
         ("--headline=README.md", "--headline takes test-set results"),  # the tiny config has no headline; with val it is refused
+        ("--only=forget8", r"^--only names no experiment of this grid: \['forget8'\]"),  # one name needs no list brackets
+        ("--seedz=1", r"^unknown option or config key 'seedz'; did you mean --seeds\? \(run 'unlearning bench --help' for the options\)$"),
+        ("--jobs=two", r"^jobs: expected int, got two \(run 'unlearning bench --help'"),
+        (  # refused before the pretrain and oracle cells train, not when its own cell runs
+            f"--experiments=[{MISSPELT}]",
+            r"^experiment a: methods: sg: no config file configs/unlearn/selective_gradiant.yaml \(paths are relative to ",
+        ),
     ],
 )
 def test_bench_rejects_bad_options_before_writing_anything(tmp_path, option, message):

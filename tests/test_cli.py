@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tests.conftest import CONFIGS, FP16_SCALER, ROOT, TINY, fit, fit_recording
 from unlearning.checkpoints import last_checkpoint
-from unlearning.cli import main
+from unlearning.cli import COMMANDS, main
 from unlearning.errors import UsageError
 from unlearning.tasks import PretrainTask
 from unlearning.training import LogProgress, NoProfiler, ThrottledProgressBar
@@ -171,9 +171,13 @@ def test_a_misspelled_key_in_a_config_file_is_named_with_the_nearest_one(tmp_pat
 def test_an_unknown_command_suggests_the_nearest(capsys):
     with pytest.raises(UsageError, match=r"unknown command 'fitt'; did you mean 'fit'\?"):
         main(["fitt"])
+    with pytest.raises(UsageError, match=r"^unknown command 'predict'; the commands are fit, validate, test, evaluate, bench"):
+        main(["predict", "-c", str(CONFIGS / "pretrain.yaml")])  # no task defines prediction data: not offered, so not a late failure
+    with pytest.raises(UsageError, match=r"^no command given; the commands are fit, validate, test, evaluate, bench"):
+        main([])
     main(["--help"])
     listing = capsys.readouterr().out
-    assert all(f"  {command}" in listing for command in ("fit", "validate", "test", "predict", "evaluate", "bench"))
+    assert all(f"  {command}" in listing for command in COMMANDS) and "predict" not in listing
 
 
 @pytest.mark.parametrize(
@@ -187,6 +191,11 @@ def test_an_unknown_command_suggests_the_nearest(capsys):
         ("--trainer.accumulate_grad_batches=2", "batch_size"),
         ("--model.init_args.optimizer.init_args.lr=-1", r"^model.init_args.optimizer or lr_scheduler: Invalid learning rate: -1.0$"),
         ("--trainer.val_check_interval=0", r"^--trainer.val_check_interval must be positive \(steps, or a share of an epoch\), got 0$"),
+        ("--model.init_args.optimizer.init_args.lr=abc", r"^model.init_args.optimizer.init_args.lr: expected float, got abc \(run"),
+        *(
+            (budget, r"^this fit would train nothing \(max_steps, max_epochs or limit_train_batches is 0\)")
+            for budget in ("--trainer.max_steps=0", "--trainer.max_epochs=0", "--trainer.limit_train_batches=0")
+        ),
     ],
 )
 def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
@@ -197,6 +206,15 @@ def test_bad_inputs_raise_usage_errors(tmp_path, override, message):
             override,
             "--data.init_args.forget_fraction=null" if "fraction" not in override else "--data.init_args.forget_classes=[]",
         )
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_scoring_without_a_checkpoint_is_refused(tmp_path, command):
+    """It would score a fresh draw of the network and print its accuracy as if it were a result."""
+    with pytest.raises(UsageError, match=rf"^`{command}` scores a trained model: give --ckpt_path"):
+        main([command, "-c", str(CONFIGS / "pretrain.yaml"), f"--trainer.default_root_dir={tmp_path}"])
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_cosine_schedule_of_no_steps_is_one_line(tmp_path):
@@ -348,7 +366,7 @@ def test_help_lists_every_command_under_the_programs_own_name():
     listing = subprocess.run(
         [sys.executable, "-m", "unlearning", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True
     ).stdout
-    for command in ("fit", "validate", "test", "predict", "evaluate", "bench"):
+    for command in COMMANDS:
         (line,) = [line for line in listing.splitlines() if line.strip().startswith(command + " ")]
         assert len(line.split(None, 1)[1]) > 20, line  # a description, not cut short
 
@@ -362,4 +380,12 @@ def test_help_and_a_misspelled_command_import_no_lightning(argv):
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "unlearning.cli" in imported, result.stderr[-500:]
     assert not {name for name in imported if name.split(".")[0] in ("lightning", "torchmetrics", "torchvision", "torch")}
-    assert result.returncode == (2 if argv == ["fitt"] else 0)
+    assert result.returncode == (0 if argv == ["--help"] else 2)
+
+
+def test_validate_prints_its_table_and_no_progress_line(pretrained_ckpt, tmp_path, capsys):
+    """A progress line ("epoch 0 step 0/inf validated") means a fit's progress; `validate` has its table of percentages."""
+    main(["validate", "-c", str(CONFIGS / "pretrain.yaml"), "-c", str(TINY), "--trainer.enable_progress_bar=true",
+          f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={pretrained_ckpt}"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert re.search(r"^val/retain_acc\s+\d+\.\d\d%$", printed, re.MULTILINE) and "validated" not in printed

@@ -133,13 +133,15 @@ def test_two_processes_unpacking_at_once_both_succeed(data_copy: Path):
     assert not [p for p in raw.iterdir() if p.suffix == ".part"]
 
 
-def test_a_missing_data_dir_without_network_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def offline(*args, **kwargs):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+def test_a_missing_data_dir_without_network_fails_clearly_and_leaves_no_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def offline(root, **kwargs):  # as torchvision does: the raw folder is made before the download fails
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:")
 
     monkeypatch.setattr("unlearning.data.mnist.MNIST", offline)
-    with pytest.raises(DataError, match="MNIST is not in .* could not download it"):
-        prepare_mnist(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"MNIST is not in .* could not download it \(Error downloading train-images-idx3-ubyte.gz\);"):
+        prepare_mnist(tmp_path / "nowhere" / "data")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unpacked_copy_is_used_without_its_archive(data_copy: Path):

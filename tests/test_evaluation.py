@@ -581,7 +581,7 @@ def _other_architecture(tmp_path: Path, like: Path) -> Path:
         ("architecture", "LogisticRegression.*SeedMLP.*one architecture"),
         ("forget_mismatch", "--forget-classes \\[3\\] does not match the checkpoint's forget_classes \\[9\\]"),
         ("forget_out_of_range", "forget_classes must hold class indices in 0..9, got 11"),
-        ("oracle_is_pretrained", "is a pretrain checkpoint, not an oracle"),
+        ("oracle_is_pretrained", "is a checkpoint of stage 'pretrain', not an oracle"),
         ("oracle_is_unlearned", "started from trained weights \\(an unlearning or replacement run\\), not an oracle"),
         ("never_learned", "never learned class \\[9\\]"),
         ("seed_mismatch", "--seed 3 does not match"),

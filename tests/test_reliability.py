@@ -8,9 +8,11 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,40 @@ def test_a_failed_resume_changes_nothing_and_offers_the_checkpoint_that_is_still
         ):
             fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={ckpt_path}", *QUICK)
     assert _snapshot(tmp_path) == before
+
+
+def _flip_a_weight_bit(checkpoint: Path, entry: str = "archive/data/0") -> None:
+    """Flip one bit in the middle of a stored tensor's bytes, leaving the archive's structure intact (bit rot, a bad copy)."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        info = archive.getinfo(entry)
+    with checkpoint.open("r+b") as f:
+        f.seek(info.header_offset + 26)  # the local header's name and extra-field lengths, then the stored bytes
+        start = info.header_offset + 30 + sum(struct.unpack("<HH", f.read(4)))
+        f.seek(start + info.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(start + info.file_size // 2)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def test_a_checkpoint_changed_after_it_was_written_is_refused_not_loaded(tmp_path):
+    """torch.load does not check the archive's CRCs: unchecked, a flipped bit would be a silently different model."""
+    run = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
+    last = last_checkpoint(run.trainer)
+    stranger, good = tmp_path / "copy.ckpt", tmp_path / "good.ckpt"
+    shutil.copy(last, stranger)
+    shutil.copy(last, good)
+    _flip_a_weight_bit(stranger)
+    assert torch.load(stranger, weights_only=True)["state_dict"]  # what it guards against: torch reads the damaged file
+    damaged = r"copy.ckpt is damaged: its entry archive/data/0 fails its checksum \(the file changed after it was written\)$"
+    with pytest.raises(UsageError, match=damaged):
+        main_test(tmp_path, stranger)
+    with pytest.raises(UsageError, match=rf"^cannot resume: .*{damaged}"):  # good.ckpt beside it belongs to no run: not offered
+        fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={stranger}", *QUICK)
+    _flip_a_weight_bit(last)
+    (best,) = last.parent.glob("best-*.ckpt")
+    with pytest.raises(UsageError, match=rf"last.ckpt is damaged: .* written\); resume from {best} instead$"):
+        fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={last}", *QUICK)
+    assert [p.name for p in tmp_path.rglob("version_*")] == ["version_0"]
 
 
 @pytest.mark.parametrize("contents", [b"not a checkpoint at all\n", b"PK\x03\x04 cut short"], ids=["text", "truncated"])

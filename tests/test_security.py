@@ -137,7 +137,7 @@ def test_a_module_the_user_allows_is_imported(importable, tmp_path):
     marker.unlink()
 
 
-@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
 def test_ckpt_path_refuses_every_payload(importable, tmp_path, command):
     files, _ = importable
     for payload in files.values():

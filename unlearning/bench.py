@@ -81,9 +81,12 @@ class Experiment:
     evidence: bool = True
     args: InitVar[list[str] | None] = None
 
+    def entries(self) -> dict[str, list[str]]:
+        """Each run's config and overrides, named as the bench config names them."""
+        return {"pretrain": self.pretrain, "oracle": self.oracle} | {f"methods: {m}": e for m, e in self.methods.items()}
+
     def __post_init__(self, args: list[str] | None) -> None:
-        entries = {"pretrain": self.pretrain, "oracle": self.oracle} | {f"methods: {m}": e for m, e in self.methods.items()}
-        for where, entry in entries.items():
+        for where, entry in self.entries().items():
             if not entry or not entry[0].endswith((".yaml", ".yml")):
                 raise UsageError(f"experiment {self.name}: {where}: starts with a config file (.yaml), got {entry}")
         if args:  # right after each entry's config path
@@ -282,12 +285,14 @@ def run_grid(
 
 def bench_parser() -> ArgumentParser:
     """``unlearning bench``'s arguments; a config file (``-c``) sets any of them."""
-    parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[])
+    parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[], exit_on_error=False)
     parser.add_argument("-c", "--config", action="config")
-    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
+    parser.add_argument("--seeds", type=list[int] | int, default=[0, 1, 2], help="a seed or a list: --seeds 0, --seeds [0,1]")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--experiments", type=list[Experiment], default=[])
-    parser.add_argument("--only", type=list[str] | None, default=None, help="run only the experiments with these names")
+    parser.add_argument(
+        "--only", type=list[str] | str | None, default=None, help="run only the experiments with these names: --only forget9, --only [forget9,forget2]"
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps timings stable on a shared CPU")
     parser.add_argument(
         "--timing_repeats",
@@ -337,13 +342,18 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     try:
         args = parser.instantiate(parser.parse_args(argv))
     except ArgumentError as err:
-        raise UsageError(parse_error(str(err), "bench", list(argv or []))) from None
+        raise UsageError(parse_error(str(err), "bench", list(argv or []), parser)) from None
+    args.seeds, args.only = ([x] if isinstance(x, (int, str)) else x for x in (args.seeds, args.only))  # one, or a list
     unknown = sorted(set(args.only or []) - {e.name for e in args.experiments})
     if unknown:
         raise UsageError(f"--only names no experiment of this grid: {unknown} (it has {[e.name for e in args.experiments]})")
     experiments = [e for e in args.experiments if args.only is None or e.name in args.only]
     if not experiments:
         raise UsageError("no experiments to run: give --experiments or a config that lists them (configs/bench.yaml)")
+    for e in experiments:  # before any cell trains: a misspelled path in the last method would fail hours in
+        for where, entry in e.entries().items():
+            if not Path(entry[0]).is_file():
+                raise UsageError(f"experiment {e.name}: {where}: no config file {entry[0]} (paths are relative to {Path.cwd()})")
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise UsageError(

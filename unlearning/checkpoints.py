@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"checkpoint {path} is a folder, not a file (a run's checkpoints are in <run folder>/checkpoints/*.ckpt)")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
+    _check_crcs(path)
     try:
         with warnings.catch_warnings():  # torch's notice about a raw pickle's protocol, for a file refused below anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -106,6 +108,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
     return obj
+
+
+def _check_crcs(path: Path) -> None:
+    """Refuse a ``torch.save`` archive whose bytes changed after it was written: ``torch.load`` does not check the zip's
+    CRCs, so a flipped bit inside a tensor would load as a silently different model."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except PermissionError:
+        raise UsageError(f"checkpoint {path} is not readable by this user (permission denied)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a zip archive (or one cut short): torch.load's own error says what it is
+    if damaged is not None:
+        raise UsageError(f"{path} is damaged: its entry {damaged} fails its checksum (the file changed after it was written)")
 
 
 def _pickled_code(err: Exception) -> str | None:
@@ -135,7 +151,8 @@ def check_resumable(path: str | Path) -> dict[str, Any]:
         if missing:
             raise UsageError(f"{path} is not a training checkpoint (no {', '.join(missing)}): pass it as --model.init_args.weights instead")
     except UsageError as err:
-        others = [p for p in sorted(path.parent.glob("*.ckpt")) if p != path and _readable(p)]
+        siblings = sorted(path.parent.glob("*.ckpt")) if path.parent.name == "checkpoints" else []  # a run's own, not strangers'
+        others = [p for p in siblings if p != path and _readable(p)]
         hint = f"; resume from {' or '.join(map(str, others))} instead" if others else ""
         raise UsageError(f"cannot resume: {err}{hint}") from None
     return checkpoint

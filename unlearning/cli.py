@@ -16,11 +16,10 @@ COMMANDS = {
     "fit": "train a configuration: pretrain, oracle, unlearn or replace (-c configs/...yaml)",
     "validate": "validation metrics of a checkpoint (--ckpt_path), logged into its run folder",
     "test": "per-class test accuracy of a checkpoint (--ckpt_path), logged into its run folder",
-    "predict": "run a checkpoint over the prediction data",
     "evaluate": "the evidence suite: is a class forgotten, hidden or still there? (--ckpt, --oracle, --pretrained)",
     "bench": "every method over seeds, with evidence and costs, into results/ and docs/results.md (-c configs/bench.yaml)",
 }
-LIGHTNING = ("fit", "validate", "test", "predict")
+LIGHTNING = ("fit", "validate", "test")
 
 
 def usage() -> str:
@@ -46,9 +45,11 @@ def main(args: list[str] | None = None, run: bool = True) -> Any:
     object without running it (no command word then)."""
     argv = sys.argv[1:] if args is None else list(args)
     command = argv[0] if argv else None
-    if run and command in (None, "-h", "--help"):
+    if run and command in ("-h", "--help"):
         print(usage())
         return None
+    if run and command is None:  # a command line with no command is a mistake, as argparse would have it
+        raise UsageError(f"no command given; the commands are {', '.join(COMMANDS)} (unlearning --help describes them)")
     if command == "evaluate":
         from unlearning.evaluation.cli import evaluate_main
 

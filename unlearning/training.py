@@ -1,4 +1,4 @@
-"""``unlearning fit|validate|test|predict``: LightningCLI with the project's run folders, console and safeguards.
+"""``unlearning fit|validate|test``: LightningCLI with the project's run folders, console and safeguards.
 
 Everything here shapes how a run is set up and reported; what a run computes lives in the tasks and the
 datamodule. :func:`lightning_main` is what :mod:`unlearning.cli` dispatches to.
@@ -117,6 +117,11 @@ class UnlearningCLI(LightningCLI):
     """LightningCLI whose task reads the classes from the datamodule (a user states them once), whose runs get
     named, atomically claimed folders, and whose fit refuses what it cannot honour before anything is written."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's commands less ``predict``: no task here defines prediction data, so it could only fail after loading."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("forget_classes", "new_classes", "forget_fraction"):
             parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
@@ -153,8 +158,13 @@ class UnlearningCLI(LightningCLI):
                                      config.data.init_args, files[0] if files else None)  # fmt: skip
             if ckpt_path is not None:
                 ckpt_path = self._resolve_checkpoint(config, args)
-        if self.subcommand == "fit" and task.starts_from_weights and config.model.init_args.get("weights") is None and ckpt_path is None:
+        weights = config.model.init_args.get("weights")
+        if self.subcommand == "fit" and task.starts_from_weights and weights is None and ckpt_path is None:
             raise UsageError(missing_weights(task.__name__))
+        if self.subcommand in ("validate", "test") and weights is None and ckpt_path is None:  # it would score a fresh draw
+            raise UsageError(
+                f"`{self.subcommand}` scores a trained model: give --ckpt_path (a fit's checkpoint, e.g. <run folder>/checkpoints/last.ckpt)"
+            )
         if self.subcommand:
             config.ckpt_path = ckpt_path  # the saved config.yaml records the file, never the word "last"
 
@@ -162,8 +172,8 @@ class UnlearningCLI(LightningCLI):
         """``--ckpt_path``, checked and resolved, and the logger pointed at the run folder it belongs to.
 
         ``fit`` resumes into the checkpoint's own run folder (``last``: the newest run of the same
-        configuration, see :func:`~unlearning.run_dirs.newest_resumable`); ``validate``, ``test`` and
-        ``predict`` log into it too, or into ``<stage>/<name>`` named for the checkpoint when it lies in none.
+        configuration, see :func:`~unlearning.run_dirs.newest_resumable`); ``validate`` and ``test``
+        log into it too, or into ``<stage>/<name>`` named for the checkpoint when it lies in none.
         A checkpoint of another configuration is refused, naming what differs (:meth:`_check_same_run`), and
         the run folder is locked for this command's life, so two resumes of one run cannot both write.
         """
@@ -242,7 +252,7 @@ class UnlearningCLI(LightningCLI):
             callbacks.append(ThrottledProgressBar() if sys.stdout.isatty() else LogProgress())
         kwargs.setdefault("callbacks", callbacks)
         trainer = super().instantiate_trainer(**kwargs)
-        check_trainer(trainer)
+        check_trainer(trainer, fitting=self.subcommand in (None, "fit"))
         if self.subcommand in (None, "fit") and isinstance(trainer.logger, RunLogger):
             _ = trainer.logger.version  # claimed now, in the process that parsed the command: a ddp_spawn parent knows its workers' folder
         return trainer
@@ -254,12 +264,15 @@ class UnlearningCLI(LightningCLI):
         self.config_init["test"]["verbose"] = False  # RunEnd prints the metrics, in percent
 
 
-def check_trainer(trainer: Trainer) -> None:
-    """Reject trainer options a task that steps its own optimizer cannot honour; an epoch shorter than the logging interval logs each step."""
+def check_trainer(trainer: Trainer, fitting: bool) -> None:
+    """Reject trainer options a task that steps its own optimizer cannot honour, and a fit of no steps (it would claim a
+    run folder and write no checkpoint); an epoch shorter than the logging interval logs each step."""
     if trainer.gradient_clip_val:
         raise UsageError("tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val")
     if trainer.accumulate_grad_batches != 1:
         raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
+    if fitting and (trainer.max_steps == 0 or trainer.max_epochs == 0 or trainer.limit_train_batches == 0):
+        raise UsageError("this fit would train nothing (max_steps, max_epochs or limit_train_batches is 0): give it at least one step")
     if trainer.val_check_interval is not None and trainer.val_check_interval <= 0:  # Lightning divides by it
         raise UsageError(f"--trainer.val_check_interval must be positive (steps, or a share of an epoch), got {trainer.val_check_interval}")
     limit = trainer.limit_train_batches
@@ -335,7 +348,7 @@ class LogProgress(ProgressBar):
             self._line(trainer, "training")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":  # `unlearning validate` prints its table instead
             self._line(trainer, "validated")
 
 
@@ -432,7 +445,7 @@ class SaveParsedConfig(SaveConfigCallback):
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True) -> UnlearningCLI:
-    """The Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``); ``run=False`` parses one config and builds
+    """The Lightning subcommands (``fit``, ``validate``, ``test``); ``run=False`` parses one config and builds
     the trainer, task and datamodule without running anything (the bench and the tests drive them).
 
     A mistake in the arguments or the config is one :class:`UsageError` line, whichever way it surfaces:
@@ -477,13 +490,14 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> Unlearnin
     return cli
 
 
-def parse_error(message: str, command: str | None, argv: list[str] | None = None) -> str:
+def parse_error(message: str, command: str | None, argv: list[str] | None = None, parser: ArgumentParser | None = None) -> str:
     """jsonargparse's error report, as one line: what was wrong, the nearest known option for a misspelled one, and where help is.
 
     jsonargparse explains an error in a nested report (the union of types tried, each one's problem);
     the line that matters is the innermost. A misspelled key reads "unrecognized arguments: --x",
     "does not accept option 'x'" (from a YAML file) or "Option 'x' is not accepted" (an argument of the
-    task, datamodule or optimizer class).
+    task, datamodule or optimizer class). ``parser``: the command's own, whose options are the nearest to a misspelled
+    top-level one (for a Lightning command, the trainer's and the classes' are searched instead).
     """
     hint = f"run 'unlearning {command} --help' for the options" if command else "run 'unlearning --help'"
     if message.startswith("Problems parsing config") and (broken := _yaml_error(argv or [])) is not None:
@@ -509,16 +523,19 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
         if "." not in key:  # an argument of a class: find its full key on the command line, else build it from the report
             given = [a.lstrip("-").split("=", 1)[0] for a in argv or [] if re.match(rf"--[\w.]*\.{re.escape(key)}(=|$)", a)]
             key = given[0] if given else ".init_args.".join([*keys, key])
-        nearest = _nearest_option(key, owner)
+        nearest = _nearest_option(key, owner, parser)
         return f"unknown option or config key '{key}'" + (f"; did you mean --{nearest}?" if nearest else "") + f" ({hint})"
     innermost = _innermost(message)
     expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", innermost, re.MULTILINE)
     got = re.search(r"(?:Given|Got) value: (.+)$", innermost, re.MULTILINE) or re.search(
         r"(?:Given|Got) value: (.+)$", message, re.MULTILINE
     )
+    # jsonargparse also tries a number as a file path and as a tensor's import path: neither is what a user meant
+    expected = [e for e in expected if not e.startswith(("path but", "dot import path"))]
     if keys and expected:
         types = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", e).replace("typing.", "") for e in expected]
-        return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {got.group(1) if got else '?'} ({hint})"
+        value = re.sub(r"\. Got value: .*$", "", got.group(1)) if got else "?"
+        return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {value} ({hint})"
     lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip()]
     return f"{lines[-1] if lines and keys else lines[0] if lines else message} ({hint})"
 
@@ -567,20 +584,26 @@ def _innermost(message: str) -> str:
     return "\n".join(block)
 
 
-def _nearest_option(key: str, owner: str | None) -> str | None:
+def _nearest_option(key: str, owner: str | None, parser: ArgumentParser | None = None) -> str | None:
     """The known key nearest a misspelled one: among the trainer's arguments for ``trainer.*``, else among the arguments
-    of the class the report names (the task, the datamodule, an optimizer), found as jsonargparse finds them."""
+    of the class the report names (the task, the datamodule, an optimizer), found as jsonargparse finds them, else
+    among ``parser``'s own options."""
     prefix, _, name = key.rpartition(".")
-    if prefix == "trainer":
+    if prefix == "trainer" and parser is None:
         owner = "lightning.pytorch.Trainer"
-    if owner is None:
+    if owner is not None:
+        parser, prefix_of = ArgumentParser(exit_on_error=False), "--x."
+        try:
+            parser.add_class_arguments(import_class(owner), "x")
+        except Exception:  # noqa: BLE001 - a class jsonargparse cannot describe, or none by that name: no suggestion
+            return None
+    elif parser is not None and not prefix:
+        prefix_of = "--"
+    else:
         return None
-    parser = ArgumentParser(exit_on_error=False)
-    try:
-        parser.add_class_arguments(import_class(owner), "x")
-    except Exception:  # noqa: BLE001 - a class jsonargparse cannot describe, or none by that name: no suggestion
-        return None
-    known = [option.removeprefix("--x.") for action in parser._actions for option in action.option_strings if option.startswith("--x.")]
+    known = [
+        option.removeprefix(prefix_of) for action in parser._actions for option in action.option_strings if option.startswith(prefix_of)
+    ]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
     return f"{prefix}.{close[0]}" if close and prefix else close[0] if close else None
 

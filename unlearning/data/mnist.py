@@ -66,11 +66,15 @@ def prepare_mnist(data_dir: str | Path) -> Path:
             f"{raw} lacks {', '.join(f'{name}(.gz)' for name in missing)}; restore it (git checkout -- {raw}, or a fresh copy of MNIST)"
         )
     if missing:
+        absent = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # innermost first
         try:
             MNIST(root, train=True, download=True)
             MNIST(root, train=False, download=True)
         except Exception as err:  # torchvision raises RuntimeError or URLError depending on the failure
-            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            for folder in absent:  # a failed download leaves no empty folders behind (a non-empty one is kept)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            first = next((line.strip(" :") for line in str(err).splitlines() if line.strip(" :")), type(err).__name__)
             raise DataError(
                 f"MNIST is not in {raw.resolve()} and torchvision could not download it ({first}); "
                 f"copy the four MNIST IDX files (.gz or unpacked) there, or point data_dir at a folder that has them"

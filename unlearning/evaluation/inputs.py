@@ -122,7 +122,7 @@ def check_references(loaded: Mapping[str, Loaded], oracle: str, pretrained: str,
     for name, item in loaded.items():
         stage = item.hparams.get("stage")
         if name == oracle and stage not in (None, "oracle"):
-            raise UsageError(f"{describe(name, item.path)} is a {stage} checkpoint, not an oracle (stage: oracle)")
+            raise UsageError(f"{describe(name, item.path)} is a checkpoint of stage {stage!r}, not an oracle (stage: oracle)")
         if name == oracle and item.from_weights:
             raise UsageError(
                 f"{describe(name, item.path)} started from trained weights (an unlearning or replacement run), not an oracle "
@@ -130,7 +130,7 @@ def check_references(loaded: Mapping[str, Loaded], oracle: str, pretrained: str,
             )
         if name == pretrained:
             if stage not in (None, "pretrain"):
-                raise UsageError(f"{describe(name, item.path)} is a {stage} checkpoint, not a pretrained one (stage: pretrain)")
+                raise UsageError(f"{describe(name, item.path)} is a checkpoint of stage {stage!r}, not a pretrained one (stage: pretrain)")
             continue
         for key, recorded in item.classes().items():
             if recorded != classes[key]:
