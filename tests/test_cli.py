@@ -191,6 +191,8 @@ def test_an_unknown_command_suggests_the_nearest(capsys):
         ("--trainer.accumulate_grad_batches=2", "batch_size"),
         ("--model.init_args.optimizer.init_args.lr=-1", r"^model.init_args.optimizer or lr_scheduler: Invalid learning rate: -1.0$"),
         ("--trainer.val_check_interval=0", r"^--trainer.val_check_interval must be positive \(steps, or a share of an epoch\), got 0$"),
+        ("--trainer.log_every_n_steps=0", r"^--trainer.log_every_n_steps must be at least 1, got 0$"),
+        ("--seed_everything=-1", r"^seed_everything must lie in 0..4294967295, got -1$"),
         ("--model.init_args.optimizer.init_args.lr=abc", r"^model.init_args.optimizer.init_args.lr: expected float, got abc \(run"),
         *(
             (budget, r"^this fit would train nothing \(max_steps, max_epochs or limit_train_batches is 0\)")
@@ -389,3 +391,12 @@ def test_validate_prints_its_table_and_no_progress_line(pretrained_ckpt, tmp_pat
           f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={pretrained_ckpt}"])  # fmt: skip
     printed = capsys.readouterr().out
     assert re.search(r"^val/retain_acc\s+\d+\.\d\d%$", printed, re.MULTILINE) and "validated" not in printed
+
+
+def test_a_fit_that_stops_before_validating_says_so_instead_of_an_empty_table(tmp_path, capsys, recwarn):
+    """max_steps inside the first epoch: no val/acc exists, so the summary says how to score the run, and Lightning's
+    warning about the best checkpoint's missing metric (which names no cause) is not shown."""
+    cli = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_steps=2", "--model.init_args.log_figures=false")
+    printed = capsys.readouterr().out
+    assert "no validation ran: the fit stopped before its first" in printed and last_checkpoint(cli.trainer).is_file()
+    assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]

@@ -80,6 +80,11 @@ def silence_checked_notices() -> None:
     # Per-class accuracies are torchmetrics states summed across ranks in ``compute()`` before they are logged; a second
     # reduction by ``self.log(..., sync_dist=True)`` would average identical numbers.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)", module="lightning")
+    # A fit that stops (max_steps) before its first validation has no val/acc for the best checkpoint to rank: RunEnd says
+    # so, and how to score the run, in words; a monitor of the user's own that is never logged still warns.
+    warnings.filterwarnings(
+        "ignore", message=r"`ModelCheckpoint\(monitor='val/acc'\)` could not find the monitored key", module="lightning"
+    )
 
 
 class _NoBoilerplate(logging.Filter):
@@ -148,6 +153,9 @@ class UnlearningCLI(LightningCLI):
         data = config.data.get("init_args") if isinstance(config.data, Namespace) else None
         if data is not None:  # the classes first: a user who fixes the weights should not then learn the class was wrong
             check_classes(list(data.get("forget_classes") or []), list(data.get("new_classes") or []))
+        seed = config.get("seed_everything")
+        if type(seed) is int and not 0 <= seed < 2**32:  # True draws a seed; numpy's bounds, checked before anything is written
+            raise UsageError(f"seed_everything must lie in 0..{2**32 - 1}, got {seed}")
         if isinstance(logger, Namespace) and import_class(logger.class_path) is RunLogger:
             args = logger.init_args
             if args.save_dir is None:
@@ -273,6 +281,8 @@ def check_trainer(trainer: Trainer, fitting: bool) -> None:
         raise UsageError("tasks step their optimizer every batch: raise --data.init_args.batch_size instead of accumulating gradients")
     if fitting and (trainer.max_steps == 0 or trainer.max_epochs == 0 or trainer.limit_train_batches == 0):
         raise UsageError("this fit would train nothing (max_steps, max_epochs or limit_train_batches is 0): give it at least one step")
+    if trainer.log_every_n_steps < 1:  # Lightning takes the step modulo it
+        raise UsageError(f"--trainer.log_every_n_steps must be at least 1, got {trainer.log_every_n_steps}")
     if trainer.val_check_interval is not None and trainer.val_check_interval <= 0:  # Lightning divides by it
         raise UsageError(f"--trainer.val_check_interval must be positive (steps, or a share of an epoch), got {trainer.val_check_interval}")
     limit = trainer.limit_train_batches
@@ -366,6 +376,9 @@ class RunEnd(Callback):
         after = {k: float(v) for k, v in trainer.callback_metrics.items()}
         before = getattr(pl_module, "before", None) or {}
         lines = _table("val", {"before": before, "after": after} if before else {"final": after})
+        if not any(key.startswith("val/") for key in after):
+            lines = ["no validation ran: the fit stopped before its first (raise max_steps, or lower val_check_interval); "
+                     + "`unlearning validate --ckpt_path <last>` scores it"]  # fmt: skip
         lines.append(f"run folder   {trainer.log_dir}")
         for callback in trainer.checkpoint_callbacks:
             if callback.best_model_path:
