@@ -400,3 +400,25 @@ def test_a_fit_that_stops_before_validating_says_so_instead_of_an_empty_table(tm
     printed = capsys.readouterr().out
     assert "no validation ran: the fit stopped before its first" in printed and last_checkpoint(cli.trainer).is_file()
     assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("given", "target", "source"),
+    [
+        ("model:\n  init_args:\n    forget_classes: [4]\n", "model.init_args.forget_classes", "data.init_args.forget_classes"),
+        ("--model.forget_fraction=0.1", "model.init_args.forget_fraction", "data.init_args.forget_fraction"),
+        ("--data.init_args.seed=3", "data.init_args.seed", "seed_everything"),
+    ],
+    ids=["yaml", "short_key", "seed"],
+)
+def test_a_value_for_a_linked_key_is_refused_not_silently_replaced(tmp_path, given, target, source):
+    """jsonargparse overwrites a link's target with its source: the YAML's class 4 would have become the data's class 9."""
+    if given.startswith("model:"):
+        (tmp_path / "mine.yaml").write_text(given)
+        given = f"--config={tmp_path / 'mine.yaml'}"
+    where = "in .*mine.yaml" if given.startswith("--config") else "on the command line"
+    with pytest.raises(
+        UsageError, match=rf"^{target} \(given {where}\) is taken from {source}, which would silently replace it; set {source} instead$"
+    ):
+        fit(CONFIGS / "pretrain.yaml", tmp_path / "logs", given)
+    assert not (tmp_path / "logs").exists()

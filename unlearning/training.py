@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,39 @@ def renamed_config(path: str) -> str:
     return renamed
 
 
+#: source -> target: the classes are stated once, in the datamodule, and the seed once, as ``seed_everything``
+LINKS = {**{f"data.init_args.{key}": f"model.init_args.{key}" for key in ("forget_classes", "new_classes", "forget_fraction")},
+         "seed_everything": "data.init_args.seed"}  # fmt: skip
+
+
+def linked_target_given(argv: list[str]) -> tuple[str, str, str] | None:
+    """``(where, source, target)`` for the first :data:`LINKS` target a command line or one of its config files sets.
+
+    jsonargparse replaces a link's target with its source without a word, so ``model.init_args.forget_classes: [4]``
+    in a YAML would forget the datamodule's class 9, and ``--data.init_args.seed 3`` would split with seed 0.
+    """
+    plain = {target.replace(".init_args", ""): (source, target) for source, target in LINKS.items()}
+    for arg in argv:
+        if arg.startswith("--") and (hit := plain.get(arg[2:].split("=", 1)[0].replace(".init_args", ""))):
+            return "on the command line", *hit
+    for name in _config_files(argv):
+        try:
+            loaded = yaml.safe_load(Path(name).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports a file it cannot read
+        for key in _dotted_keys(loaded):
+            if hit := plain.get(key.replace(".init_args", "")):
+                return f"in {name}", *hit
+    return None
+
+
+def _dotted_keys(tree: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield f"{prefix}{key}"
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
 class UnlearningCLI(LightningCLI):
     """LightningCLI whose task reads the classes from the datamodule (a user states them once), whose runs get
     named, atomically claimed folders, and whose fit refuses what it cannot honour before anything is written."""
@@ -128,9 +162,8 @@ class UnlearningCLI(LightningCLI):
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("forget_classes", "new_classes", "forget_fraction"):
-            parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
-        parser.link_arguments("seed_everything", "data.init_args.seed")
+        for source, target in LINKS.items():
+            parser.link_arguments(source, target)
         # the model summary is off unless asked for: fifteen lines a fit, whose FLOPs column is all zeros for these networks
         parser.set_defaults({"trainer.logger": lazy_instance(RunLogger), "trainer.enable_model_summary": False})
 
@@ -141,6 +174,10 @@ class UnlearningCLI(LightningCLI):
         Done right after parsing because Lightning reads the ``--ckpt_path`` file next (for the task's
         hyperparameters): a missing, truncated or foreign file must be refused in one line first.
         """
+        given = linked_target_given(list(sys.argv[1:] if args is None else args))
+        if given is not None:
+            where, source, target = given
+            raise UsageError(f"{target} (given {where}) is taken from {source}, which would silently replace it; set {source} instead")
         super().parse_arguments(parser, args)
         self.subcommand = self.config.get("subcommand")
         self._prepare_run()
@@ -555,10 +592,7 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
 
 def _yaml_error(argv: list[str]) -> str | None:
     """The first config file on the command line that is not valid YAML, with its line and column and what is wrong."""
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")] + [
-        a.split("=", 1)[1] for a in argv if a.startswith("--config=")
-    ]
-    for name in files:
+    for name in _config_files(argv):
         try:
             yaml.safe_load(Path(name).read_text())
         except yaml.MarkedYAMLError as err:
@@ -569,6 +603,13 @@ def _yaml_error(argv: list[str]) -> str | None:
         except (OSError, yaml.YAMLError):
             continue
     return None
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The config files a command line names (``-c``, ``--config``)."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")
+    ]
 
 
 def _nearest_class(class_path: str) -> str | None:
