@@ -4,6 +4,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -422,3 +423,14 @@ def test_a_value_for_a_linked_key_is_refused_not_silently_replaced(tmp_path, giv
     ):
         fit(CONFIGS / "pretrain.yaml", tmp_path / "logs", given)
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("budget", "interval"), [("--trainer.max_steps=3", 3), ("--trainer.limit_train_batches=2", 2), ("--trainer.max_steps=30", 5)]
+)
+def test_a_fit_shorter_than_the_logging_interval_logs_at_its_end(tmp_path, budget, interval):
+    """tiny.yaml logs every 5 steps: a 3-step budget or a 2-batch epoch would log no training loss at all (and Lightning warns)."""
+    cli = fit(CONFIGS / "pretrain.yaml", tmp_path, budget, "--model.init_args.log_figures=false")
+    assert cli.trainer.log_every_n_steps == interval
+    (events,) = Path(cli.trainer.log_dir).glob("events.out.tfevents.*")
+    assert EventAccumulator(str(events)).Reload().Scalars("train/loss")

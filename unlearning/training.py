@@ -311,7 +311,7 @@ class UnlearningCLI(LightningCLI):
 
 def check_trainer(trainer: Trainer, fitting: bool) -> None:
     """Reject trainer options a task that steps its own optimizer cannot honour, and a fit of no steps (it would claim a
-    run folder and write no checkpoint); an epoch shorter than the logging interval logs each step."""
+    run folder and write no checkpoint); an epoch or step budget shorter than the logging interval logs at its end."""
     if trainer.gradient_clip_val:
         raise UsageError("tasks step their optimizer themselves: use --model.init_args.gradient_clip_val, not --trainer.gradient_clip_val")
     if trainer.accumulate_grad_batches != 1:
@@ -323,8 +323,9 @@ def check_trainer(trainer: Trainer, fitting: bool) -> None:
     if trainer.val_check_interval is not None and trainer.val_check_interval <= 0:  # Lightning divides by it
         raise UsageError(f"--trainer.val_check_interval must be positive (steps, or a share of an epoch), got {trainer.val_check_interval}")
     limit = trainer.limit_train_batches
-    if isinstance(limit, int) and 0 < limit < trainer.log_every_n_steps:
-        trainer.log_every_n_steps = limit  # an epoch shorter than the interval would log nothing
+    shorter = [n for n in (limit if isinstance(limit, int) else 0, trainer.max_steps) if 0 < n < trainer.log_every_n_steps]
+    if shorter:  # an epoch or a step budget shorter than the interval would log nothing (and Lightning would warn)
+        trainer.log_every_n_steps = min(shorter)
 
 
 class NoProfiler(PassThroughProfiler):
