@@ -194,6 +194,7 @@ def test_an_unknown_command_suggests_the_nearest(capsys):
         ("--trainer.val_check_interval=0", r"^--trainer.val_check_interval must be positive \(steps, or a share of an epoch\), got 0$"),
         ("--trainer.log_every_n_steps=0", r"^--trainer.log_every_n_steps must be at least 1, got 0$"),
         ("--seed_everything=-1", r"^seed_everything must lie in 0..4294967295, got -1$"),
+        ("--seed_everything=true", r"^seed_everything \(linked to data.init_args.seed\): expected int, got True \(run"),
         ("--model.init_args.optimizer.init_args.lr=abc", r"^model.init_args.optimizer.init_args.lr: expected float, got abc \(run"),
         *(
             (budget, r"^this fit would train nothing \(max_steps, max_epochs or limit_train_batches is 0\)")

@@ -586,7 +586,10 @@ def parse_error(message: str, command: str | None, argv: list[str] | None = None
     if keys and expected:
         types = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", e).replace("typing.", "") for e in expected]
         value = re.sub(r"\. Got value: .*$", "", got.group(1)) if got else "?"
-        return f"{'.init_args.'.join(keys)}: expected {' or '.join(dict.fromkeys(types))}, got {value} ({hint})"
+        name = ".init_args.".join(keys)
+        source = {target: source for source, target in LINKS.items()}.get(name)  # the key a user typed, not the one it fills
+        name = f"{source} (linked to {name})" if source else name
+        return f"{name}: expected {' or '.join(dict.fromkeys(types))}, got {value} ({hint})"
     lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip()]
     return f"{lines[-1] if lines and keys else lines[0] if lines else message} ({hint})"
 
