@@ -51,7 +51,7 @@ from unlearning.checkpoints import net_state_dict
 from unlearning.errors import CellsFailed, HeadlineChanged, UsageError
 from unlearning.evaluation import evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
-from unlearning.evaluation.inputs import torch_threads
+from unlearning.evaluation.inputs import check_threads, torch_threads
 from unlearning.files import atomic_file
 from unlearning.launch import Launcher, Slurm, launch
 from unlearning.pages import read_section, replace_section
@@ -363,8 +363,7 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError("--seeds must list at least one seed (a grid of no runs would overwrite the tables with empty ones)")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds repeats a seed: {args.seeds}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    check_threads(args.threads)
     if args.timing_repeats < 1:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:

@@ -116,10 +116,8 @@ def _check_crcs(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except PermissionError:
-        raise UsageError(f"checkpoint {path} is not readable by this user (permission denied)") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # not a zip archive (or one cut short): torch.load's own error says what it is
+        return  # not a zip archive, one cut short, or unreadable (permission denied): read_checkpoint's own error says which
     if damaged is not None:
         raise UsageError(f"{path} is damaged: its entry {damaged} fails its checksum (the file changed after it was written)")
 

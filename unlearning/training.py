@@ -413,8 +413,9 @@ class RunEnd(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         after = {k: float(v) for k, v in trainer.callback_metrics.items()}
         before = getattr(pl_module, "before", None) or {}
-        lines = _table("val", {"before": before, "after": after} if before else {"final": after})
-        if not any(key.startswith("val/") for key in after):
+        if any(key.startswith("val/") for key in after):
+            lines = _table("val", {"before": before, "after": after} if before else {"final": after})
+        else:
             lines = ["no validation ran: the fit stopped before its first (raise max_steps, or lower val_check_interval); "
                      + "`unlearning validate --ckpt_path <last>` scores it"]  # fmt: skip
         lines.append(f"run folder   {trainer.log_dir}")
@@ -650,17 +651,17 @@ def _nearest_option(key: str, owner: str | None, parser: ArgumentParser | None =
     if prefix == "trainer" and parser is None:
         owner = "lightning.pytorch.Trainer"
     if owner is not None:
-        parser, prefix_of = ArgumentParser(exit_on_error=False), "--x."
+        searched, prefix_of = ArgumentParser(exit_on_error=False), "--x."
         try:
-            parser.add_class_arguments(import_class(owner), "x")
+            searched.add_class_arguments(import_class(owner), "x")
         except Exception:  # noqa: BLE001 - a class jsonargparse cannot describe, or none by that name: no suggestion
             return None
     elif parser is not None and not prefix:
-        prefix_of = "--"
+        searched, prefix_of = parser, "--"
     else:
         return None
     known = [
-        option.removeprefix(prefix_of) for action in parser._actions for option in action.option_strings if option.startswith(prefix_of)
+        option.removeprefix(prefix_of) for action in searched._actions for option in action.option_strings if option.startswith(prefix_of)
     ]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
     return f"{prefix}.{close[0]}" if close and prefix else close[0] if close else None

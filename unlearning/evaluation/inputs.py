@@ -164,11 +164,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_threads(n: int) -> None:
+    """Refuse a thread count torch cannot run with; the bench calls it before anything is written."""
+    if n < 1:
+        raise UsageError(f"--threads must be at least 1, got {n}")
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run with ``n`` intra-op threads, restoring the previous number afterwards."""
-    if n < 1:
-        raise UsageError(f"--threads must be at least 1, got {n}")
+    check_threads(n)
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
