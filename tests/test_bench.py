@@ -188,6 +188,23 @@ def test_bench_rejects_bad_options_before_writing_anything(tmp_path, option, mes
     assert not (tmp_path / "results").exists()
 
 
+def test_bench_takes_one_allowed_module_without_list_brackets(tmp_path):
+    """``--allow_module mypkg.nets`` parses as a list of one, like ``--only`` and ``--seeds``: the next check is reached."""
+    with pytest.raises(UsageError, match="^--seeds must list at least one seed"):
+        main(
+            [
+                "bench",
+                "-c",
+                str(ROOT / "tests" / "conf" / "bench_tiny.yaml"),
+                "--out",
+                str(tmp_path / "results"),
+                "--allow_module",
+                "mypkg.nets",
+                "--seeds=[]",
+            ]
+        )
+
+
 def test_bench_refuses_a_results_folder_it_cannot_make(tmp_path):
     (tmp_path / "results").write_text("a file where the folder would go")
     with pytest.raises(UsageError, match=r"--out .*results: cannot make the results folder there \(File exists\); give another --out"):

@@ -14,7 +14,7 @@ from unlearning.checkpoints import last_checkpoint, net_state_dict, read_checkpo
 from unlearning.cli import main
 from unlearning.data import MNISTDataModule
 from unlearning.errors import UsageError
-from unlearning.losses import distillation
+from unlearning.losses import distillation, focal_cross_entropy
 from unlearning.models import SeedMLP
 from unlearning.saliency import (
     diagonal_fisher,
@@ -174,6 +174,13 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
             ["--model.init_args.reset_unit_fraction=-0.1"],
             r"reset_unit_fraction must lie in \[0, 1\], got -0.1",
         ),
+        (
+            "unit_reset",
+            "pretrained",
+            ["--model.init_args.focal_gamma=-1"],
+            r"focal_gamma must be a number >= 0 \(0: plain cross-entropy\), got -1",
+        ),
+        ("unit_reset", "pretrained", ["--model.init_args.focal_gamma=inf"], r"^model.init_args.focal_gamma: expected float, got inf"),
         ("masked_reset", "pretrained", ["--model.init_args.unit_layers=5"], r"unit_layers must lie in \[1, 4\] for SeedMLP, got 5"),
         ("reset_retrain", "none", [], r"ResetRetrain starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
@@ -238,6 +245,25 @@ def test_reset_retrain_distils_the_remaining_classes_logits_only(pretrained_ckpt
     remaining = [c for c in range(10) if c != 9]
     assert torch.allclose(terms["distill_loss"], 2 * distillation(logits[:, remaining], target[:, remaining], 1.0))
     assert not torch.allclose(terms["distill_loss"], 2 * distillation(logits, target, 1.0))
+
+
+def test_unit_reset_weighs_retain_samples_by_focal_cross_entropy(pretrained_ckpt, tmp_path):
+    """The shipped recipe's retain loss is focal (γ 0.5), not plain cross-entropy; ``focal_gamma`` 0 gives plain."""
+    for gamma in ("0.5", "0"):
+        cli = unlearn(
+            UNLEARN / "unit_reset.yaml",
+            pretrained_ckpt,
+            tmp_path / gamma,
+            *(("--model.init_args.focal_gamma=0",) if gamma == "0" else ()),
+            run=False,
+        )
+        task = cli.model
+        assert task.focal_gamma == float(gamma)
+        x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+        with torch.no_grad():
+            loss, logits = task.losses({"retain": (x, y)})["retain_loss"], task.net(x)
+        assert torch.allclose(loss, focal_cross_entropy(logits, y, float(gamma)))
+        assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, y)) == (gamma == "0")
 
 
 def test_reset_retrain_resets_its_fractions_per_forget_class(pretrained_ckpt, tmp_path):

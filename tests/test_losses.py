@@ -1,11 +1,12 @@
-"""Forget objectives and distillation against hand-computed values."""
+"""Forget objectives, focal cross-entropy and distillation against hand-computed values."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from unlearning.losses import bounded_ascent, distillation, forget_loss, random_labels, uniform_kl
+from unlearning.losses import bounded_ascent, distillation, focal_cross_entropy, forget_loss, random_labels, uniform_kl
 
 ALLOWED = torch.arange(9)  # forget class 9
 
@@ -52,3 +53,27 @@ def test_distillation_is_zero_for_equal_logits_and_scaled_by_t_squared():
     p = torch.softmax(teacher / 2.0, dim=1)
     kl = (p * (p.log() - math.log(0.5))).sum().item()
     assert distillation(student, teacher, temperature=2.0).item() == pytest.approx(4 * kl, rel=1e-5)
+
+
+def test_focal_cross_entropy_weighs_each_sample_by_its_miss_probability_rescaled_to_the_batch():
+    """Two samples, p_true 0.8 and 0.2: weights 0.2^γ and 0.8^γ, normalised to sum to one over the pair."""
+    logits = torch.log(torch.tensor([[0.8, 0.2], [0.8, 0.2]])).requires_grad_()
+    y = torch.tensor([0, 1])
+    ce = torch.tensor([-math.log(0.8), -math.log(0.2)])
+    for gamma in (0.5, 1.0, 2.0):
+        w = torch.tensor([0.2, 0.8]) ** gamma
+        assert math.isclose(focal_cross_entropy(logits, y, gamma).item(), ((w * ce).sum() / w.sum()).item(), rel_tol=1e-6)
+    assert torch.equal(focal_cross_entropy(logits, y, 0.0), F.cross_entropy(logits, y))
+    # the weights are constants: the gradient is that of the weighted cross-entropy with them held fixed
+    focal_cross_entropy(logits, y, 1.0).backward()
+    fixed = logits.detach().requires_grad_()
+    (F.cross_entropy(fixed, y, reduction="none") @ torch.tensor([0.2, 0.8])).backward()
+    assert torch.allclose(logits.grad, fixed.grad)
+
+
+def test_focal_cross_entropy_keeps_the_scale_of_cross_entropy_where_every_sample_is_missed_alike():
+    """Equal losses give equal weights, and the rescaling then leaves plain cross-entropy: the step size is unchanged."""
+    logits, y = torch.zeros(4, 10), torch.tensor([0, 3, 5, 9])
+    assert math.isclose(focal_cross_entropy(logits, y, 2.0).item(), math.log(10), rel_tol=1e-6)
+    confident = torch.full((2, 3), -100.0).index_fill(1, torch.tensor([0]), 100.0)  # p_true 1: every weight 0
+    assert focal_cross_entropy(confident, torch.tensor([0, 0]), 1.0).item() == 0.0

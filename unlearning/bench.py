@@ -308,9 +308,9 @@ def bench_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--allow_module",
-        type=list[str],
+        type=list[str] | str,
         default=[],
-        help="modules whose network classes the runs' checkpoints may name, beyond the project's",
+        help="modules whose network classes the runs' checkpoints may name, beyond the project's: --allow_module mypkg.nets, or a list",
     )
     parser.add_argument(
         "--launcher", type=Launcher, default="serial",
@@ -343,7 +343,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args = parser.instantiate(parser.parse_args(argv))
     except ArgumentError as err:
         raise UsageError(parse_error(str(err), "bench", list(argv or []), parser)) from None
-    args.seeds, args.only = ([x] if isinstance(x, (int, str)) else x for x in (args.seeds, args.only))  # one, or a list
+    args.seeds, args.only, args.allow_module = (
+        [x] if isinstance(x, (int, str)) else x for x in (args.seeds, args.only, args.allow_module)
+    )  # one, or a list
     unknown = sorted(set(args.only or []) - {e.name for e in args.experiments})
     if unknown:
         raise UsageError(f"--only names no experiment of this grid: {unknown} (it has {[e.name for e in args.experiments]})")

@@ -1,4 +1,4 @@
-"""Forget objectives and distillation. Pure torch: logits and labels in, a scalar loss out."""
+"""Forget objectives, focal cross-entropy and distillation. Pure torch: logits and labels in, a scalar loss out."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def forget_loss(
     if objective == "uniform_kl":
         return uniform_kl(logits, allowed)
     raise ValueError(f"unknown forget objective {objective!r}; choose random_label, bounded_ascent or uniform_kl")
+
+
+def focal_cross_entropy(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
+    """Cross-entropy with each sample weighted by (1 - p_true)^gamma (Lin et al. 2017), the weights rescaled to sum to
+    the batch's size; ``gamma`` 0 is plain cross-entropy.
+
+    The weight moves the step towards the samples the model still gets wrong, and the rescaling keeps the loss's scale,
+    and with it the optimiser's effective rate, that of cross-entropy. The weights are constants: no gradient flows
+    through them.
+    """
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if gamma == 0:
+        return ce.mean()
+    weight = (1 - torch.exp(-ce.detach())).pow(gamma)
+    return (weight * ce).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 def distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -9,6 +9,7 @@ freeze, checkpointing the mask, the frozen teacher, metrics) is here once.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from unlearning.checkpoints import LatestCheckpoint, held_out_classes
 from unlearning.data.splits import retain_classes
 from unlearning.errors import UsageError
 from unlearning.figures import mask_images
-from unlearning.losses import ForgetObjective, distillation, forget_loss
+from unlearning.losses import ForgetObjective, distillation, focal_cross_entropy, forget_loss
 from unlearning.saliency import (
     ExactFreeze,
     Scope,
@@ -60,6 +61,10 @@ class UnlearnTask(BaseTask):
             ``uniform_kl`` (pull their prediction to uniform over the remaining classes).
         retain_weight: λ in ``forget loss + λ · cross-entropy on retain``; 0 ignores retain data.
         ascent_bound: the cross-entropy at which bounded ascent stops pushing a sample.
+        focal_gamma: the focal exponent of the cross-entropy on retain (and a replacement's new) samples
+            (:func:`~unlearning.losses.focal_cross_entropy`): each weighs (1 - p_true)^focal_gamma, so the samples the
+            model gets wrong (what a reset took away, and what the pretrained model never learned as well as a fresh
+            run) weigh more; 0 is plain cross-entropy.
         **kwargs: see :class:`BaseTask` (``weights`` is where the pretrained model comes from; it
             must have been trained on the forget classes, see :func:`check_trained_on`).
     """
@@ -79,9 +84,13 @@ class UnlearnTask(BaseTask):
         forget_objective: ForgetObjective = "random_label",
         retain_weight: float = 1.0,
         ascent_bound: float = 5.0,
+        focal_gamma: float = 0.0,
         **kwargs: Any,
     ):
+        if not 0 <= focal_gamma < math.inf:
+            raise UsageError(f"focal_gamma must be a number >= 0 (0: plain cross-entropy), got {focal_gamma}")
         self.forget_objective, self.retain_weight, self.ascent_bound = forget_objective, retain_weight, ascent_bound
+        self.focal_gamma = focal_gamma
         super().__init__(*args, **kwargs)
         if kwargs.get("weights") is not None:
             check_trained_on(kwargs["weights"], self.forget_classes)
@@ -98,7 +107,7 @@ class UnlearnTask(BaseTask):
         logits = self.stream_logits(batch)
         terms = {"forget_loss": self.forget_term(logits["forget"], batch["forget"][1])}
         if self.retain_weight:
-            terms["retain_loss"] = self.retain_weight * self.criterion(logits["retain"], batch["retain"][1])
+            terms["retain_loss"] = self.retain_weight * self.cross_entropy(logits["retain"], batch["retain"][1])
         return terms
 
     def weight_mask(self) -> dict[str, Tensor] | None:
@@ -147,6 +156,11 @@ class UnlearnTask(BaseTask):
             return {stream: self.net(x)}
         logits = self.net(torch.cat([x for x, _ in batch.values()]))
         return dict(zip(batch, logits.split([len(y) for _, y in batch.values()])))
+
+    def cross_entropy(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy on the samples the model is to classify (retain, and a replacement's new class): focal where
+        ``focal_gamma`` is set."""
+        return focal_cross_entropy(logits, y, self.focal_gamma)
 
     def forget_term(self, logits: Tensor, y: Tensor) -> Tensor:
         """The forget objective on forget samples' logits: they may only go to the remaining classes."""
@@ -452,7 +466,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch["retain"]
         logits = self.net(x)
-        terms = {"retain_loss": self.criterion(logits, y)}
+        terms = {"retain_loss": self.cross_entropy(logits, y)}
         if self.distill_weight:
             terms["distill_loss"] = self.distill_weight * self.distill(logits, x, self.distill_temperature, remaining_only=True)
         return terms
@@ -515,7 +529,8 @@ class FineTune(UnlearnTask):
     train_streams: Mapping[str, Sequence[str]] = {"retain": ("retain",)}
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
-        return {"retain_loss": self.cross_entropy_step(batch, "retain")}
+        x, y = batch["retain"]
+        return {"retain_loss": self.cross_entropy(self.net(x), y)}
 
 
 class GradientAscent(UnlearnTask):
