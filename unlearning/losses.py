@@ -57,9 +57,9 @@ def focal_cross_entropy(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
     and with it the optimiser's effective rate, that of cross-entropy. The weights are constants: no gradient flows
     through them.
     """
-    ce = F.cross_entropy(logits, y, reduction="none")
     if gamma == 0:
-        return ce.mean()
+        return F.cross_entropy(logits, y)
+    ce = F.cross_entropy(logits, y, reduction="none")
     weight = (1 - torch.exp(-ce.detach())).pow(gamma)
     return (weight * ce).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
