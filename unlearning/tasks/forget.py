@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -101,13 +102,18 @@ class UnlearnTask(BaseTask):
         self.freeze: ExactFreeze | None = None
         object.__setattr__(self, "_teacher", None)  # see keep_teacher
 
+    def configure_losses(self) -> None:
+        """``criterion``, the cross-entropy on the samples the model is to classify (retain, and a replacement's new
+        class): focal where ``focal_gamma`` is set."""
+        self.criterion = partial(focal_cross_entropy, gamma=self.focal_gamma)
+
     # -- what a method defines ----------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         """Named loss terms for one batch; their sum is minimised. Default: forget objective + λ·retain CE."""
         logits = self.stream_logits(batch)
         terms = {"forget_loss": self.forget_term(logits["forget"], batch["forget"][1])}
         if self.retain_weight:
-            terms["retain_loss"] = self.retain_weight * self.cross_entropy(logits["retain"], batch["retain"][1])
+            terms["retain_loss"] = self.retain_weight * self.criterion(logits["retain"], batch["retain"][1])
         return terms
 
     def weight_mask(self) -> dict[str, Tensor] | None:
@@ -156,11 +162,6 @@ class UnlearnTask(BaseTask):
             return {stream: self.net(x)}
         logits = self.net(torch.cat([x for x, _ in batch.values()]))
         return dict(zip(batch, logits.split([len(y) for _, y in batch.values()])))
-
-    def cross_entropy(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy on the samples the model is to classify (retain, and a replacement's new class): focal where
-        ``focal_gamma`` is set."""
-        return focal_cross_entropy(logits, y, self.focal_gamma)
 
     def forget_term(self, logits: Tensor, y: Tensor) -> Tensor:
         """The forget objective on forget samples' logits: they may only go to the remaining classes."""
@@ -466,7 +467,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch["retain"]
         logits = self.net(x)
-        terms = {"retain_loss": self.cross_entropy(logits, y)}
+        terms = {"retain_loss": self.criterion(logits, y)}
         if self.distill_weight:
             terms["distill_loss"] = self.distill_weight * self.distill(logits, x, self.distill_temperature, remaining_only=True)
         return terms
@@ -529,8 +530,7 @@ class FineTune(UnlearnTask):
     train_streams: Mapping[str, Sequence[str]] = {"retain": ("retain",)}
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
-        x, y = batch["retain"]
-        return {"retain_loss": self.cross_entropy(self.net(x), y)}
+        return {"retain_loss": self.cross_entropy_step(batch, "retain")}
 
 
 class GradientAscent(UnlearnTask):

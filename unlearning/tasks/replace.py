@@ -172,11 +172,11 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         logits = self.stream_logits(batch)
-        terms = {"new_loss": self.new_weight * self.cross_entropy(logits["new"], self.target_unit[batch["new"][1]])}
+        terms = {"new_loss": self.new_weight * self.criterion(logits["new"], self.target_unit[batch["new"][1]])}
         if self.forget_weight:
             terms["forget_loss"] = self.forget_weight * self.forget_term(logits["forget"], batch["forget"][1])
         if self.retain_weight:
-            terms["retain_loss"] = self.retain_weight * self.cross_entropy(logits["retain"], batch["retain"][1])
+            terms["retain_loss"] = self.retain_weight * self.criterion(logits["retain"], batch["retain"][1])
         if self.teacher is not None:
             distill = self.distill(logits["retain"], batch["retain"][0], self.distill_temperature, self.distill_units == "retain")
             terms["distill_loss"] = self.distill_weight * distill
