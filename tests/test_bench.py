@@ -91,7 +91,37 @@ def test_a_run_is_scored_on_the_holdout_it_names(holdout, tmp_path):
     run = fit_and_test(ROOT / "configs" / "pretrain.yaml", "-c", str(ROOT / "tests" / "conf" / "tiny.yaml"), root=tmp_path, score=holdout)
     assert {"acc", "forget_acc", "retain_acc"} <= {k.removeprefix(f"{holdout}/") for k in run.scores}
     assert all(k.startswith((f"{holdout}/", f"{holdout}_class_acc/")) for k in run.scores)
-    assert run.checkpoint.exists() and run.fit_seconds > 0
+    assert run.checkpoint.exists() and run.fit_seconds > 0 and run.flops is None  # counted only when asked
+
+
+def test_a_counted_fit_counts_each_training_samples_matrix_products(tmp_path):
+    """SeedMLP (784-50-40-30-20-10) does 43 200 multiply-adds a sample forward, 86 400 FLOPs; backward twice that, less the
+    first layer's gradient for the input, which nothing needs (2 · 784 · 50): 3 · 86 400 − 78 400 = 180 800 a sample."""
+    tiny = ["-c", str(ROOT / "tests" / "conf" / "tiny.yaml"), "--trainer.limit_val_batches=0", "--model.init_args.log_figures=false"]
+    four, eight = (
+        fit_and_test(CONFIGS / "pretrain.yaml", *tiny, f"--trainer.limit_train_batches={n}", root=tmp_path / str(n), score=None, count_flops=True).flops
+        for n in (4, 8)
+    )  # fmt: skip
+    assert four == 4 * 200 * 180_800 and eight == 2 * four  # no validation: the steps of 200 samples alone
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
+    with pytest.raises(UsageError, match="FLOPs are counted in this process alone: a fit on 2 processes would count one rank's"):
+        fit_and_test(CONFIGS / "pretrain.yaml", *tiny, *ddp, root=tmp_path / "ddp", score=None, count_flops=True)
+    assert not (tmp_path / "ddp").exists()  # the run folder the CLI claimed is given back
+
+
+def test_bench_counts_flops_beside_the_timed_cost_and_keeps_them(tmp_path):
+    out = tmp_path / "results"
+    tiny = ["-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--only", "forget9", "--timing_repeats", "1"]
+    rows = {r["method"]: r for r in main(["bench", *tiny, "--out", str(out), "--count_flops", "true"])}
+    assert rows["oracle"]["compute"] == 1 and "compute" not in rows["pretrained"]  # the pretrained model is no method
+    sg = rows["selective_gradient"]
+    assert sg["compute"] == sg["flops"] / rows["oracle"]["flops"] and 0 < sg["compute"] < 1
+    (cell,) = out.glob("runs/forget9/seed0-*")
+    counted = {m: rows[m]["flops"] for m in ("oracle", "selective_gradient", "head_mask")}
+    assert json.loads((cell / "flops.json").read_text()) == counted  # kept: a rerun counts nothing again
+    assert "FLOPs × oracle" in (out / "results.md").read_text()
+    experiment = Experiment("forget9", ["configs/pretrain.yaml"], ["configs/oracle.yaml"])
+    assert Cell(experiment, 0, count_flops=True).key != Cell(experiment, 0).key  # a counted cell never reuses an uncounted one
 
 
 def test_speed_comparison_times_both_loops_side_by_side():
@@ -274,6 +304,8 @@ def test_the_verdict_grid_reads_each_method_against_the_oracle_beside_the_pretra
     assert "| forget1 | -0.50 pp, 1/2 within 0.5 | lowest -1.00 pp, 1/2 within 0.5 | forgets 2/2<br>-0.05 pp, 0.20×, 50% frozen |" in grid
     assert "| forget4 | -0.50 pp, 1/2 within 0.5 | lowest -1.00 pp, 1/2 within 0.5 | forgets 1/2, hides 1/2<br>-0.05 pp" in grid
     assert "| all | 2/4 within 0.5 | 2/4 within 0.5 | 4/4 within 0.5<br>forgets 3/4 |" in grid
+    counted = verdict_grid([r | {"compute": 0.25 if r["method"] == "masked_reset" else 1.0} for r in rows])
+    assert "| forgets 2/2<br>-0.05 pp, 0.20× (0.25× FLOPs), 50% frozen |" in counted and "0.20×, 50% frozen" not in counted
 
 
 def test_quiet_collector_keeps_the_objects_alive_before_it_out_of_the_collectors_passes_and_releases_them_after():

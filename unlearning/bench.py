@@ -4,7 +4,8 @@ For each experiment and seed it pretrains, retrains the oracle, runs every metho
 pretrained weights, scores them on the test set (``--holdout val``: on the validation split, for
 tuning), and (for class experiments) runs the evidence suite on the same held-out samples against
 that seed's oracle and pretrained model. The oracle and every method are timed
-``--timing_repeats`` times (the cost takes the best of each). A finished run leaves ``result.json`` in its
+``--timing_repeats`` times (the cost takes the best of each); with ``--count_flops`` each is fitted once more under
+torch's FLOP counter, for a cost in operations beside the one in seconds. A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
 ``results/`` (or ``--out``): ``results.json`` with every raw number, ``results.md`` with mean ± std
 tables and per-seed rows, and PNG plots (:mod:`unlearning.bench_report`, from the rows alone). Last, it times Lightning against a plain torch loop
@@ -153,6 +154,23 @@ def _best_fit_seconds(
     return best
 
 
+def _fit_flops(runs: dict[str, list[str]], where: Path, seed: int, bar: tqdm) -> dict[str, int]:
+    """Each run's floating-point operations, counted in one more fit of each (:func:`~unlearning.runs.fit_and_test`'s
+    ``count_flops``): a cost that neither the machine's speed nor its load moves, beside the timed one. Kept in
+    ``flops.json``, so a rerun does not count them again."""
+    cache = where / "flops.json"
+    flops = json.loads(cache.read_text()) if cache.exists() else {}
+    for name, args in runs.items():
+        if name not in flops:
+            bar.set_postfix_str(f"{where.parent.name}/{where.name}: counting {name}'s FLOPs")
+            with tempfile.TemporaryDirectory() as scratch:
+                flops[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, score=None, count_flops=True).flops
+            with atomic_file(cache) as f:
+                f.write(json.dumps(flops, indent=1).encode())
+        bar.update()
+    return flops
+
+
 @dataclass
 class Cell:
     """One experiment on one seed, scored on one holdout: its fits, their timings and its evidence.
@@ -167,13 +185,16 @@ class Cell:
     timing_repeats: int = 1
     threads: int = 1
     allow_modules: list[str] = field(default_factory=list)
+    count_flops: bool = False
 
     @property
     def key(self) -> str:
-        """A hash of the cell's fields and of the contents of every config file its entries name."""
+        """A hash of the cell's fields and of the contents of every config file its entries name (``count_flops`` only where
+        set: a cell that counts none is the cell it was before the option existed, and its finished runs are reused)."""
         entries = [self.experiment.pretrain, self.experiment.oracle, *self.experiment.methods.values()]
         files = {arg: Path(arg).read_text() for args in entries for arg in args if arg.endswith(".yaml") and Path(arg).is_file()}
-        return hashlib.sha256(json.dumps([asdict(self), files], sort_keys=True).encode()).hexdigest()[:12]
+        fields = {k: v for k, v in asdict(self).items() if k != "count_flops" or v}
+        return hashlib.sha256(json.dumps([fields, files], sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def name(self) -> str:
@@ -232,8 +253,11 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
         stages[method] = _run(timed_runs[method], where / method, seed, holdout, bar)
     seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
     seconds |= _best_fit_seconds(timed_runs, stages, where, seed, cell.timing_repeats, bar)
+    flops = _fit_flops(timed_runs, where, seed, bar) if cell.count_flops else {}
     for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
         seconds[method] += seconds[upstream]
+        if flops:
+            flops[method] += flops[upstream]
     pretrained = net_state_dict(stages["pretrained"]["checkpoint"])
     frozen = {name: unchanged_share(pretrained, net_state_dict(r["checkpoint"])) for name, r in stages.items()}
     evidence = {}
@@ -249,6 +273,7 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
             "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
             "reused": result.get("reused", False), "checkpoint": result["checkpoint"],
             "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"], "frozen": frozen[method],
+            **({"flops": flops[method], "compute": flops[method] / flops["oracle"]} if method in flops else {}),
             **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
         }
         for method, result in stages.items()
@@ -257,7 +282,7 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
 
 def fits_per_cell(cell: Cell) -> int:
     methods = len(cell.experiment.methods)
-    return 2 + methods + (cell.timing_repeats - 1) * (1 + methods)
+    return 2 + methods + (cell.timing_repeats - 1 + cell.count_flops) * (1 + methods)
 
 
 def run_grid(
@@ -299,6 +324,12 @@ def bench_parser() -> ArgumentParser:
         type=int,
         default=1,
         help="fits timed per oracle and method; the cost takes the best of each (the VM's noise only adds time)",
+    )
+    parser.add_argument(
+        "--count_flops",
+        type=bool,
+        default=False,
+        help="count each oracle's and method's FLOPs in one more fit (several times slower): a `compute` column beside the timed cost",
     )
     parser.add_argument(
         "--holdout",
@@ -381,7 +412,11 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     except OSError as err:  # a file of that name, or a folder this user cannot write
         raise UsageError(f"--out {out}: cannot make the results folder there ({err.strerror}); give another --out") from None
     start = time.perf_counter()
-    cells = [Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module) for e in experiments for seed in args.seeds]
+    cells = [
+        Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module, args.count_flops)
+        for e in experiments
+        for seed in args.seeds
+    ]
     rows = run_grid(cells, out, args.launcher, args.jobs, args.slurm)
     with torch_threads(args.threads), quiet_lightning():  # restored afterwards: a bench run from Python leaves the caller's settings alone
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None

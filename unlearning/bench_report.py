@@ -21,7 +21,7 @@ COLUMNS = [
     ("mia", "MIA %", 100, 1), ("avg_gap", "avg gap", 100, 2), ("relearn_steps", "relearn steps", 1, 0),
     ("probe_auc", "probe AUC", 1, 3), ("probe_ratio", "probe miss × oracle", 1, 2), ("recovered", "recovered %", 100, 1),
     ("reach", "reach %", 100, 1), ("proto", "proto %", 100, 1), ("quant", "quant %", 100, 1), ("frozen", "frozen %", 100, 1),
-    ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3),
+    ("fit_seconds", "fit s", 1, 2), ("cost", "cost × oracle", 1, 3), ("compute", "FLOPs × oracle", 1, 3),
 ]  # fmt: skip
 
 
@@ -88,7 +88,8 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
     lines = [
         "### Verdicts by class and method",
         "",
-        "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle;",
+        "Each cell: verdicts over the seeds; retain accuracy minus the oracle's (points, mean over seeds); cost against the oracle",
+        "(fit time, and where the bench counted them, FLOPs);",
         "the share of weights bit-identical to the pretrained model's; the retain class furthest below the oracle's same class",
         "(worst over seeds). The pretrained column is where every method starts: its own retain accuracy minus the oracle's,",
         "and in how many seeds that lies within half a point. The next column is a retrain from scratch on another seed: each",
@@ -125,12 +126,13 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
             gaps = [retain_gap(r) for r in group]
             count(method, gaps)
             cost = statistics.mean(r["cost"] for r in group)
+            compute = f" ({statistics.mean(r['compute'] for r in group):.2f}× FLOPs)" if all("compute" in r for r in group) else ""
             frozen = statistics.mean(r["frozen"] for r in group) if all("frozen" in r for r in group) else None
             skip = {int(c) for c in re.findall(r"\d", exp.split("to")[0])}  # the forgotten (or replaced) classes
             worst = [w for r in group if (w := worst_retain_class(r, oracle[exp, r["seed"]], holdout, skip)) is not None]
             worst_text = f"; worst {max(worst, key=lambda w: w[1])[0]} {-max(w[1] for w in worst):+.1f}" if worst else ""
             frozen_text = "" if frozen is None else f", {100 * frozen:.0f}% frozen"
-            cells.append(f"{verdicts}<br>{statistics.mean(gaps):+.2f} pp, {cost:.2f}×{frozen_text}{worst_text}")
+            cells.append(f"{verdicts}<br>{statistics.mean(gaps):+.2f} pp, {cost:.2f}×{compute}{frozen_text}{worst_text}")
         lines.append(f"| {exp} | " + " | ".join(cells) + " |")
     totals = {column: f"{near}/{n} within 0.5" if n else "–" for column, (near, n) in within.items()}
     totals.update({m: f"{totals[m]}<br>forgets {forgets[m]}/{within[m][1]}" for m in methods if within[m][1]})
@@ -248,8 +250,17 @@ def place_labels(ax: Any, points: dict[str, tuple[float, float]], fontsize: int 
 #: the per-seed table: what every target in the README is checked against
 SEED_COLUMNS = [
     ("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("frozen", "frozen %"),
-    ("fit_seconds", "fit s"), ("cost", "cost × oracle"),
+    ("fit_seconds", "fit s"), ("cost", "cost × oracle"), ("compute", "FLOPs × oracle"),
 ]  # fmt: skip
+
+
+def _seed_cell(key: str, value: float | None) -> str:
+    """A per-seed table's entry: ratios to three decimals, seconds to two, accuracies and shares in percent."""
+    if value is None:
+        return "–"
+    if key in ("cost", "compute"):
+        return f"{value:.3f}"
+    return f"{value:.2f}" if key == "fit_seconds" else f"{100 * value:.2f}"
 
 
 def per_seed_tables(rows: list[dict[str, Any]]) -> str:
@@ -265,10 +276,7 @@ def per_seed_tables(rows: list[dict[str, Any]]) -> str:
             "|" + "---|" * (len(columns) + 2),
         ]
         for r in sorted(mine, key=lambda r: r["seed"]):
-            cells = [
-                "–" if r.get(k) is None else f"{r[k]:.3f}" if k == "cost" else f"{r[k]:.2f}" if k == "fit_seconds" else f"{100 * r[k]:.2f}"
-                for k, _ in columns
-            ]
+            cells = [_seed_cell(k, r.get(k)) for k, _ in columns]
             lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -334,6 +342,7 @@ HEADLINE = [
     ("new_acc", "new %", 100, 2),
     ("frozen", "frozen %", 100, 1),
     ("cost", "cost × oracle", 1, 3),
+    ("compute", "FLOPs × oracle", 1, 3),
 ]
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.flop_counter import FlopCounterMode
 
 from unlearning.checkpoints import check_resumable, last_checkpoint
+from unlearning.errors import UsageError
 from unlearning.evaluation.data import Holdout
-from unlearning.run_dirs import logger_location, run_dir_of
+from unlearning.run_dirs import RunLogger, logger_location, release_runs, run_dir_of
 from unlearning.training import lightning_main
 
 
@@ -22,7 +24,8 @@ from unlearning.training import lightning_main
 class RunResult:
     """What one ``fit`` of a config, and its score on held-out data, produced; ``phases`` splits ``fit_seconds`` (see :class:`PhaseTimer`).
 
-    ``scores`` holds the metrics as logged (``test/acc``, or ``val/acc`` when scored on the validation split).
+    ``scores`` holds the metrics as logged (``test/acc``, or ``val/acc`` when scored on the validation split). ``flops``:
+    the fit's floating-point operations where they were counted (:func:`fit_and_test`'s ``count_flops``), else ``None``.
     """
 
     checkpoint: Path
@@ -30,6 +33,7 @@ class RunResult:
     fit_seconds: float
     scores: dict[str, float] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
+    flops: int | None = None
 
 
 class PhaseTimer(Callback):
@@ -113,6 +117,7 @@ def fit_and_test(
     seed: int = 0,
     score: Holdout | None = "test",
     ckpt_path: str | Path | None = None,
+    count_flops: bool = False,
 ) -> RunResult:
     """``unlearning fit -c config overrides...`` under ``root``, then score the last weights on ``score``.
 
@@ -122,6 +127,11 @@ def fit_and_test(
     ``fit_seconds`` times ``Trainer.fit`` alone (not imports, data loading, the test pass or a full garbage collection:
     :func:`quiet_collector`), which is what the cost ratios compare; ``phases`` splits it. ``ckpt_path`` resumes an
     interrupted run, in its own folder.
+
+    ``count_flops``: count the fit's floating-point operations (``torch.utils.flop_counter``: the matrix products and
+    convolutions of every forward and backward pass, the saliency rankings and validations included), a cost no machine's
+    speed or load moves. The counter intercepts every operation, so such a fit is several times slower and its
+    ``fit_seconds`` is no timing; it counts this process's operations alone, so a fit on several processes is refused.
     """
     args = [
         "-c",
@@ -144,7 +154,13 @@ def fit_and_test(
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)
-    with quiet_collector():
+    if count_flops and cli.trainer.world_size > 1:
+        if isinstance(cli.trainer.logger, RunLogger):
+            cli.trainer.logger.remove_if_empty_handed()  # the run folder the CLI claimed: the run never starts
+        release_runs()
+        raise UsageError(f"FLOPs are counted in this process alone: a fit on {cli.trainer.world_size} processes would count one rank's")
+    counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
+    with quiet_collector(), counter:
         timer.mark("begin")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         timer.mark("return")
@@ -155,4 +171,5 @@ def fit_and_test(
         loop = cli.trainer.test if score == "test" else cli.trainer.validate
         (results,) = loop(cli.model, datamodule=cli.datamodule, verbose=False)[:1]
         scores = {k: float(v) for k, v in results.items()}
-    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, scores, timer.phases())
+    flops = counter.get_total_flops() if isinstance(counter, FlopCounterMode) else None
+    return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, scores, timer.phases(), flops)
