@@ -256,7 +256,7 @@ def test_the_readmes_forget9_verdicts_hold_on_seed_0(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text((ROOT / "README.md").read_text())
     main(["bench", "-c", str(CONFIGS / "bench.yaml"), "--only", "[forget9]", "--seeds", "[0]", "--timing_repeats", "1",
-          "--speed_repeats", "0", "--out", str(tmp_path / "results"), "--docs", str(tmp_path / "results.md"),
+          "--count_flops", "false", "--speed_repeats", "0", "--out", str(tmp_path / "results"), "--docs", str(tmp_path / "results.md"),
           "--headline", str(readme)])  # fmt: skip
     assert all(f'"forget9/{method}/seed0": "forgets"' in readme.read_text() for method in ("reset_retrain", "unit_reset"))
 
