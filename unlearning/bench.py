@@ -102,6 +102,12 @@ class Experiment:
                 raise UsageError(f"experiment {self.name}: after: {method}: {upstream} needs both methods listed, {upstream} first")
 
 
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON at ``path``, renamed into place: a reader never sees half a file."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(value, indent=1).encode())
+
+
 def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) -> dict[str, Any]:
     """Fit one config under ``root`` and score it on ``holdout`` (kept under its name, ``"test"`` or ``"val"``), or return
     what an earlier run of the same cell left there; a run that died leaves ``last.ckpt`` and is resumed from it."""
@@ -118,8 +124,7 @@ def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) ->
         "checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "phases": run.phases, "resumed": resume is not None,
         holdout: run.scores,
     }  # fmt: skip
-    with atomic_file(done) as f:
-        f.write(json.dumps(result, indent=1).encode())
+    write_json(done, result)
     bar.update()
     return result
 
@@ -145,8 +150,7 @@ def _best_fit_seconds(
                 round_seconds[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, score=None).fit_seconds
                 bar.update()
         rounds.append(round_seconds)
-        with atomic_file(cache) as f:
-            f.write(json.dumps(rounds, indent=1).encode())
+        write_json(cache, rounds)
     best = {}
     for name in runs:
         times = [r[name] for r in rounds] + ([] if first[name]["resumed"] else [first[name]["fit_seconds"]])
@@ -165,8 +169,7 @@ def _fit_flops(runs: dict[str, list[str]], where: Path, seed: int, bar: tqdm) ->
             bar.set_postfix_str(f"{where.parent.name}/{where.name}: counting {name}'s FLOPs")
             with tempfile.TemporaryDirectory() as scratch:
                 flops[name] = fit_and_test(*args, root=Path(scratch) / name, seed=seed, score=None, count_flops=True).flops
-            with atomic_file(cache) as f:
-                f.write(json.dumps(flops, indent=1).encode())
+            write_json(cache, flops)
         bar.update()
     return flops
 
@@ -233,8 +236,7 @@ def run_cell(cell: Cell, out: Path, cwd: str | None = None, bar: tqdm | None = N
         start = time.perf_counter()
         with torch_threads(cell.threads), quiet_lightning():
             rows = cell_rows(cell, out / "runs" / cell.experiment.name / f"seed{cell.seed}-{cell.key}", bar)
-        with atomic_file(target) as f:
-            f.write(json.dumps({"cell": asdict(cell), "seconds": time.perf_counter() - start, "rows": rows}, indent=1).encode())
+        write_json(target, {"cell": asdict(cell), "seconds": time.perf_counter() - start, "rows": rows})
     return target
 
 
@@ -422,20 +424,11 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
     machine = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), {_cores()} cores, torch {torch.__version__}"
-    with atomic_file(out / "results.json") as f:  # two benches may share a results folder
-        f.write(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "seconds": seconds,
-                    "holdout": args.holdout,
-                    "experiments": [asdict(e) for e in experiments],
-                    "rows": rows,
-                    "speed": speed and asdict(speed),
-                },
-                indent=1,
-            ).encode()
-        )
+    results = {
+        "machine": machine, "seconds": seconds, "holdout": args.holdout, "experiments": [asdict(e) for e in experiments],
+        "rows": rows, "speed": speed and asdict(speed),
+    }  # fmt: skip
+    write_json(out / "results.json", results)  # two benches may share a results folder: renamed into place
     tables = markdown_tables(rows)
     if speed is not None:
         tables += f"\n### speed: `fit -c configs/pretrain.yaml` against a plain torch loop interleaved with it, same work\n\n```\n{speed.report()}\n```\n"

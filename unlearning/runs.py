@@ -151,14 +151,14 @@ def fit_and_test(
                 for k, v in (("save_dir", save_dir), ("name", name), ("version", run_dir.name.removeprefix("version_")))
             ]
     cli = lightning_main(args, run=False)
-    cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
-    timer = PhaseTimer()
-    cli.trainer.callbacks.insert(0, timer)
     if count_flops and cli.trainer.world_size > 1:
         if isinstance(cli.trainer.logger, RunLogger):
             cli.trainer.logger.remove_if_empty_handed()  # the run folder the CLI claimed: the run never starts
         release_runs()
         raise UsageError(f"FLOPs are counted in this process alone: a fit on {cli.trainer.world_size} processes would count one rank's")
+    cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
+    timer = PhaseTimer()
+    cli.trainer.callbacks.insert(0, timer)
     counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
     with quiet_collector(), counter:
         timer.mark("begin")
