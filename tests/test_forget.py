@@ -177,6 +177,12 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         (
             "unit_reset",
             "pretrained",
+            ["--model.init_args.rank_forget_samples=0"],
+            r"rank_retain_samples, rank_forget_samples and fisher_batch_size must be at least 1, got 2000, 0 and 1000",
+        ),
+        (
+            "unit_reset",
+            "pretrained",
             ["--model.init_args.focal_gamma=-1"],
             r"focal_gamma must be a number >= 0 \(0: plain cross-entropy\), got -1",
         ),
@@ -266,6 +272,34 @@ def test_unit_reset_weighs_retain_samples_by_focal_cross_entropy(pretrained_ckpt
         assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, y)) == (gamma == "0")
 
 
+def test_unit_reset_ranks_on_2000_samples_of_the_forget_class_and_2000_retain_samples(pretrained_ckpt, tmp_path):
+    """The shipped recipe resets what masked_reset.yaml resets, ranked on seeded subsets of both splits: the same reset
+    ranked on the whole forget split is a different one, so a cap that is read but never applied fails here."""
+    cli = unlearn(
+        UNLEARN / "unit_reset.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1"
+    )
+    reset, before = last_contents(cli)["reset_masks"], net_state_dict(pretrained_ckpt)
+    assert len(cli.datamodule.split_tensors("forget")[1]) > 4000
+    capped = selective_reset(before, cli.datamodule, forget_samples=2000, retain_samples=2000)
+    whole = selective_reset(before, cli.datamodule, forget_samples=None, retain_samples=2000)
+    assert all(torch.equal(reset[name], capped[name]) for name in capped)
+    assert not all(torch.equal(reset[name], whole[name]) for name in whole)
+
+
+def test_the_forget_samples_a_ranking_reads_are_counted_per_forget_class(pretrained_ckpt, tmp_path, monkeypatch):
+    """Two forget classes rank on twice the samples: each class as many as one would alone."""
+    asked = []
+    split_tensors = MNISTDataModule.split_tensors
+
+    def recording(self, *splits, samples=None):
+        asked.append((splits, samples))
+        return split_tensors(self, *splits, samples=samples)
+
+    monkeypatch.setattr(MNISTDataModule, "split_tensors", recording)
+    unlearn(UNLEARN / "unit_reset.yaml", pretrained_ckpt, tmp_path, "--data.init_args.forget_classes=[3,5]", "--trainer.max_steps=1")
+    assert (("forget",), 4000) in asked and (("retain",), 2000) in asked
+
+
 def test_reset_retrain_resets_its_fractions_per_forget_class(pretrained_ckpt, tmp_path):
     """Two classes reset 1 - (1 - 0.25)² of the weights and 1 - (1 - 0.5)² of the first layer's units."""
     cli = unlearn(
@@ -277,6 +311,26 @@ def test_reset_retrain_resets_its_fractions_per_forget_class(pretrained_ckpt, tm
     assert sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values()) >= 1 - 0.75**2
 
 
+def selective_reset(state: dict, datamodule, forget_samples: int | None, retain_samples: int) -> dict[str, torch.Tensor]:
+    """What masked_reset.yaml and unit_reset.yaml reset, computed here from the pretrained weights: in each hidden layer
+    the 30% of units whose activation sets the forget class (9) furthest from the retain samples, whole rows, and the
+    most specific tenth of the later layers' weights, both ranked on the seeded subsets of that many samples."""
+    net = SeedMLP()
+    net.load_state_dict(state)
+    forget_x, forget_y = datamodule.split_tensors("forget", samples=forget_samples)
+    retain_x, _ = datamodule.split_tensors("retain", samples=retain_samples)
+    assert set(forget_y.tolist()) == {9}
+    layers = zip(unit_activations(net, forget_x, 4), unit_activations(net, retain_x, 4))
+    units = [unit_mask(net, unit_selectivity(f, r), 0.3, layer) for layer, (f, r) in enumerate(layers)]
+    scores = specificity(
+        diagonal_fisher(net, split_batches(datamodule, "forget", size=1000, samples=forget_samples)),
+        diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=retain_samples)),
+    )
+    later = {k: v for k, v in scores.items() if k not in ("features.1.weight", "features.1.bias")}
+    weights = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()} | top_fraction_mask(later, 0.1)
+    return union(weights, *units)
+
+
 def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_rest_bit_identical(pretrained_ckpt, tmp_path):
     cli = unlearn(UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path)
     checkpoint = last_contents(cli)
@@ -286,20 +340,7 @@ def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_re
     # samples, whole rows, and the most specific tenth of the later layers' weights. A reversed ranking, units ranked
     # by their weights instead, a halved fraction or the first layer alone all differ
     before = net_state_dict(pretrained_ckpt)
-    net = SeedMLP()
-    net.load_state_dict(before)
-    datamodule = cli.datamodule
-    (forget_x, forget_y), (retain_x, _) = datamodule.split_tensors("forget"), datamodule.split_tensors("retain", samples=5000)
-    assert set(forget_y.tolist()) == {9}
-    layers = zip(unit_activations(net, forget_x, 4), unit_activations(net, retain_x, 4))
-    units = [unit_mask(net, unit_selectivity(f, r), 0.3, layer) for layer, (f, r) in enumerate(layers)]
-    scores = specificity(
-        diagonal_fisher(net, split_batches(datamodule, "forget", size=1000)),
-        diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=5000)),
-    )
-    later = {k: v for k, v in scores.items() if k not in first}
-    weights = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()} | top_fraction_mask(later, 0.1)
-    expected = union(weights, *units)
+    expected = selective_reset(before, cli.datamodule, forget_samples=None, retain_samples=5000)
     assert all(torch.equal(reset[name], expected[name]) for name in expected)
     assert reset["features.1.weight"].all(1).sum() == 15 and torch.equal(reset["features.1.bias"], reset["features.1.weight"].all(1))
     assert all(torch.equal(moving[k], reset[k]) for k in first)  # in the first layer, what moves is what was reset

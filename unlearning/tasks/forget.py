@@ -297,6 +297,7 @@ class SpecificReset:
     train_only_reset: bool
     mask_layers: int | None
     rank_retain_samples: int
+    rank_forget_samples: int | None
     fisher_batch_size: int
 
     def set_reset(
@@ -309,13 +310,17 @@ class SpecificReset:
         train_only_reset: bool,
         mask_layers: int | None,
         rank_retain_samples: int,
+        rank_forget_samples: int | None,
         fisher_batch_size: int,
     ) -> None:
-        check_reset(reset_fraction, reset_unit_fraction, reset_score, unit_score, rank_retain_samples, fisher_batch_size)
+        check_reset(
+            reset_fraction, reset_unit_fraction, reset_score, unit_score, rank_retain_samples, rank_forget_samples, fisher_batch_size
+        )
         self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
         self.unit_score, self.unit_layers = unit_score, unit_layers
         self.train_only_reset, self.mask_layers = train_only_reset, mask_layers
-        self.rank_retain_samples, self.fisher_batch_size = rank_retain_samples, fisher_batch_size
+        self.rank_retain_samples, self.rank_forget_samples = rank_retain_samples, rank_forget_samples
+        self.fisher_batch_size = fisher_batch_size
         self.pending_reset: dict[str, Tensor] | None = None
 
     def check_unit_layers(self) -> None:
@@ -346,13 +351,15 @@ class SpecificReset:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
         ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
         the units (whole rows, by :meth:`unit_scores`) of each of the first ``unit_layers`` layers, each per forget class
-        (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Both rankings read the
-        whole forget split and a seeded ``rank_retain_samples`` subset of the retain split, gathered once. Rank 0's mask,
-        on every rank."""
+        (:func:`~unlearning.saliency.per_class_share`: with two classes, 1 - (1 - fraction)²). Both rankings read a
+        seeded subset of the forget split (``rank_forget_samples`` per forget class; all of it where that is ``None``)
+        and one of ``rank_retain_samples`` retain samples, gathered once. Rank 0's mask, on every rank."""
         datamodule = self.trainer.datamodule
-        forget, retain = datamodule.split_tensors("forget"), datamodule.split_tensors("retain", samples=self.rank_retain_samples)
-        scores = self.reset_scores(forget, retain)
         classes = max(1, len(self.forget_classes))
+        forget_samples = None if self.rank_forget_samples is None else self.rank_forget_samples * classes
+        forget = datamodule.split_tensors("forget", samples=forget_samples)
+        retain = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
+        scores = self.reset_scores(forget, retain)
         ranked = scores
         if self.mask_layers is not None:  # rank only the layers that train; the others are never reset
             layers = last_layers_mask(self.net, self.mask_layers)
@@ -418,7 +425,10 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         train_only_reset: train the reset weights (and the last ``mask_layers`` layers) alone; freeze the rest exactly.
         mask_layers: the last layers that train whole beside the reset, and among which ``reset_fraction`` is ranked;
             ``None``: no layer whole, the ranking over every weight.
-        rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by.
+        rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by, and whose activations the
+            units' selectivity compares against.
+        rank_forget_samples: forget samples (seeded) per forget class that both rankings read; ``None``: the whole forget
+            split. A few thousand rank as well as six thousand, at a fraction of the ranking's compute.
         fisher_batch_size: samples per squared gradient in both Fishers.
         distill_weight, distill_temperature: the distillation's weight (0: none, no teacher is kept) and softening.
     """
@@ -436,6 +446,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         train_only_reset: bool = False,
         mask_layers: int | None = None,
         rank_retain_samples: int = 5000,
+        rank_forget_samples: int | None = None,
         fisher_batch_size: int = 1000,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
@@ -444,7 +455,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         self.set_reset(
             reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
-            rank_retain_samples=rank_retain_samples, fisher_batch_size=fisher_batch_size,
+            rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
         if distill_weight < 0 or distill_temperature <= 0:
             raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")
@@ -673,7 +684,15 @@ def missing_weights(task: str) -> str:
     )
 
 
-def check_reset(fraction: float | None, unit_fraction: float, score: str, unit_score: str, retain_samples: int, batch_size: int) -> None:
+def check_reset(
+    fraction: float | None,
+    unit_fraction: float,
+    score: str,
+    unit_score: str,
+    retain_samples: int,
+    forget_samples: int | None,
+    batch_size: int,
+) -> None:
     """Refuse reset settings that cannot work, before anything runs (``fraction`` ``None``: no reset, the rest still checked)."""
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise UsageError(f"reset_fraction must lie in (0, 1], got {fraction}")
@@ -683,8 +702,10 @@ def check_reset(fraction: float | None, unit_fraction: float, score: str, unit_s
         raise UsageError(f"reset_score must be 'specificity' or 'abs_grad', got {score!r}")
     if unit_score not in ("weights", "selectivity"):
         raise UsageError(f"unit_score must be 'weights' or 'selectivity', got {unit_score!r}")
-    if retain_samples < 1 or batch_size < 1:
-        raise UsageError(f"rank_retain_samples and fisher_batch_size must be at least 1, got {retain_samples} and {batch_size}")
+    if min(retain_samples, batch_size, 1 if forget_samples is None else forget_samples) < 1:
+        raise UsageError(
+            f"rank_retain_samples, rank_forget_samples and fisher_batch_size must be at least 1, got {retain_samples}, {forget_samples} and {batch_size}"
+        )
 
 
 def check_trained_on(weights: str, forget_classes: Sequence[int]) -> None:

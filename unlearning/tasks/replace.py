@@ -62,7 +62,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         distill_temperature: softening of both distributions in the distillation.
         distill_units: ``all`` distils every logit; ``retain`` only the retain classes' (the old and new
             units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
-        reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, fisher_batch_size:
+        reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, rank_forget_samples,
+        fisher_batch_size:
             reset what serves the old class to a fresh initialisation before anything else (the reset of
             :class:`~unlearning.tasks.forget.ResetRetrain`); ``None`` resets nothing.
         train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
@@ -101,6 +102,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         unit_layers: int = 1,
         train_only_reset: bool = False,
         rank_retain_samples: int = 5000,
+        rank_forget_samples: int | None = None,
         fisher_batch_size: int = 1000,
         probe_iterations: int = 0,
         probe_samples: int = 3000,
@@ -125,7 +127,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         self.set_reset(
             reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
-            rank_retain_samples=rank_retain_samples, fisher_batch_size=fisher_batch_size,
+            rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
         self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
