@@ -8,7 +8,7 @@ import yaml
 
 from tests.conftest import CONFIGS, ROOT
 from unlearning.bench import Cell, Experiment, bench_parser
-from unlearning.bench_report import place_labels, verdict_grid
+from unlearning.bench_report import frontier_cost, place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
@@ -122,6 +122,18 @@ def test_bench_counts_flops_beside_the_timed_cost_and_keeps_them(tmp_path):
     assert "FLOPs × oracle" in (out / "results.md").read_text()
     experiment = Experiment("forget9", ["configs/pretrain.yaml"], ["configs/oracle.yaml"])
     assert Cell(experiment, 0, count_flops=True).key != Cell(experiment, 0).key  # a counted cell never reuses an uncounted one
+
+
+def test_the_frontier_reads_compute_where_every_method_counted_it_and_time_otherwise():
+    rows = [
+        {"method": "pretrained", "cost": 1.1},  # never counted: no method
+        {"method": "oracle", "cost": 1.0, "compute": 1.0},
+        {"method": "unit_reset", "cost": 0.23, "compute": 0.24},
+        {"method": "selective_gradient", "cost": 0.09, "compute": 0.08},
+    ]
+    assert frontier_cost(rows) == ("compute", "compute (FLOPs / oracle's)")
+    del rows[3]["compute"]
+    assert frontier_cost(rows) == ("cost", "cost (fit time / oracle's)")
 
 
 def test_speed_comparison_times_both_loops_side_by_side():

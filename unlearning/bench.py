@@ -38,6 +38,7 @@ from tqdm import tqdm
 from unlearning.bench_report import (
     VERDICTS_MARK,
     changed_verdicts,
+    frontier_cost,
     frontier_figure,
     headline_tables,
     headline_verdicts,
@@ -455,8 +456,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.frontier and frontier_figure(rows, out / "frontier.png") is not None and args.docs is not None:
         figure = beside_docs(out / "frontier.png", "frontier")
         grid += (
-            "\n### The price of forgetting\n\nEach method's share of weights bit-identical to the pretrained model's against its cost, "
-            f"coloured by its worst verdict over the seeds; a line joins the settings of one method.\n\n![frozen share against cost]({figure})\n"
+            "\n### The price of forgetting\n\nEach method's share of weights bit-identical to the pretrained model's against its "
+            f"{frontier_cost(rows)[1]}, coloured by its worst verdict over the seeds; a line joins the settings of one method.\n\n"
+            f"![frozen share against cost]({figure})\n"
         )
     report = f"{produced}\n\n{grid}\n{tables}\n{phase_tables(rows)}\n{per_seed_tables(rows)}"
     with atomic_file(out / "results.md") as f:

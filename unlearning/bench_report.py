@@ -175,13 +175,15 @@ def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """The price of forgetting: per experiment with evidence, each method's frozen share (weights bit-identical to the
-    pretrained model's, x) against its cost (y, log), coloured by its worst verdict over the seeds. Where a method's
-    settings sweep (``masked_reset_u20``, ``masked_reset_u40``...), the points of one family are joined by a line."""
+    pretrained model's, x) against its cost (y, log), coloured by its worst verdict over the seeds. The cost is
+    :func:`frontier_cost`'s. Where a method's settings sweep (``masked_reset_u20``, ``masked_reset_u40``...), the points
+    of one family are joined by a line."""
     import matplotlib.pyplot as plt
 
     experiments, methods = _grid_axes(rows)
     if not experiments or not methods or not all("frozen" in r for r in rows):
         return None
+    cost, cost_label = frontier_cost(rows)
     order = list(VERDICT_COLOURS)
     fig, axes = plt.subplots(1, len(experiments), figsize=(6.2 * len(experiments), 4.8), squeeze=False)
     labels = []
@@ -191,7 +193,7 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
             group = [r for r in rows if r["experiment"] == exp and r["method"] == method]
             if group:
                 worst = order[max(order.index(r["verdict"]) for r in group)]
-                points[method] = (100 * statistics.mean(r["frozen"] for r in group), statistics.mean(r["cost"] for r in group), worst)
+                points[method] = (100 * statistics.mean(r["frozen"] for r in group), statistics.mean(r[cost] for r in group), worst)
         families: dict[str, list[str]] = {}
         for method in points:
             families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
@@ -201,7 +203,7 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         for x, y, worst in points.values():
             ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
         ax.set_yscale("log")
-        ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel="cost (fit time / oracle's)", title=exp, xlim=(-3, 103))
+        ax.set(xlabel="weights bit-identical to the pretrained model (%)", ylabel=cost_label, title=exp, xlim=(-3, 103))
         ax.grid(alpha=0.3)
         labels.append((ax, {method: point[:2] for method, point in points.items()}))
     handles = [plt.Line2D([], [], ls="", marker="o", color=c) for c in VERDICT_COLOURS.values()]
@@ -212,6 +214,16 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def frontier_cost(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """The row field the frontier's y axis reads, and its label: ``compute`` (FLOPs over the oracle's, which no machine's
+    speed or load moves) where every method's row has it (``count_flops``; the pretrained model's never has), else
+    ``cost`` (fit time over the oracle's)."""
+    methods = [r for r in rows if r["method"] not in ("pretrained", "oracle")]
+    if methods and all("compute" in r for r in methods):
+        return "compute", "compute (FLOPs / oracle's)"
+    return "cost", "cost (fit time / oracle's)"
 
 
 def place_labels(ax: Any, points: dict[str, tuple[float, float]], fontsize: int = 7) -> None:

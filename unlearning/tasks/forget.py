@@ -428,7 +428,9 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         rank_retain_samples: retain samples (seeded) whose Fisher the specificity divides by, and whose activations the
             units' selectivity compares against.
         rank_forget_samples: forget samples (seeded) per forget class that both rankings read; ``None``: the whole forget
-            split. A few thousand rank as well as six thousand, at a fraction of the ranking's compute.
+            split. 2000 choose `unit_reset`'s reset as well as the whole split does, at half the ranking's compute; the
+            masked reset, whose frozen weights cannot make up for a unit the ranking misses, needs the whole split
+            (docs/methods.md).
         fisher_batch_size: samples per squared gradient in both Fishers.
         distill_weight, distill_temperature: the distillation's weight (0: none, no teacher is kept) and softening.
     """
