@@ -64,10 +64,14 @@ def worst_retain_class(row: dict[str, Any], oracle: dict[str, Any], holdout: Hol
     return worst_class({**as_metrics[0], "retain_classes": [c for c in range(10) if c not in skip]}, as_metrics[1])
 
 
+#: the rows every method is read against, which are no methods themselves
+REFERENCES = ("pretrained", "oracle")
+
+
 def _grid_axes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """The verdict grid's rows (experiments with evidence) and columns (their methods, the pretrained model and oracle aside)."""
     experiments = list(dict.fromkeys(r["experiment"] for r in rows if "verdict" in r))
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments) if m not in ("pretrained", "oracle")]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["experiment"] in experiments) if m not in REFERENCES]
     return experiments, methods
 
 
@@ -220,7 +224,7 @@ def frontier_cost(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """The row field the frontier's y axis reads, and its label: ``compute`` (FLOPs over the oracle's, which no machine's
     speed or load moves) where every method's row has it (``count_flops``; the pretrained model's never has), else
     ``cost`` (fit time over the oracle's)."""
-    methods = [r for r in rows if r["method"] not in ("pretrained", "oracle")]
+    methods = [r for r in rows if r["method"] not in REFERENCES]
     if methods and all("compute" in r for r in methods):
         return "compute", "compute (FLOPs / oracle's)"
     return "cost", "cost (fit time / oracle's)"
