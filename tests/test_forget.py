@@ -272,9 +272,15 @@ def test_unit_reset_weighs_retain_samples_by_focal_cross_entropy(pretrained_ckpt
         assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, y)) == (gamma == "0")
 
 
-def test_unit_reset_ranks_on_2000_samples_of_the_forget_class_and_2000_retain_samples(pretrained_ckpt, tmp_path):
+def test_unit_reset_ranks_on_2000_samples_of_the_forget_class_and_2000_retain_samples(pretrained_ckpt, tmp_path, monkeypatch):
     """The shipped recipe resets what masked_reset.yaml resets, ranked on seeded subsets of both splits: the same reset
-    ranked on the whole forget split is a different one, so a cap that is read but never applied fails here."""
+    ranked on the whole forget split is a different one, so a cap that is read but never applied fails here. The units'
+    activations are those the Fishers' own passes recorded: passing the samples through the network again fails too."""
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the ranking passed its samples through the network a second time")
+
+    monkeypatch.setattr("unlearning.tasks.forget.unit_activations", second_pass)
     cli = unlearn(
         UNLEARN / "unit_reset.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1"
     )
@@ -320,7 +326,9 @@ def selective_reset(state: dict, datamodule, forget_samples: int | None, retain_
     forget_x, forget_y = datamodule.split_tensors("forget", samples=forget_samples)
     retain_x, _ = datamodule.split_tensors("retain", samples=retain_samples)
     assert set(forget_y.tolist()) == {9}
-    layers = zip(unit_activations(net, forget_x, 4), unit_activations(net, retain_x, 4))
+    layers = zip(
+        unit_activations(net, forget_x, 4, batch_size=1000), unit_activations(net, retain_x, 4, batch_size=1000)
+    )  # as the Fisher's passes
     units = [unit_mask(net, unit_selectivity(f, r), 0.3, layer) for layer, (f, r) in enumerate(layers)]
     scores = specificity(
         diagonal_fisher(net, split_batches(datamodule, "forget", size=1000, samples=forget_samples)),
@@ -453,8 +461,8 @@ class RankDependentReset(ResetRetrain):
     same ones."""
 
     def reset_scores(self, *args, **kwargs):
-        scores = super().reset_scores(*args, **kwargs)
-        return {k: -v for k, v in scores.items()} if self.global_rank == 1 else scores
+        scores, activations = super().reset_scores(*args, **kwargs)
+        return ({k: -v for k, v in scores.items()} if self.global_rank == 1 else scores), activations
 
     def unit_scores(self, *args, **kwargs):
         scores = super().unit_scores(*args, **kwargs)

@@ -13,6 +13,7 @@ from unlearning.saliency import (
     diagonal_fisher,
     mask_summary,
     per_class_share,
+    recording_units,
     reinitialize,
     saliency_mask,
     saliency_scores,
@@ -204,6 +205,20 @@ def test_unit_activations_are_one_number_per_unit_after_each_activation():
     (acts,) = unit_activations(cnn, x)
     assert acts.shape == (6, 16) and torch.allclose(acts, torch.relu(cnn.features[0](x)).mean((2, 3)))
     assert not mlp.features[1]._forward_hooks  # the hooks are gone after
+
+
+def test_recording_units_keeps_the_activations_of_every_pass_in_order_and_lets_go_after():
+    """What a Fisher's passes record is what :func:`unit_activations` would compute for the same samples."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 1, 28, 28)
+    for net, layers in ((SeedMLP(), 3), (LeNet(), 2)):
+        with recording_units(net, layers) as recorded:
+            net(x[:3]).sum().backward()  # with gradients, as the Fisher runs
+            net(x[3:])
+            assert recorded == []  # filled on exit
+        assert [r.shape for r in recorded] == [a.shape for a in unit_activations(net, x, layers)]
+        assert all(torch.allclose(r, a, atol=1e-5) and not r.requires_grad for r, a in zip(recorded, unit_activations(net, x, layers)))
+        assert not any(m._forward_hooks for m in net.modules())
 
 
 def test_unit_mask_of_a_later_layer_takes_its_rows():

@@ -6,8 +6,9 @@ suite probes ``features`` and the head-masking baseline edits ``head``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -86,23 +87,31 @@ def hidden_layers(net: nn.Module) -> list[str]:
     return names or ["features"]
 
 
+@contextlib.contextmanager
+def capturing(net: nn.Module, names: list[str], reduce: Callable[[Tensor], Tensor]) -> Iterator[dict[str, list[Tensor]]]:
+    """While open, every forward pass of ``net`` appends the named hidden layers' outputs (:func:`hidden_layers`),
+    passed through ``reduce`` to ``(N, D)`` and detached, to the lists it yields, one per name."""
+    modules = dict(net.named_modules())
+    captured: dict[str, list[Tensor]] = {name: [] for name in names}
+
+    def keep(name: str) -> Callable[..., None]:
+        return lambda _module, _inputs, output: captured[name].append(reduce(output.detach()))
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in names]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def hidden_outputs(
     net: nn.Module, x: Tensor, names: list[str], reduce: Callable[[Tensor], Tensor], batch_size: int = 4096
 ) -> dict[str, Tensor]:
     """The outputs of the named hidden layers (:func:`hidden_layers`) for ``x``, each batch's passed through ``reduce``
     to ``(N, D)``; ``x`` goes through ``net.features`` alone, in batches of ``batch_size``."""
-    modules = dict(net.named_modules())
-    captured: dict[str, list[Tensor]] = {name: [] for name in names}
-
-    def keep(name: str) -> Callable[..., None]:
-        return lambda _module, _inputs, output: captured[name].append(reduce(output))
-
-    handles = [modules[name].register_forward_hook(keep(name)) for name in names]
-    try:
+    with capturing(net, names, reduce) as captured:
         for chunk in x.split(batch_size):
             net.features(chunk)
-    finally:
-        for handle in handles:
-            handle.remove()
     return {name: torch.cat(parts) for name, parts in captured.items()}

@@ -6,6 +6,7 @@ rank of a DDP job that scores the same data with the same weights selects the sa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from unlearning.errors import UsageError
-from unlearning.models import hidden_layers, hidden_outputs
+from unlearning.models import capturing, hidden_layers, hidden_outputs
 
 Score = Literal["abs_grad", "fisher"]
 Scope = Literal["global", "layer"]
@@ -167,14 +168,28 @@ def weight_unit_scores(net: nn.Module, scores: dict[str, Tensor], layer: int = 0
     return unit_score
 
 
+def _per_unit(output: Tensor) -> Tensor:
+    """One number per unit: a conv map averaged over its positions, a Linear's output as it is."""
+    return output.flatten(2).mean(2) if output.dim() > 2 else output
+
+
 def unit_activations(net: nn.Module, x: Tensor, layers: int = 1, batch_size: int = 4096) -> list[Tensor]:
     """``(N, units)`` per hidden layer, the first ``layers`` of them: the layer's output (after its activation) for ``x``,
     a conv map averaged over its positions, so there is one number per unit :func:`unit_mask` ranks."""
+    return list(hidden_outputs(net, x, hidden_layers(net)[:layers], _per_unit, batch_size).values())
 
-    def per_unit(output: Tensor) -> Tensor:
-        return output.flatten(2).mean(2) if output.dim() > 2 else output
 
-    return list(hidden_outputs(net, x, hidden_layers(net)[:layers], per_unit, batch_size).values())
+@contextlib.contextmanager
+def recording_units(net: nn.Module, layers: int = 1) -> Iterator[list[Tensor]]:
+    """What :func:`unit_activations` gives, for the samples of every forward pass ``net`` runs while open, in order.
+
+    The list it yields is filled on exit. A ranking that passes the samples through the network anyway (a Fisher) gets
+    their activations for free instead of passing them again: a third of the ranking's compute.
+    """
+    recorded: list[Tensor] = []
+    with capturing(net, hidden_layers(net)[:layers], _per_unit) as captured:
+        yield recorded
+    recorded.extend(torch.cat(parts) for parts in captured.values())
 
 
 def unit_selectivity(forget: Tensor, retain: Tensor) -> Tensor:

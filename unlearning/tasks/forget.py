@@ -34,6 +34,7 @@ from unlearning.saliency import (
     mask_summary,
     parameter_owners,
     per_class_share,
+    recording_units,
     reinitialize,
     saliency_mask,
     saliency_scores,
@@ -49,6 +50,8 @@ from unlearning.tasks.base import BaseTask, Batch
 
 ResetScore = Literal["specificity", "abs_grad"]
 UnitScore = Literal["weights", "selectivity"]
+#: the first layers' activations on the forget samples and on the retain samples, each a list of ``(N, units)``
+Activations = tuple[list[Tensor], list[Tensor]]
 #: samples per backward pass where batching does not change a saliency (``abs_grad``): few passes, bounded memory
 SALIENCY_CHUNK = 2048
 
@@ -329,23 +332,42 @@ class SpecificReset:
         if not 1 <= self.unit_layers <= layers:
             raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
 
-    def reset_scores(self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    def reset_scores(self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> tuple[dict[str, Tensor], Activations | None]:
         """Per weight, how much it serves the ``forget`` samples: ``specificity`` ranks by their diagonal Fisher over the
-        ``retain`` samples', both in batches of ``fisher_batch_size``; ``abs_grad`` by the forget loss's saliency alone."""
-        if self.reset_score == "specificity":
-            forget_fisher, retain_fisher = (diagonal_fisher(self.net, batches(*xy, self.fisher_batch_size)) for xy in (forget, retain))
-            return specificity(forget_fisher, retain_fisher)
-        return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad")
+        ``retain`` samples', both in batches of ``fisher_batch_size``; ``abs_grad`` by the forget loss's saliency alone.
 
-    def unit_scores(self, scores: dict[str, Tensor], forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> list[Tensor]:
+        Where the units are ranked by ``selectivity`` and the Fisher passes both sets through the network anyway, also
+        the activations :meth:`unit_scores` reads, recorded on those passes (``None`` otherwise).
+        """
+        if self.reset_score != "specificity":
+            return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad"), None
+        layers = self.unit_layers if self.unit_score == "selectivity" and self.reset_unit_fraction else 0
+        fishers, activations = [], []
+        for xy in (forget, retain):
+            with recording_units(self.net, layers) as recorded:
+                fishers.append(diagonal_fisher(self.net, batches(*xy, self.fisher_batch_size)))
+            activations.append(recorded)
+        return specificity(*fishers), (activations[0], activations[1]) if layers else None
+
+    def unit_scores(
+        self,
+        scores: dict[str, Tensor],
+        forget: tuple[Tensor, Tensor],
+        retain: tuple[Tensor, Tensor],
+        activations: Activations | None = None,
+    ) -> list[Tensor]:
         """Per unit of each of the first ``unit_layers`` layers, how much it serves the forget classes: ``weights`` sums
         :meth:`reset_scores` over its row; ``selectivity`` takes its activation's
-        :func:`~unlearning.saliency.class_selectivity` on the ``forget`` samples against the ``retain`` ones."""
+        :func:`~unlearning.saliency.class_selectivity` on the ``forget`` samples against the ``retain`` ones (the
+        ``activations`` of both where given, else passed through the network here)."""
         if self.unit_score == "weights":
             return [weight_unit_scores(self.net, scores, layer) for layer in range(self.unit_layers)]
         (x, y), (retain_x, _) = forget, retain
-        layers = zip(unit_activations(self.net, x, self.unit_layers), unit_activations(self.net, retain_x, self.unit_layers))
-        return [class_selectivity(f, y, r, self.forget_classes) for f, r in layers]
+        forget_units, retain_units = activations or (
+            unit_activations(self.net, x, self.unit_layers),
+            unit_activations(self.net, retain_x, self.unit_layers),
+        )
+        return [class_selectivity(f, y, r, self.forget_classes) for f, r in zip(forget_units, retain_units)]
 
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
@@ -359,7 +381,7 @@ class SpecificReset:
         forget_samples = None if self.rank_forget_samples is None else self.rank_forget_samples * classes
         forget = datamodule.split_tensors("forget", samples=forget_samples)
         retain = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
-        scores = self.reset_scores(forget, retain)
+        scores, activations = self.reset_scores(forget, retain)
         ranked = scores
         if self.mask_layers is not None:  # rank only the layers that train; the others are never reset
             layers = last_layers_mask(self.net, self.mask_layers)
@@ -368,7 +390,7 @@ class SpecificReset:
         masks = [{k: top[k] if k in top else torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}]
         if self.reset_unit_fraction:
             unit_share = per_class_share(self.reset_unit_fraction, classes)
-            unit_scores = self.unit_scores(scores, forget, retain)
+            unit_scores = self.unit_scores(scores, forget, retain, activations)
             masks += [unit_mask(self.net, score, unit_share, layer) for layer, score in enumerate(unit_scores)]
         return self.broadcast_from_rank_zero(union(*masks))
 
