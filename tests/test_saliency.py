@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from unlearning.errors import UsageError
-from unlearning.models import LeNet, SeedMLP
+from unlearning.models import LeNet, RetrainMLP, SeedMLP
 from unlearning.saliency import (
     RESET_SEED_OFFSET,
     ExactFreeze,
@@ -219,6 +219,19 @@ def test_recording_units_keeps_the_activations_of_every_pass_in_order_and_lets_g
         assert [r.shape for r in recorded] == [a.shape for a in unit_activations(net, x, layers)]
         assert all(torch.allclose(r, a, atol=1e-5) and not r.requires_grad for r, a in zip(recorded, unit_activations(net, x, layers)))
         assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_unit_activations_read_a_dropout_network_in_eval_mode_and_leave_its_mode_as_it_was():
+    """Ranked in train mode, a dropout network's units would be ranked on one draw of dropout masks: the ranking of
+    the Fisher's recorded passes (eval mode) and this one would then differ."""
+    torch.manual_seed(0)
+    net, x = RetrainMLP(), torch.randn(64, 1, 28, 28)
+    expected = unit_activations(net.eval(), x, layers=2)
+    net.train()
+    assert all(torch.equal(a, b) for a, b in zip(unit_activations(net, x, layers=2), expected)) and net.training
+    with recording_units(net, 2) as recorded:
+        diagonal_fisher(net, [(x, torch.zeros(64, dtype=torch.long))])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(recorded, expected)) and net.training
 
 
 def test_unit_mask_of_a_later_layer_takes_its_rows():

@@ -25,21 +25,30 @@ Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None) -> Iterator[dict[str, Tensor]]:
-    """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter, ``net`` in eval mode.
+@contextlib.contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode while open, then back in the mode it was in.
 
-    Eval mode because saliency describes the pretrained model itself, not a dropout-thinned copy of it.
+    A ranking describes the pretrained model itself, not a dropout-thinned copy of it (and would otherwise depend on
+    the dropout draws).
     """
-    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
-    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
     was_training = net.training
     net.eval()
     try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None) -> Iterator[dict[str, Tensor]]:
+    """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter, ``net`` in eval
+    mode (:func:`evaluating`)."""
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
+    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    with evaluating(net):
         for x, y in batches:
             grads = torch.autograd.grad(loss_fn(net(x), y), list(params.values()), allow_unused=True)
             yield {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
-    finally:
-        net.train(was_training)
 
 
 def saliency_scores(
@@ -175,8 +184,10 @@ def _per_unit(output: Tensor) -> Tensor:
 
 def unit_activations(net: nn.Module, x: Tensor, layers: int = 1, batch_size: int = 4096) -> list[Tensor]:
     """``(N, units)`` per hidden layer, the first ``layers`` of them: the layer's output (after its activation) for ``x``,
-    a conv map averaged over its positions, so there is one number per unit :func:`unit_mask` ranks."""
-    return list(hidden_outputs(net, x, hidden_layers(net)[:layers], _per_unit, batch_size).values())
+    a conv map averaged over its positions, so there is one number per unit :func:`unit_mask` ranks; ``net`` in eval mode
+    (:func:`evaluating`), as the Fisher that :func:`recording_units` records reads it."""
+    with evaluating(net):
+        return list(hidden_outputs(net, x, hidden_layers(net)[:layers], _per_unit, batch_size).values())
 
 
 @contextlib.contextmanager
