@@ -88,6 +88,21 @@ def hidden_layers(net: nn.Module) -> list[str]:
 
 
 @contextlib.contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode while open, then back in the mode it was in.
+
+    A ranking or a measurement describes the model itself, not a dropout-thinned copy of it (and would otherwise
+    depend on the dropout draws).
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+@contextlib.contextmanager
 def capturing(net: nn.Module, names: list[str], reduce: Callable[[Tensor], Tensor]) -> Iterator[dict[str, list[Tensor]]]:
     """While open, every forward pass of ``net`` appends the named hidden layers' outputs (:func:`hidden_layers`),
     passed through ``reduce`` to ``(N, D)`` and detached, to the lists it yields, one per name."""

@@ -18,26 +18,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from unlearning.errors import UsageError
-from unlearning.models import capturing, hidden_layers, hidden_outputs
+from unlearning.models import capturing, evaluating, hidden_layers, hidden_outputs
 
 Score = Literal["abs_grad", "fisher"]
 Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-@contextlib.contextmanager
-def evaluating(net: nn.Module) -> Iterator[nn.Module]:
-    """``net`` in eval mode while open, then back in the mode it was in.
-
-    A ranking describes the pretrained model itself, not a dropout-thinned copy of it (and would otherwise depend on
-    the dropout draws).
-    """
-    was_training = net.training
-    net.eval()
-    try:
-        yield net
-    finally:
-        net.train(was_training)
 
 
 def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None) -> Iterator[dict[str, Tensor]]:

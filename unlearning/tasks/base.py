@@ -30,6 +30,7 @@ from unlearning.data.splits import NUM_CLASSES, check_classes
 from unlearning.errors import UsageError
 from unlearning.figures import confusion_image, first_layer_weights, png_summary
 from unlearning.metrics import accuracy_summaries
+from unlearning.models import evaluating
 from unlearning.run_dirs import classes_label
 
 Batch = Mapping[str, tuple[Tensor, Tensor]]
@@ -392,12 +393,10 @@ class BaseTask(LightningModule):
         metrics and summaries: a run that starts from trained weights records them at step 0 this
         way, at a fraction of the cost of a full sanity check through the loop.
         """
-        was_training = self.net.training
-        self.net.eval()
-        for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
-            for x, y in loader:
-                self._eval_step((x, y), "val", dataloader_idx)
-        self.net.train(was_training)
+        with evaluating(self.net):
+            for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
+                for x, y in loader:
+                    self._eval_step((x, y), "val", dataloader_idx)
         values, confmat = self._collect("val")
         numbers = {k: float(v) for k, v in values.items()}
         if self.logger is not None and self.trainer.is_global_zero:

@@ -24,6 +24,7 @@ from unlearning.checkpoints import held_out_classes
 from unlearning.data.splits import NUM_CLASSES
 from unlearning.errors import UsageError
 from unlearning.metrics import unit_to_label
+from unlearning.models import evaluating
 from unlearning.saliency import last_layers_mask, saliency_scores, top_fraction_mask
 from unlearning.tasks.base import Batch
 from unlearning.tasks.forget import ResetScore, SelectiveGradient, SpecificReset, UnitScore
@@ -240,9 +241,8 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         units = self.target_unit[self.new_classes]
         head, datamodule = self.net.head, self.trainer.datamodule
         x, y = next(iter(datamodule.loader("retain", "new", train=True, shard=False, batch_size=self.probe_samples)))
-        was_training = self.net.training
-        features = self.net.eval().features(x)
-        self.net.train(was_training)
+        with evaluating(self.net):
+            features = self.net.features(x)
         logits, targets = head(features), self.target_unit[y]
         weight, bias = head.weight[units].clone().requires_grad_(True), head.bias[units].clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS([weight, bias], max_iter=self.probe_iterations, line_search_fn="strong_wolfe")
