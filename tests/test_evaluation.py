@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from tests.conftest import ROOT, edited
 from unlearning.checkpoints import build_net
@@ -35,6 +36,7 @@ from unlearning.evaluation.cli import evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features
+from unlearning.evaluation.probe import bootstrap_weights, misranked_ratio_interval, resampled_aucs
 from unlearning.evaluation.relearn import attacker_name, relearn_attack, retain_finetune_recovery
 from unlearning.evaluation.report import check_out
 from unlearning.evaluation.run import judge
@@ -248,6 +250,40 @@ def test_probe_scores_high_on_features_that_encode_the_class_and_chance_on_noise
     blind = linear_probe(noise[train], is_forget[train], noise[test], is_forget[test])
     assert knows["probe_acc"] > 95 and knows["probe_auc"] > 0.99
     assert abs(blind["probe_acc"] - 50) < 8 and abs(blind["probe_auc"] - 0.5) < 0.08
+
+
+def test_each_resampled_auc_is_sklearns_on_the_resample_it_counts_ties_included():
+    rng = np.random.default_rng(1)
+    is_forget = rng.random(400) < 0.2
+    scores = np.round(rng.normal(size=400) + is_forget, 1)  # rounded: many ties, within and across the two groups
+    positive_counts, negative_counts = bootstrap_weights(is_forget, draws=5, seed=3)
+    assert (positive_counts.sum(1) == is_forget.sum()).all() and (negative_counts.sum(1) == (~is_forget).sum()).all()
+    aucs = resampled_aucs(scores, is_forget, (positive_counts, negative_counts))
+    for draw, auc in enumerate(aucs):
+        resampled = np.concatenate(
+            [np.repeat(scores[is_forget], positive_counts[draw]), np.repeat(scores[~is_forget], negative_counts[draw])]
+        )
+        labels = np.repeat([True, False], [positive_counts[draw].sum(), negative_counts[draw].sum()])
+        assert auc == pytest.approx(roc_auc_score(labels, resampled), abs=1e-12)
+    ones = (np.ones((1, is_forget.sum()), int), np.ones((1, (~is_forget).sum()), int))
+    assert resampled_aucs(scores, is_forget, ones)[0] == pytest.approx(roc_auc_score(is_forget, scores), abs=1e-12)
+
+
+def test_a_probe_ratios_interval_is_one_for_the_oracle_itself_and_narrows_with_more_held_out_samples():
+    rng = np.random.default_rng(2)
+
+    def interval(n: int) -> tuple[float, float]:
+        is_forget = np.arange(n) < n // 10
+        oracle = rng.normal(size=n) + 2.0 * is_forget
+        sharper = oracle + 1.0 * is_forget  # the same samples, the class set further apart: fewer pairs misranked
+        assert misranked_ratio_interval(oracle, oracle, is_forget, draws=50) == (1.0, 1.0)
+        point = (1 - roc_auc_score(is_forget, sharper)) / (1 - roc_auc_score(is_forget, oracle))
+        low, high = misranked_ratio_interval(sharper, oracle, is_forget, draws=200, seed=n)
+        assert low < point < high < 1
+        return low, high
+
+    (low_small, high_small), (low_large, high_large) = interval(1000), interval(16000)
+    assert high_large - low_large < (high_small - low_small) / 2  # 16 times the samples: a quarter of the width, roughly
 
 
 # -- check 6: reachability ---------------------------------------------------------------------
@@ -495,6 +531,17 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
     assert "checkpoint" in printed and "oracle" in printed and "verdict: hides" in printed
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
     assert "**Verdict on checkpoint: hides**" in (tmp_path / "out" / "summary.md").read_text()
+    for role in ("checkpoint", "pretrained"):  # each probe ratio beside the oracle, as the verdict reads it, with its interval
+        ratios = probe_ratios(report["metrics"][role], report["metrics"]["oracle"])
+        assert {int(layer): ratio for layer, (ratio, _, _) in report["probe_ratio"][role].items()} == ratios
+        assert all(0 <= low <= high for _, low, high in report["probe_ratio"][role].values())
+    assert "oracle" not in report["probe_ratio"]
+    ratio, low, high = report["probe_ratio"]["checkpoint"]["4"]
+    assert f"| {ratio:.2f} ({low:.2f}-{high:.2f}) |" in (tmp_path / "out" / "summary.md").read_text()
+    assert ratio < Thresholds().probe_ratio  # so the probe is evidence, quoted with its interval
+    assert f"(limit 0.25x; 90% of resamples of the held-out samples: {low:.2f}-{high:.2f}x)" in "\n".join(
+        report["verdict"]["checkpoint"]["representation_evidence"]
+    )
     assert len(list((tmp_path / "out").glob("events.out.tfevents.*"))) == 1
     check_out(tmp_path / "out")  # an earlier evaluation's folder takes a re-run, which replaces its events
 

@@ -11,6 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from unlearning.errors import UsageError
 from unlearning.evaluation.data import HELD_OUT_NAME
 from unlearning.evaluation.mia import HEADLINE_FEATURE
+from unlearning.evaluation.probe import INTERVAL_LEVEL
 from unlearning.evaluation.relearn import attacker_name
 from unlearning.evaluation.suite import REACH_NORMS, REACH_STARTS, Budget, NetEvaluation
 from unlearning.evaluation.verdict import EVIDENCE, GAP_METRICS
@@ -39,6 +40,10 @@ def table_rows(budget: Budget, layers: int = 0) -> list[tuple[str, str]]:
         ("gap_avg", "gap to oracle: average"),
         *((f"probe_auc_layer{i}", f"probe AUC, hidden layer {i}") for i in range(1, layers + 1)),
         *((f"probe_acc_layer{i}", f"probe balanced accuracy, hidden layer {i} (%)") for i in range(1, layers + 1)),
+        *(
+            (f"probe_ratio_layer{i}", f"probe: misranked share × the oracle's, hidden layer {i} ({INTERVAL_LEVEL:.0%} of resamples)")
+            for i in range(1, layers + 1)
+        ),
         ("relearn_steps", f"relearn: attacker's best, steps to {budget.relearn_target:g}% forget-class test accuracy"),
         *(
             (f"relearn/{attacker_name(name, lr)}", f"relearn: {name}{' (momentum 0.9)' if name == 'sgd' else ''}, lr {lr:g}")
@@ -65,6 +70,8 @@ def _cell(key: str, value) -> str:
         return "never"
     if isinstance(value, (str, int)):
         return str(value)
+    if isinstance(value, list):  # a probe ratio and its interval
+        return f"{value[0]:.2f} ({value[1]:.2f}-{value[2]:.2f})"
     four_digits = key.startswith("probe_auc") or key in ("forgetting_effectiveness", "utility_preservation")
     return f"{value:.4f}" if four_digits else f"{value:.2f}"
 
@@ -92,6 +99,8 @@ def _row_value(report: dict, name: str, key: str):
         return report["verdict"][name]["verdict"]
     if key.startswith("gap_"):
         return report["gap"][name][key.removeprefix("gap_")]
+    if key.startswith("probe_ratio_layer"):  # against the oracle, as the gaps are (a report from before they were kept has none)
+        return report.get("probe_ratio", {}).get(name, {}).get(key.removeprefix("probe_ratio_layer"), _ABSENT)
     return report["metrics"][name].get(key, _ABSENT)
 
 

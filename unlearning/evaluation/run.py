@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from unlearning.evaluation.data import Holdout, load_eval_data
+from unlearning.evaluation.data import EvalData, Holdout, load_eval_data
 from unlearning.evaluation.inputs import (
     check_architectures,
     check_references,
@@ -23,8 +23,9 @@ from unlearning.evaluation.inputs import (
     resolve_setting,
     torch_threads,
 )
-from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, quant_keys, reach_keys, verdict
+from unlearning.evaluation.probe import misranked_ratio_interval
+from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets, probe_held_out
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, probe_ratios, quant_keys, reach_keys, verdict
 
 
 def judge(
@@ -70,6 +71,7 @@ def judge(
     oracle_relearn_steps = math.ceil(budget.relearn_steps / thresholds.relearn_ratio)
     evaluations = evaluate_nets(nets, data, budget, pretrained, oracle, oracle_relearn_steps)
     metrics = {name: evaluation.metrics for name, evaluation in evaluations.items()}
+    probe = _probe_ratios(evaluations, oracle, data, budget)
     report = {
         "subject": subject,
         "checkpoints": {name: str(Path(path).resolve()) for name, path in paths.items()},
@@ -80,9 +82,36 @@ def judge(
         "metrics": metrics,
         "not_applicable": {name: evaluation.not_applicable for name, evaluation in evaluations.items()},
         "gap": {name: oracle_gap(metrics[name], metrics[oracle]) for name in paths},
-        "verdict": {name: verdict(metrics[name], metrics[oracle], thresholds) for name in paths},
+        "probe_ratio": probe,
+        "verdict": {
+            name: verdict(
+                metrics[name], metrics[oracle], thresholds, {int(layer): ends for layer, (_, *ends) in probe.get(name, {}).items()}
+            )
+            for name in paths
+        },
     }
     return report, evaluations
+
+
+def _probe_ratios(
+    evaluations: Mapping[str, NetEvaluation], oracle: str, data: EvalData, budget: Budget
+) -> dict[str, dict[str, list[float]]]:
+    """Per checkpoint but the oracle, per probed hidden layer: ``[ratio, low, high]``, the probe's misranked share over
+    the oracle's (what the verdict reads) and its interval over resamples of the held-out samples."""
+    is_forget, reference = probe_held_out(data)[1].cpu().numpy(), evaluations[oracle]
+
+    def interval(evaluation: NetEvaluation, layer: int) -> tuple[float, float]:
+        scores, oracle_scores = evaluation.probe_scores[layer], reference.probe_scores[layer]
+        return misranked_ratio_interval(scores, oracle_scores, is_forget, budget.probe_draws, budget.sample_seed)
+
+    return {
+        name: {
+            str(layer): [ratio, *interval(evaluation, layer)]
+            for layer, ratio in probe_ratios(evaluation.metrics, reference.metrics).items()
+        }
+        for name, evaluation in evaluations.items()
+        if name != oracle
+    }
 
 
 def _stamps(paths: Mapping[str, str]) -> dict[str, list[int]]:
@@ -130,6 +159,7 @@ def evaluate_against(
             "probe_layer": telling and telling[0],
             "probe_auc": telling and metrics[f"probe_auc_layer{telling[0]}"],
             "probe_ratio": telling and telling[1],
+            "probe_ratio_interval": telling and report["probe_ratio"][name][str(telling[0])][1:] if name != oracle else None,
             "recovered": metrics["recovered_acc"] / 100 if "recovered_acc" in metrics else None,
             "reach": max(reach) / 100 if reach else None,
             "proto": metrics["proto_acc"] / 100 if "proto_acc" in metrics else None,

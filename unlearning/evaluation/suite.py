@@ -20,7 +20,7 @@ from unlearning.evaluation.attacks import QUANT_BITS, prototype_relearn, quantiz
 from unlearning.evaluation.data import EvalData, choose
 from unlearning.evaluation.mia import Attack, mia_check, mia_features
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
-from unlearning.evaluation.probe import linear_probe
+from unlearning.evaluation.probe import fit_probe, probe_metrics
 from unlearning.evaluation.reachability import Norm, reach_class
 from unlearning.evaluation.relearn import OptimizerName, relearn_attack, retain_finetune_recovery
 
@@ -37,6 +37,7 @@ class Budget:
         mia_per_side: members and non-members each that the MIA's attack is fitted on.
         mia_attack: ``threshold`` (Song & Mittal's metric attack, stable) or ``svc`` (SalUn's exact RBF SVM; see :mod:`.mia`).
         probe_per_side: forget-class and other training samples each that the probe of every hidden layer is fitted on.
+        probe_draws: bootstrap resamples of the held-out samples behind each probe ratio's interval (:func:`~.probe.misranked_ratio_interval`).
         relearn_samples: forget-class training images the relearn attack trains on, with as many retain
             images beside them so that answering "forget class" everywhere cannot pass.
         relearn_adam_lrs, relearn_sgd_lrs: the attacker's grid: Adam, and SGD with momentum 0.9, at each
@@ -54,6 +55,7 @@ class Budget:
     mia_per_side: int = 5000
     mia_attack: Attack = "threshold"
     probe_per_side: int = 1000
+    probe_draws: int = 200
     relearn_samples: int = 100
     relearn_adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     relearn_sgd_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
@@ -99,6 +101,7 @@ class NetEvaluation:
     metrics: dict = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
     reach_images: dict[str, Tensor] = field(default_factory=dict)
+    probe_scores: dict[int, np.ndarray] = field(default_factory=dict)  # per hidden layer, on the samples of probe_held_out
 
 
 def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Budget) -> NetEvaluation:
@@ -128,7 +131,10 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
         reason = "random-sample forgetting has no class to probe, relearn or reach"
         result.not_applicable.update(probe=reason, relearn=reason, reach=reason)
         return result
-    result.metrics.update(_probe(net, data, retain, forget, budget))
+    result.probe_scores = _probe_scores(net, data, retain, forget, budget)
+    is_forget = probe_held_out(data)[1].cpu().numpy()
+    for layer, scores in result.probe_scores.items():
+        result.metrics |= {f"{key}_layer{layer}": value for key, value in probe_metrics(scores, is_forget).items()}
     target_units = units_for(data.forget_classes, unit_labels)
     if not target_units:
         reason = f"no output unit stands for class {list(data.forget_classes)} any more"
@@ -149,8 +155,16 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
     return result
 
 
-def _probe(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budget: Budget) -> dict[str, float]:
-    """A linear probe "forget class vs the rest" on every hidden layer: ``probe_auc_layer<i>`` and ``probe_acc_layer<i>``, input to output.
+def probe_held_out(data: EvalData) -> tuple[Tensor, Tensor]:
+    """The held-out samples the probes score, the retain and forget classes' (a new class is neither), and which of
+    those are the forget class's."""
+    in_probe = data.test_mask(data.retain_classes + data.forget_classes)
+    return in_probe, data.test_mask(data.forget_classes)[in_probe]
+
+
+def _probe_scores(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budget: Budget) -> dict[int, np.ndarray]:
+    """A linear probe "forget class vs the rest" on every hidden layer, numbered from 1 at the input: its scores on
+    :func:`probe_held_out`'s samples.
 
     Every layer, not only the penultimate one: the first layer of an MLP holds most of its weights,
     and detectors of the class left there are invisible to a probe of the last.
@@ -163,17 +177,13 @@ def _probe(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budge
     )
     train_features = layer_features(net, data.train_x[train_idx[rows.to(train_idx.device)]])
     train_is_forget = np.concatenate([np.zeros(probe_per_side, bool), np.ones(probe_per_side, bool)])
-    in_probe = data.test_mask(data.retain_classes + data.forget_classes)
-    test_features = layer_features(net, data.test_x[in_probe])
-    test_is_forget = data.test_mask(data.forget_classes)[in_probe].cpu().numpy()
-    result = {}
-    for i, layer in enumerate(train_features, start=1):
-        scores = linear_probe(
-            train_features[layer].cpu().numpy(), train_is_forget, test_features[layer].cpu().numpy(), test_is_forget,
-            probe_per_side, budget.sample_seed,
-        )  # fmt: skip
-        result |= {f"{key}_layer{i}": value for key, value in scores.items()}
-    return result
+    test_features = layer_features(net, data.test_x[probe_held_out(data)[0]])
+    return {
+        i: fit_probe(train_features[layer].cpu().numpy(), train_is_forget, probe_per_side, budget.sample_seed).decision_function(
+            test_features[layer].cpu().numpy()
+        )
+        for i, layer in enumerate(train_features, start=1)
+    }
 
 
 def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, int | None]:

@@ -21,7 +21,10 @@ this order (the first that applies names it; every piece of evidence is listed e
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from unlearning.evaluation.probe import INTERVAL_LEVEL
 
 GAP_METRICS = ("ua", "ra", "ta", "mia")
 #: the verdict's lists of evidence, in the order they decide it
@@ -135,11 +138,22 @@ def most_telling_layer(metrics: dict, oracle: dict) -> tuple[int, float] | None:
     return min(ratios.items(), key=lambda item: (item[1], item[0])) if ratios else None
 
 
-def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) -> dict:
+def _spread(probe_intervals: Mapping[int, Sequence[float]] | None, layer: int) -> str:
+    if not probe_intervals or layer not in probe_intervals:
+        return ""
+    low, high = probe_intervals[layer]
+    return f"; {INTERVAL_LEVEL:.0%} of resamples of the held-out samples: {low:.2f}-{high:.2f}x"
+
+
+def verdict(
+    metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds(), probe_intervals: Mapping[int, Sequence[float]] | None = None
+) -> dict:
     """``{"verdict": ..., "output_evidence": [...], "representation_evidence": [...], "utility_evidence": [...]}``.
 
     ``metrics`` and ``oracle`` are flat metric dicts as the suite produces them; a check that
-    did not apply (its keys missing) contributes no evidence.
+    did not apply (its keys missing) contributes no evidence. ``probe_intervals``: per hidden layer, the probe ratio's
+    interval over resamples of the held-out samples (:func:`~.probe.misranked_ratio_interval`), quoted beside a probe
+    that decides the verdict; it decides nothing itself.
     """
     t = thresholds
     class_mode = "forget_test_acc" in metrics
@@ -168,7 +182,7 @@ def verdict(metrics: dict, oracle: dict, thresholds: Thresholds = Thresholds()) 
             key = f"probe_auc_layer{layer}"
             representation.append(
                 f"a linear probe on hidden layer {layer} misranks {1 - metrics[key]:.4f} of pairs, {ratio:.2f}x the oracle's "
-                f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x)"
+                f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x{_spread(probe_intervals, layer)})"
             )
     steps, oracle_steps = metrics.get("relearn_steps"), oracle.get("relearn_steps")
     if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
