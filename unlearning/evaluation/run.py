@@ -131,7 +131,8 @@ def evaluate_against(
 ) -> dict[str, dict[str, Any]]:
     """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best), ``probe_auc`` and
     ``probe_ratio`` (at the hidden layer whose probe finds the class best relative to the oracle's; see
-    :func:`~.verdict.most_telling_layer`), ``recovered`` (retain-only fine-tuning), ``reach`` (the largest
+    :func:`~.verdict.most_telling_layer`) with ``probe_ratio_interval`` (its interval over resamples of the held-out
+    samples; ``None`` for the oracle), ``recovered`` (retain-only fine-tuning), ``reach`` (the largest
     reachability over starts and norms), ``proto`` (prototypical relearning) and ``quant`` (the forget classes' highest accuracy
     after 8- or 4-bit weight rounding), rates as fractions like test accuracies.
 
@@ -159,7 +160,7 @@ def evaluate_against(
             "probe_layer": telling and telling[0],
             "probe_auc": telling and metrics[f"probe_auc_layer{telling[0]}"],
             "probe_ratio": telling and telling[1],
-            "probe_ratio_interval": telling and report["probe_ratio"][name][str(telling[0])][1:] if name != oracle else None,
+            "probe_ratio_interval": (telling and report["probe_ratio"][name][str(telling[0])][1:]) if name != oracle else None,
             "recovered": metrics["recovered_acc"] / 100 if "recovered_acc" in metrics else None,
             "reach": max(reach) / 100 if reach else None,
             "proto": metrics["proto_acc"] / 100 if "proto_acc" in metrics else None,
