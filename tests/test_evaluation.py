@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, edited
 from unlearning.checkpoints import build_net
@@ -542,7 +543,10 @@ def test_evaluate_calls_the_head_mask_hidden_and_writes_every_output(
     assert f"(limit 0.25x; 90% of resamples of the held-out samples: {low:.2f}-{high:.2f}x)" in "\n".join(
         report["verdict"]["checkpoint"]["representation_evidence"]
     )
-    assert len(list((tmp_path / "out").glob("events.out.tfevents.*"))) == 1
+    (events,) = (tmp_path / "out").glob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
+    (stored,) = scalars.Scalars("checkpoint/probe_ratio_layer4/low")
+    assert stored.value == pytest.approx(report["probe_ratio"]["checkpoint"]["4"][1])  # TensorBoard has it too
     check_out(tmp_path / "out")  # an earlier evaluation's folder takes a re-run, which replaces its events
 
 

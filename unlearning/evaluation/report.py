@@ -168,6 +168,8 @@ def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation]
     with SummaryWriter(log_dir=str(out)) as writer:
         for name in report["checkpoints"]:
             numbers = {**report["metrics"][name], **{f"gap/{k}": v for k, v in report["gap"][name].items()}}
+            for layer, values in report["probe_ratio"].get(name, {}).items():
+                numbers |= {f"probe_ratio_layer{layer}/{part}": v for part, v in zip(("ratio", "low", "high"), values)}
             for key, value in numbers.items():
                 if isinstance(value, (int, float)):
                     writer.add_scalar(f"{name}/{key}", value)
