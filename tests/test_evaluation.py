@@ -277,9 +277,9 @@ def test_a_probe_ratios_interval_is_one_for_the_oracle_itself_and_narrows_with_m
         is_forget = np.arange(n) < n // 10
         oracle = rng.normal(size=n) + 2.0 * is_forget
         sharper = oracle + 1.0 * is_forget  # the same samples, the class set further apart: fewer pairs misranked
-        assert misranked_ratio_interval(oracle, oracle, is_forget, draws=50) == (1.0, 1.0)
+        assert misranked_ratio_interval(oracle, oracle, is_forget, bootstrap_weights(is_forget, draws=50)) == (1.0, 1.0)
         point = (1 - roc_auc_score(is_forget, sharper)) / (1 - roc_auc_score(is_forget, oracle))
-        low, high = misranked_ratio_interval(sharper, oracle, is_forget, draws=200, seed=n)
+        low, high = misranked_ratio_interval(sharper, oracle, is_forget, bootstrap_weights(is_forget, draws=200, seed=n))
         assert low < point < high < 1
         return low, high
 

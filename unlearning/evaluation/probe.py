@@ -73,15 +73,19 @@ def resampled_aucs(scores: np.ndarray, is_forget: np.ndarray, weights: tuple[np.
 
 
 def misranked_ratio_interval(
-    scores: np.ndarray, oracle_scores: np.ndarray, is_forget: np.ndarray, draws: int, seed: int = 0, level: float = INTERVAL_LEVEL
+    scores: np.ndarray,
+    oracle_scores: np.ndarray,
+    is_forget: np.ndarray,
+    weights: tuple[np.ndarray, np.ndarray],
+    level: float = INTERVAL_LEVEL,
 ) -> tuple[float, float]:
-    """The central ``level`` interval of the probe ratio, (1 - AUC) over the oracle's (1 - AUC), over ``draws`` stratified
-    bootstrap resamples of the held-out samples, both networks' probes scored on the same draws.
+    """The central ``level`` interval of the probe ratio, (1 - AUC) over the oracle's (1 - AUC), over the stratified
+    bootstrap resamples of the held-out samples that ``weights`` describes (:func:`bootstrap_weights`), both networks'
+    probes scored on the same draws.
 
     A ratio is a quotient of two small misranked shares, so a few held-out images can move it across its limit; the
     interval says how firmly the images decide it (not how a different split of writers would: docs/evidence.md).
     """
-    weights = bootstrap_weights(is_forget, draws, seed)
     misranked, oracle_misranked = 1 - resampled_aucs(scores, is_forget, weights), 1 - resampled_aucs(oracle_scores, is_forget, weights)
     low, high = np.quantile(misranked / np.maximum(oracle_misranked, 1e-12), [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)

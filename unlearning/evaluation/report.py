@@ -99,8 +99,8 @@ def _row_value(report: dict, name: str, key: str):
         return report["verdict"][name]["verdict"]
     if key.startswith("gap_"):
         return report["gap"][name][key.removeprefix("gap_")]
-    if key.startswith("probe_ratio_layer"):  # against the oracle, as the gaps are (a report from before they were kept has none)
-        return report.get("probe_ratio", {}).get(name, {}).get(key.removeprefix("probe_ratio_layer"), _ABSENT)
+    if key.startswith("probe_ratio_layer"):  # against the oracle, as the gaps are: the oracle has none
+        return report["probe_ratio"].get(name, {}).get(key.removeprefix("probe_ratio_layer"), _ABSENT)
     return report["metrics"][name].get(key, _ABSENT)
 
 

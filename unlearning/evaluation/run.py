@@ -23,7 +23,7 @@ from unlearning.evaluation.inputs import (
     resolve_setting,
     torch_threads,
 )
-from unlearning.evaluation.probe import misranked_ratio_interval
+from unlearning.evaluation.probe import bootstrap_weights, misranked_ratio_interval
 from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets, probe_held_out
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, probe_ratios, quant_keys, reach_keys, verdict
 
@@ -99,10 +99,10 @@ def _probe_ratios(
     """Per checkpoint but the oracle, per probed hidden layer: ``[ratio, low, high]``, the probe's misranked share over
     the oracle's (what the verdict reads) and its interval over resamples of the held-out samples."""
     is_forget, reference = probe_held_out(data)[1].cpu().numpy(), evaluations[oracle]
+    weights = bootstrap_weights(is_forget, budget.probe_draws, budget.sample_seed)  # the same draws for every network and layer
 
     def interval(evaluation: NetEvaluation, layer: int) -> tuple[float, float]:
-        scores, oracle_scores = evaluation.probe_scores[layer], reference.probe_scores[layer]
-        return misranked_ratio_interval(scores, oracle_scores, is_forget, budget.probe_draws, budget.sample_seed)
+        return misranked_ratio_interval(evaluation.probe_scores[layer], reference.probe_scores[layer], is_forget, weights)
 
     return {
         name: {

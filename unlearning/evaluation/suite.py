@@ -131,10 +131,10 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
         reason = "random-sample forgetting has no class to probe, relearn or reach"
         result.not_applicable.update(probe=reason, relearn=reason, reach=reason)
         return result
-    result.probe_scores = _probe_scores(net, data, retain, forget, budget)
-    is_forget = probe_held_out(data)[1].cpu().numpy()
+    in_probe, is_forget = probe_held_out(data)
+    result.probe_scores = _probe_scores(net, data, retain, forget, in_probe, budget)
     for layer, scores in result.probe_scores.items():
-        result.metrics |= {f"{key}_layer{layer}": value for key, value in probe_metrics(scores, is_forget).items()}
+        result.metrics |= {f"{key}_layer{layer}": value for key, value in probe_metrics(scores, is_forget.cpu().numpy()).items()}
     target_units = units_for(data.forget_classes, unit_labels)
     if not target_units:
         reason = f"no output unit stands for class {list(data.forget_classes)} any more"
@@ -162,9 +162,11 @@ def probe_held_out(data: EvalData) -> tuple[Tensor, Tensor]:
     return in_probe, data.test_mask(data.forget_classes)[in_probe]
 
 
-def _probe_scores(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, budget: Budget) -> dict[int, np.ndarray]:
-    """A linear probe "forget class vs the rest" on every hidden layer, numbered from 1 at the input: its scores on
-    :func:`probe_held_out`'s samples.
+def _probe_scores(
+    net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor, in_probe: Tensor, budget: Budget
+) -> dict[int, np.ndarray]:
+    """A linear probe "forget class vs the rest" on every hidden layer, numbered from 1 at the input: its scores on the
+    held-out samples ``in_probe`` marks (:func:`probe_held_out`).
 
     Every layer, not only the penultimate one: the first layer of an MLP holds most of its weights,
     and detectors of the class left there are invisible to a probe of the last.
@@ -177,7 +179,7 @@ def _probe_scores(net: nn.Module, data: EvalData, retain: Tensor, forget: Tensor
     )
     train_features = layer_features(net, data.train_x[train_idx[rows.to(train_idx.device)]])
     train_is_forget = np.concatenate([np.zeros(probe_per_side, bool), np.ones(probe_per_side, bool)])
-    test_features = layer_features(net, data.test_x[probe_held_out(data)[0]])
+    test_features = layer_features(net, data.test_x[in_probe])
     return {
         i: fit_probe(train_features[layer].cpu().numpy(), train_is_forget, probe_per_side, budget.sample_seed).decision_function(
             test_features[layer].cpu().numpy()
