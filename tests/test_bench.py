@@ -182,6 +182,21 @@ def test_every_bench_entry_is_a_valid_cli_run(config, tmp_path):
             assert cli.model.net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
+def test_a_cells_key_follows_what_its_configs_set_not_how_they_are_written(tmp_path):
+    method = tmp_path / "method.yml"
+    text = (CONFIGS / "unlearn" / "unit_reset.yaml").read_text()
+
+    def key(written: str) -> str:
+        method.write_text(written)
+        return Cell(Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"], {"a": [str(method)]}), 0).key
+
+    written = key(text)
+    assert key("# a note\n\n" + text.replace("seed_everything: 0", "seed_everything: 0   # the seed")) == written  # comments
+    assert key(text.replace("max_steps: 200", "max_steps: 201")) != written  # a setting (and a .yml file counts too)
+    assert key("trainer: {max_steps: 3, devices: 1}\n") == key("trainer:\n  devices: 1\n  max_steps: 3\n")  # key order, flow style
+    assert key("a: [1\n") != key("a: [2\n")  # a file that does not parse counts by its text
+
+
 def test_an_experiments_args_go_into_every_entry_after_its_config_and_leave_the_cell_as_if_spelled_out():
     folded = Experiment(
         "forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"],

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
 
@@ -175,6 +176,16 @@ def _fit_flops(runs: dict[str, list[str]], where: Path, seed: int, bar: tqdm) ->
     return flops
 
 
+def config_settings(path: Path) -> Any:
+    """What a config file sets, parsed, for :attr:`Cell.key`; a file that does not parse counts by its text (its fit then
+    reports the error)."""
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 @dataclass
 class Cell:
     """One experiment on one seed, scored on one holdout: its fits, their timings and its evidence.
@@ -193,12 +204,18 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """A hash of the cell's fields and of the contents of every config file its entries name (``count_flops`` only where
-        set: a cell that counts none is the cell it was before the option existed, and its finished runs are reused)."""
+        """A hash of the cell's fields and of the settings in every config file its entries name (``count_flops`` only where
+        set: a cell that counts none is the cell it was before the option existed, and its finished runs are reused).
+
+        A file counts by what it sets, not how it is written: a comment, a blank line or the order of a mapping's keys
+        refits nothing (:func:`config_settings`).
+        """
         entries = [self.experiment.pretrain, self.experiment.oracle, *self.experiment.methods.values()]
-        files = {arg: Path(arg).read_text() for args in entries for arg in args if arg.endswith(".yaml") and Path(arg).is_file()}
+        files = {
+            arg: config_settings(Path(arg)) for args in entries for arg in args if arg.endswith((".yaml", ".yml")) and Path(arg).is_file()
+        }
         fields = {k: v for k, v in asdict(self).items() if k != "count_flops" or v}
-        return hashlib.sha256(json.dumps([fields, files], sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps([fields, files], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
     def name(self) -> str:
