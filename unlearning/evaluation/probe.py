@@ -65,8 +65,8 @@ def resampled_aucs(scores: np.ndarray, is_forget: np.ndarray, weights: tuple[np.
     positive_counts, negative_counts = weights
     positives, negatives = scores[is_forget], scores[~is_forget]
     order = np.argsort(negatives, kind="stable")
-    below = np.searchsorted(negatives[order], positives, "left")
-    at_or_below = np.searchsorted(negatives[order], positives, "right")
+    ranked = negatives[order]
+    below, at_or_below = np.searchsorted(ranked, positives, "left"), np.searchsorted(ranked, positives, "right")
     cumulative = np.concatenate([np.zeros((len(negative_counts), 1)), np.cumsum(negative_counts[:, order], axis=1)], axis=1)
     beaten = (cumulative[:, below] + cumulative[:, at_or_below]) / 2  # per draw and positive: the negatives under it
     return (beaten * positive_counts).sum(1) / (positive_counts.sum(1) * negative_counts.sum(1))

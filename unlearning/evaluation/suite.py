@@ -133,8 +133,9 @@ def evaluate_net(net: nn.Module, unit_labels: Tensor, data: EvalData, budget: Bu
         return result
     in_probe, is_forget = probe_held_out(data)
     result.probe_scores = _probe_scores(net, data, retain, forget, in_probe, budget)
+    is_forget = is_forget.cpu().numpy()  # once, not per layer
     for layer, scores in result.probe_scores.items():
-        result.metrics |= {f"{key}_layer{layer}": value for key, value in probe_metrics(scores, is_forget.cpu().numpy()).items()}
+        result.metrics |= {f"{key}_layer{layer}": value for key, value in probe_metrics(scores, is_forget).items()}
     target_units = units_for(data.forget_classes, unit_labels)
     if not target_units:
         reason = f"no output unit stands for class {list(data.forget_classes)} any more"
