@@ -85,6 +85,16 @@ def test_bench_fails_when_a_verdict_the_headline_recorded_changes(tmp_path):
     assert '"forget9/oracle/seed0": "forgets"' in readme.read_text()  # the page shows what this bench found
     main(args)  # the same verdicts as recorded: no error
 
+    # the validation-split bench writes its own section on the same page, and its own figures beside the test set's
+    figures = {name: (page.parent / name).read_bytes() for name in ("bench_tiny_verdicts.png", "bench_tiny_frontier.png")}
+    val = args[: args.index("--headline")] + ["--frontier", "true", "--holdout", "val", "--out", str(tmp_path / "val")]
+    main(val)
+    text = page.read_text()
+    val_section = text[text.index(" --holdout val`") :]
+    assert "(bench_tiny_val_verdicts.png)" in val_section and "(bench_tiny_val_frontier.png)" in val_section
+    assert "(bench_tiny_verdicts.png)" in text[: text.index(" --holdout val`")]
+    assert {name: (page.parent / name).read_bytes() for name in figures} == figures  # the test set's figures stay
+
 
 @pytest.mark.parametrize("holdout", ["test", "val"])
 def test_a_run_is_scored_on_the_holdout_it_names(holdout, tmp_path):

@@ -462,8 +462,10 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     grid = verdict_grid(rows, args.holdout)
 
     def beside_docs(figure: Path, kind: str) -> str:
-        """Copy ``figure`` next to the --docs page as ``<config>_<kind>.png``; its name, for the page's link."""
-        copy = Path(args.docs).parent / f"{Path(args.config[0]).stem if args.config else 'bench'}_{kind}.png"
+        """Copy ``figure`` next to the --docs page as ``<config>_<kind>.png`` (``<config>_val_<kind>.png`` for a
+        ``--holdout val`` bench, whose section sits beside the test set's on the same page); its name, for the link."""
+        stem = (Path(args.config[0]).stem if args.config else "bench") + ("_val" if args.holdout == "val" else "")
+        copy = Path(args.docs).parent / f"{stem}_{kind}.png"
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figure, copy)
         return copy.name
