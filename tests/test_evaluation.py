@@ -277,9 +277,14 @@ def test_a_probe_ratios_interval_is_one_for_the_oracle_itself_and_narrows_with_m
         is_forget = np.arange(n) < n // 10
         oracle = rng.normal(size=n) + 2.0 * is_forget
         sharper = oracle + 1.0 * is_forget  # the same samples, the class set further apart: fewer pairs misranked
-        assert misranked_ratio_interval(oracle, oracle, is_forget, bootstrap_weights(is_forget, draws=50)) == (1.0, 1.0)
+
+        def ratio_interval(scores: np.ndarray, draws: int, seed: int = 0) -> tuple[float, float]:
+            weights = bootstrap_weights(is_forget, draws=draws, seed=seed)
+            return misranked_ratio_interval(scores, 1 - resampled_aucs(oracle, is_forget, weights), is_forget, weights)
+
+        assert ratio_interval(oracle, draws=50) == (1.0, 1.0)
         point = (1 - roc_auc_score(is_forget, sharper)) / (1 - roc_auc_score(is_forget, oracle))
-        low, high = misranked_ratio_interval(sharper, oracle, is_forget, bootstrap_weights(is_forget, draws=200, seed=n))
+        low, high = ratio_interval(sharper, draws=200, seed=n)
         assert low < point < high < 1
         return low, high
 

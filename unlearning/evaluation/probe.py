@@ -74,18 +74,19 @@ def resampled_aucs(scores: np.ndarray, is_forget: np.ndarray, weights: tuple[np.
 
 def misranked_ratio_interval(
     scores: np.ndarray,
-    oracle_scores: np.ndarray,
+    oracle_misranked: np.ndarray,
     is_forget: np.ndarray,
     weights: tuple[np.ndarray, np.ndarray],
     level: float = INTERVAL_LEVEL,
 ) -> tuple[float, float]:
     """The central ``level`` interval of the probe ratio, (1 - AUC) over the oracle's (1 - AUC), over the stratified
     bootstrap resamples of the held-out samples that ``weights`` describes (:func:`bootstrap_weights`), both networks'
-    probes scored on the same draws.
+    probes scored on the same draws. ``oracle_misranked`` is the oracle's 1 - :func:`resampled_aucs` on those draws,
+    computed once for every network judged against it.
 
     A ratio is a quotient of two small misranked shares, so a few held-out images can move it across its limit; the
     interval says how firmly the images decide it (not how a different split of writers would: docs/evidence.md).
     """
-    misranked, oracle_misranked = 1 - resampled_aucs(scores, is_forget, weights), 1 - resampled_aucs(oracle_scores, is_forget, weights)
+    misranked = 1 - resampled_aucs(scores, is_forget, weights)
     low, high = np.quantile(misranked / np.maximum(oracle_misranked, 1e-12), [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)

@@ -6,12 +6,15 @@ method of a seed against that seed's oracle and pretrained model, each network e
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from unlearning.evaluation.data import EvalData, Holdout, load_eval_data
 from unlearning.evaluation.inputs import (
@@ -23,7 +26,7 @@ from unlearning.evaluation.inputs import (
     resolve_setting,
     torch_threads,
 )
-from unlearning.evaluation.probe import bootstrap_weights, misranked_ratio_interval
+from unlearning.evaluation.probe import bootstrap_weights, misranked_ratio_interval, resampled_aucs
 from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets, probe_held_out
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, probe_ratios, quant_keys, reach_keys, verdict
 
@@ -101,8 +104,12 @@ def _probe_ratios(
     is_forget, reference = probe_held_out(data)[1].cpu().numpy(), evaluations[oracle]
     weights = bootstrap_weights(is_forget, budget.probe_draws, budget.sample_seed)  # the same draws for every network and layer
 
+    @functools.cache
+    def oracle_misranked(layer: int) -> np.ndarray:  # once per layer, not once per network compared
+        return 1 - resampled_aucs(reference.probe_scores[layer], is_forget, weights)
+
     def interval(evaluation: NetEvaluation, layer: int) -> tuple[float, float]:
-        return misranked_ratio_interval(evaluation.probe_scores[layer], reference.probe_scores[layer], is_forget, weights)
+        return misranked_ratio_interval(evaluation.probe_scores[layer], oracle_misranked(layer), is_forget, weights)
 
     return {
         name: {
