@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from unlearning.errors import UsageError
 from unlearning.models import LeNet, RetrainMLP, SeedMLP
@@ -148,6 +149,55 @@ def test_exact_freeze_keeps_unselected_weights_bit_identical(make_optimizer):
     freeze.detach()
     optimizer.step()  # detached: weight decay and momentum move everything again
     assert not torch.equal(net.state_dict()["2.weight"], before["2.weight"])
+
+
+def _train_frozen_units(masks: dict[str, torch.Tensor], row_grads: bool, autocast: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+    """Five Adam steps of a SeedMLP under ``ExactFreeze(masks)``, with the frozen units' weight gradient skipped or, as
+    autograd alone would, computed and masked; the final weights and the FLOPs of the last backward pass."""
+    torch.manual_seed(0)
+    net = SeedMLP()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=0.01)
+    freeze = ExactFreeze(net, masks)
+    if not row_grads:
+        freeze.row_grads = []
+    freeze.attach(optimizer)
+    for _ in range(5):
+        optimizer.zero_grad()
+        x, y = torch.randn(32, 784), torch.randint(10, (32,))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.cross_entropy(net(x), y)
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        optimizer.step()
+    freeze.detach()
+    return {k: v.clone() for k, v in net.state_dict().items()}, counter.get_total_flops()
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_frozen_units_cost_no_weight_gradient_and_change_no_bit(autocast):
+    torch.manual_seed(1)
+    first = torch.zeros(50, 784, dtype=torch.bool)
+    first[1:16] = True  # 15 units train, 35 stay frozen: the masked reset's first layer
+    first[0, :100] = True  # a partly frozen unit still gets its gradient, masked
+    everything = {name: torch.ones_like(p, dtype=torch.bool) for name, p in SeedMLP().named_parameters()}
+    masks = everything | {"features.1.weight": first, "features.3.weight": torch.rand(40, 50) < 0.5}
+    skipped, skipped_flops = _train_frozen_units(masks, row_grads=True, autocast=autocast)
+    computed, computed_flops = _train_frozen_units(masks, row_grads=False, autocast=autocast)
+    for name in computed:
+        assert torch.equal(skipped[name], computed[name]), name
+    # the first layer's weight gradient is 2·32·784 FLOPs a row; 34 rows of it are never computed, and every other
+    # layer (no whole row of features.3 frozen: each keeps some of its weights) costs what it did
+    assert computed_flops - skipped_flops == 34 * 2 * 32 * 784
+
+
+def test_exact_freeze_detached_gives_the_linear_layers_their_own_forward_back():
+    net = SeedMLP()
+    freeze = ExactFreeze(net, {"features.1.weight": torch.zeros(50, 784, dtype=torch.bool)})
+    freeze.attach(torch.optim.SGD(net.parameters(), lr=0.1))
+    assert [module for module, _ in freeze.row_grads] == [m for m in net.modules() if isinstance(m, nn.Linear)]  # unmasked: frozen whole
+    assert "forward" in net.features[1].__dict__
+    freeze.detach()
+    assert not any("forward" in m.__dict__ for m in net.modules())
 
 
 def test_exact_freeze_rejects_masks_for_parameters_the_net_lacks():

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -325,6 +326,14 @@ class ExactFreeze:
         masks = {name: masks[name].to(p.device) if name in masks else torch.zeros_like(p, dtype=torch.bool) for name, p in params.items()}
         # a tensor that moves whole needs no hook and no copy: both would be work on every step for nothing
         self.entries = [(params[name], mask, params[name].detach().clone()) for name, mask in masks.items() if not mask.all()]
+        # a linear layer with frozen units (whole rows of its weight) computes no weight gradient for them
+        self.row_grads = [
+            (module, mask.any(dim=1).nonzero().flatten())
+            for prefix, module in net.named_modules()
+            if isinstance(module, nn.Linear)
+            and module.weight.requires_grad
+            and not (mask := masks[f"{prefix}.weight" if prefix else "weight"]).any(dim=1).all()
+        ]
         self.handles: list[RemovableHandle] = []
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
@@ -332,6 +341,8 @@ class ExactFreeze:
             if param.requires_grad:
                 self.handles.append(param.register_hook(lambda grad, mask=mask: grad * mask))
         self.handles.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
+        for module, rows in self.row_grads:
+            module.forward = partial(row_grad_linear, module, rows)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -342,3 +353,44 @@ class ExactFreeze:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        for module, _ in self.row_grads:
+            module.__dict__.pop("forward", None)
+
+
+class _RowGradLinear(torch.autograd.Function):
+    """``F.linear`` whose weight gradient is computed for ``rows`` alone and is zero elsewhere.
+
+    The same numbers as autograd's for those rows (the same matmul over fewer rows: bit for bit on CPU, as the tests
+    check); the frozen rows' share of the weight gradient, the larger part of a masked reset's backward pass, is never
+    computed.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight, rows)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, rows = ctx.saved_tensors
+        grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
+        grad_w = grad_b = None
+        flat = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight).index_copy_(0, rows, flat.index_select(1, rows).t().mm(x.reshape(-1, x.shape[-1])))
+        if ctx.needs_input_grad[2]:
+            grad_b = flat.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def row_grad_linear(module: nn.Linear, rows: Tensor, x: Tensor) -> Tensor:
+    """``module(x)`` with the weight gradient of ``rows`` alone (:class:`_RowGradLinear`).
+
+    Under autocast the cast to the lower precision is made here, where autograd records it, as autocast would make it.
+    """
+    weight, bias, device = module.weight, module.bias, x.device.type
+    if not torch.is_autocast_enabled(device):
+        return _RowGradLinear.apply(x, weight, bias, rows)
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return _RowGradLinear.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), rows)
