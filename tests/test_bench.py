@@ -8,7 +8,7 @@ import yaml
 
 from tests.conftest import CONFIGS, ROOT
 from unlearning.bench import Cell, Experiment, bench_parser
-from unlearning.bench_report import frontier_cost, place_labels, verdict_grid
+from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
@@ -343,6 +343,22 @@ def test_the_verdict_grid_reads_each_method_against_the_oracle_beside_the_pretra
     assert "| all | 2/4 within 0.5 | 2/4 within 0.5 | 4/4 within 0.5<br>forgets 3/4 |" in grid
     counted = verdict_grid([r | {"compute": 0.25 if r["method"] == "masked_reset" else 1.0} for r in rows])
     assert "| forgets 2/2<br>-0.05 pp, 0.20× (0.25× FLOPs), 50% frozen |" in counted and "0.20×, 50% frozen" not in counted
+
+
+def test_the_per_seed_table_names_each_seeds_verdict_and_its_probe_ratio_with_the_interval():
+    base = {"experiment": "forget9", "forget_acc": 0.0, "retain_acc": 0.95}
+    rows = [
+        base | {"method": "oracle", "seed": 0, "probe_ratio": 1.0, "probe_ratio_interval": None, "verdict": "forgets"},
+        base | {"method": "reset", "seed": 1, "probe_ratio": 0.2, "probe_ratio_interval": [0.161, 0.244], "verdict": "hides"},
+        base | {"method": "reset", "seed": 0, "probe_ratio": 0.7, "verdict": "forgets"},  # a row from before the intervals
+    ]
+    lines = per_seed_tables(rows).splitlines()
+    assert "probe miss × oracle (90%) |" in lines[2] and lines[2].endswith("| verdict |")
+    assert lines[4:7] == [
+        "| oracle | 0 | 0.00 | 95.00 | 1.00 | forgets |",
+        "| reset | 0 | 0.00 | 95.00 | 0.70 | forgets |",
+        "| reset | 1 | 0.00 | 95.00 | 0.20 (0.16-0.24) | hides |",
+    ]
 
 
 def test_quiet_collector_keeps_the_objects_alive_before_it_out_of_the_collectors_passes_and_releases_them_after():

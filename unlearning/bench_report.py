@@ -263,24 +263,33 @@ def place_labels(ax: Any, points: dict[str, tuple[float, float]], fontsize: int 
         taken.append(box)
 
 
-#: the per-seed table: what every target in the README is checked against
+#: the per-seed table: what every target in the README is checked against, and which seed got which verdict
 SEED_COLUMNS = [
     ("forget_acc", "forget %"), ("new_acc", "new %"), ("retain_acc", "retain %"), ("acc", "all %"), ("frozen", "frozen %"),
-    ("fit_seconds", "fit s"), ("cost", "cost × oracle"), ("compute", "FLOPs × oracle"),
+    ("probe_ratio", "probe miss × oracle (90%)"), ("fit_seconds", "fit s"), ("cost", "cost × oracle"),
+    ("compute", "FLOPs × oracle"), ("verdict", "verdict"),
 ]  # fmt: skip
 
 
-def _seed_cell(key: str, value: float | None) -> str:
-    """A per-seed table's entry: ratios to three decimals, seconds to two, accuracies and shares in percent."""
+def _seed_cell(key: str, row: dict[str, Any]) -> str:
+    """A per-seed table's entry: ratios to three decimals, seconds to two, accuracies and shares in percent; the probe
+    ratio with its interval over resampled held-out images, where the evidence gave one."""
+    value = row.get(key)
     if value is None:
         return "–"
+    if key == "verdict":
+        return value
+    if key == "probe_ratio":
+        interval = row.get("probe_ratio_interval")
+        return f"{value:.2f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
     if key in ("cost", "compute"):
         return f"{value:.3f}"
     return f"{value:.2f}" if key == "fit_seconds" else f"{100 * value:.2f}"
 
 
 def per_seed_tables(rows: list[dict[str, Any]]) -> str:
-    """One row per experiment, method and seed: accuracies (%), fit seconds and cost against that seed's oracle."""
+    """One row per experiment, method and seed: accuracies (%), the probe ratio, fit seconds and cost against that seed's
+    oracle, and the verdict."""
     lines = []
     for exp in dict.fromkeys(r["experiment"] for r in rows):
         mine = [r for r in rows if r["experiment"] == exp]
@@ -292,7 +301,7 @@ def per_seed_tables(rows: list[dict[str, Any]]) -> str:
             "|" + "---|" * (len(columns) + 2),
         ]
         for r in sorted(mine, key=lambda r: r["seed"]):
-            cells = [_seed_cell(k, r.get(k)) for k, _ in columns]
+            cells = [_seed_cell(k, r) for k, _ in columns]
             lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
