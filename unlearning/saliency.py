@@ -315,7 +315,9 @@ class ExactFreeze:
     Masking gradients alone is not enough (SalUn issue #32): weight decay, momentum and Adam's
     running moments still move weights whose gradient is zero. So gradients are masked at
     backward time (clipping and the optimizer see only selected weights), and after every
-    optimizer step the unselected entries are copied back from a snapshot.
+    optimizer step the unselected entries are copied back from a snapshot. A unit frozen whole
+    (a row of a linear layer's weight) costs no weight gradient: while attached, its layer
+    computes the gradient of its other rows alone (:func:`row_grad_linear`).
     """
 
     def __init__(self, net: nn.Module, masks: dict[str, Tensor]):
