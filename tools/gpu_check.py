@@ -88,6 +88,12 @@ def check_stages(out: Path) -> None:
     )
     cli, seconds = fit("unlearn/reset_retrain.yaml", out / "rd", f"--model.init_args.weights={pre}")
     report("reset_retrain", True, f"{seconds:.2f} s, forget {100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%")
+    cli, seconds = fit("unlearn/masked_reset.yaml", out / "mr", f"--model.init_args.weights={pre}")  # its frozen units skip their gradient
+    masks = read_checkpoint(last_checkpoint(cli.trainer))["weight_masks"]
+    after = net_state_dict(last_checkpoint(cli.trainer))
+    frozen = all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
+    forget = float(cli.trainer.callback_metrics["val/forget_acc"])
+    report("masked reset", frozen and forget < 0.01, f"{seconds:.2f} s, forget {100 * forget:.2f}%, frozen weights bit-identical: {frozen}")
     cli, seconds = fit("replace/selective_gradient.yaml", out / "rsg", f"--model.init_args.weights={rpre}")
     metrics = cli.trainer.callback_metrics
     report(
@@ -170,7 +176,8 @@ def check_ddp(out: Path) -> None:
 def check_precision(out: Path) -> None:
     pre, _, rpre, _ = pretrained(out)
     for precision in ("bf16-mixed", "16-mixed"):
-        for config, weights in (("unlearn/selective_gradient.yaml", pre), ("replace/selective_gradient.yaml", rpre)):
+        runs = (("unlearn/selective_gradient.yaml", pre), ("unlearn/masked_reset.yaml", pre), ("replace/selective_gradient.yaml", rpre))
+        for config, weights in runs:  # the masked reset's frozen units take their own linear under autocast
             cli, seconds = fit(config, out / f"{precision}_{config.replace('/', '_')}", f"--model.init_args.weights={weights}",
                                f"--trainer.precision={precision}", "--model.init_args.gradient_clip_val=1.0")  # fmt: skip
             metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
