@@ -74,26 +74,22 @@ def pretrained(out: Path) -> tuple[Path, Path, Path, Path]:
     return tuple(paths)  # type: ignore[return-value]
 
 
+def frozen_unchanged(checkpoint: Path, start: Path) -> bool:
+    """Whether every weight the checkpoint's mask froze is bit-identical to the run's starting weights."""
+    masks, before, after = read_checkpoint(checkpoint)["weight_masks"], net_state_dict(start), net_state_dict(checkpoint)
+    return all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
+
+
 def check_stages(out: Path) -> None:
     pre, oracle, rpre, _ = pretrained(out)
-    cli, seconds = fit("unlearn/selective_gradient.yaml", out / "sg", f"--model.init_args.weights={pre}")
-    masks = read_checkpoint(last_checkpoint(cli.trainer))["weight_masks"]
-    before, after = net_state_dict(pre), net_state_dict(last_checkpoint(cli.trainer))
-    frozen = all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
-    forget = float(cli.trainer.callback_metrics["val/forget_acc"])
-    report(
-        "selective gradient",
-        frozen and forget < 0.01,
-        f"{seconds:.2f} s, forget {100 * forget:.2f}%, unselected weights bit-identical: {frozen}",
-    )
+    # the masked reset's frozen units take their own linear, which skips their weight gradient
+    for name, config in (("selective gradient", "selective_gradient"), ("masked reset", "masked_reset")):
+        cli, seconds = fit(f"unlearn/{config}.yaml", out / config, f"--model.init_args.weights={pre}")
+        frozen = frozen_unchanged(last_checkpoint(cli.trainer), pre)
+        forget = float(cli.trainer.callback_metrics["val/forget_acc"])
+        report(name, frozen and forget < 0.01, f"{seconds:.2f} s, forget {100 * forget:.2f}%, frozen weights bit-identical: {frozen}")
     cli, seconds = fit("unlearn/reset_retrain.yaml", out / "rd", f"--model.init_args.weights={pre}")
     report("reset_retrain", True, f"{seconds:.2f} s, forget {100 * float(cli.trainer.callback_metrics['val/forget_acc']):.2f}%")
-    cli, seconds = fit("unlearn/masked_reset.yaml", out / "mr", f"--model.init_args.weights={pre}")  # its frozen units skip their gradient
-    masks = read_checkpoint(last_checkpoint(cli.trainer))["weight_masks"]
-    after = net_state_dict(last_checkpoint(cli.trainer))
-    frozen = all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
-    forget = float(cli.trainer.callback_metrics["val/forget_acc"])
-    report("masked reset", frozen and forget < 0.01, f"{seconds:.2f} s, forget {100 * forget:.2f}%, frozen weights bit-identical: {frozen}")
     cli, seconds = fit("replace/selective_gradient.yaml", out / "rsg", f"--model.init_args.weights={rpre}")
     metrics = cli.trainer.callback_metrics
     report(
@@ -166,9 +162,7 @@ def check_ddp(out: Path) -> None:
         same_head = torch.equal(ranks[0]["head"], ranks[1]["head"])
         devices = [(r["device"], r["mask_devices"]) for r in ranks]
         own_device = all(dev == [d] for d, dev in devices)
-        last = last_checkpoint(cli.trainer)
-        masks, before, after = read_checkpoint(last)["weight_masks"], net_state_dict(weights), net_state_dict(last)
-        frozen = all(torch.equal(after[k][~m], before[k][~m]) for k, m in masks.items())
+        frozen = frozen_unchanged(last_checkpoint(cli.trainer), weights)
         report(f"ddp 2 devices {config}", same_mask and same_head and own_device and frozen,
                f"same mask {same_mask}, same probed head {same_head}, each rank's tensors on its own device {devices}, frozen bit-identical {frozen}")  # fmt: skip
 
