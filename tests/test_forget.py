@@ -275,12 +275,20 @@ def test_unit_reset_weighs_retain_samples_by_focal_cross_entropy(pretrained_ckpt
 def test_unit_reset_ranks_on_2000_samples_of_the_forget_class_and_2000_retain_samples(pretrained_ckpt, tmp_path, monkeypatch):
     """The shipped recipe resets what masked_reset.yaml resets, ranked on seeded subsets of both splits: the same reset
     ranked on the whole forget split is a different one, so a cap that is read but never applied fails here. The units'
-    activations are those the Fishers' own passes recorded: passing the samples through the network again fails too."""
+    activations are those the Fishers' own passes recorded: passing the samples through the network again fails too. The
+    Fishers are the later layers' alone (the first layer's units are ranked by activation, its weights never): a ranking
+    that pays for the first layer's weight gradient fails."""
+    asked = []
 
     def second_pass(*args, **kwargs):
         raise AssertionError("the ranking passed its samples through the network a second time")
 
+    def fisher_of(net, batches, names=None):
+        asked.append(names)
+        return diagonal_fisher(net, batches, names)
+
     monkeypatch.setattr("unlearning.tasks.forget.unit_activations", second_pass)
+    monkeypatch.setattr("unlearning.tasks.forget.diagonal_fisher", fisher_of)
     cli = unlearn(
         UNLEARN / "unit_reset.yaml", pretrained_ckpt, tmp_path, "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1"
     )
@@ -290,6 +298,8 @@ def test_unit_reset_ranks_on_2000_samples_of_the_forget_class_and_2000_retain_sa
     whole = selective_reset(before, cli.datamodule, forget_samples=None, retain_samples=2000)
     assert all(torch.equal(reset[name], capped[name]) for name in capped)
     assert not all(torch.equal(reset[name], whole[name]) for name in whole)
+    later = [name for name in before if not name.startswith("features.1.")]
+    assert asked == [later, later]  # the forget samples' Fisher and the retain samples'
 
 
 def test_the_forget_samples_a_ranking_reads_are_counted_per_forget_class(pretrained_ckpt, tmp_path, monkeypatch):
@@ -330,12 +340,12 @@ def selective_reset(state: dict, datamodule, forget_samples: int | None, retain_
         unit_activations(net, forget_x, 4, batch_size=1000), unit_activations(net, retain_x, 4, batch_size=1000)
     )  # as the Fisher's passes
     units = [unit_mask(net, unit_selectivity(f, r), 0.3, layer) for layer, (f, r) in enumerate(layers)]
+    later = [k for k in state if k not in ("features.1.weight", "features.1.bias")]  # the first layer's weights are never ranked
     scores = specificity(
-        diagonal_fisher(net, split_batches(datamodule, "forget", size=1000, samples=forget_samples)),
-        diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=retain_samples)),
+        diagonal_fisher(net, split_batches(datamodule, "forget", size=1000, samples=forget_samples), later),
+        diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=retain_samples), later),
     )
-    later = {k: v for k, v in scores.items() if k not in ("features.1.weight", "features.1.bias")}
-    weights = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()} | top_fraction_mask(later, 0.1)
+    weights = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in state.items()} | top_fraction_mask(scores, 0.1)
     return union(weights, *units)
 
 

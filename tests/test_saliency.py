@@ -329,3 +329,19 @@ def test_unchanged_share_counts_entries_equal_bit_for_bit():
         unchanged_share(before, {"w": after["w"]})
     with pytest.raises(ValueError, match=r"w: shape \(4,\) against \(2,\)"):
         unchanged_share(before, {"w": torch.zeros(2), "b": after["b"]})
+
+
+def test_a_fisher_of_some_parameters_costs_no_gradient_of_the_others_and_equals_the_whole_ones_entries():
+    """The reset's ranking needs the later layers' Fishers alone: autograd then never computes the first layer's weight
+    gradient (nor the gradient its output gets back), and what it computes is the whole Fisher's, bit for bit."""
+    torch.manual_seed(0)
+    net, x, y = SeedMLP(), torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    later = [name for name, _ in net.named_parameters() if not name.startswith("features.1.")]
+    with FlopCounterMode(display=False) as whole:
+        full = diagonal_fisher(net, batches)
+    with FlopCounterMode(display=False) as part:
+        some = diagonal_fisher(net, batches, later)
+    assert list(some) == later and all(torch.equal(some[name], full[name]) for name in later)
+    # per batch of 32: the first layer's weight gradient (2·32·784·50) and its output's gradient (2·32·40·50)
+    assert whole.get_total_flops() - part.get_total_flops() == 2 * (2 * 32 * 784 * 50 + 2 * 32 * 40 * 50)

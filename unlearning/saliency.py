@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -26,11 +26,17 @@ Scope = Literal["global", "layer"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None) -> Iterator[dict[str, Tensor]]:
-    """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter, ``net`` in eval
-    mode (:func:`evaluating`)."""
+def batch_gradients(
+    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None, names: Collection[str] | None = None
+) -> Iterator[dict[str, Tensor]]:
+    """The gradient of ``loss_fn`` (default: summed cross-entropy) on each batch, per trainable parameter (of ``names``
+    alone where given), ``net`` in eval mode (:func:`evaluating`).
+
+    Autograd runs only the backward that reaches the parameters asked for: the gradients of the later layers alone
+    skip the first layer's weight gradient, which in an MLP on images is most of a backward pass.
+    """
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
-    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    params = {name: p for name, p in net.named_parameters() if p.requires_grad and (names is None or name in names)}
     with evaluating(net):
         for x, y in batches:
             grads = torch.autograd.grad(loss_fn(net(x), y), list(params.values()), allow_unused=True)
@@ -38,9 +44,14 @@ def batch_gradients(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], lo
 
 
 def saliency_scores(
-    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], score: Score = "abs_grad", loss_fn: LossFn | None = None
+    net: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    score: Score = "abs_grad",
+    loss_fn: LossFn | None = None,
+    names: Collection[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Per-weight saliency of ``loss_fn`` over *all* ``batches``, with ``net`` in eval mode.
+    """Per-weight saliency of ``loss_fn`` over *all* ``batches``, with ``net`` in eval mode, of the parameters ``names``
+    (every trainable one where that is ``None``).
 
     ``abs_grad`` is SalUn's ``|sum_b grad_b|``, the gradient of the loss summed over every sample, so
     it does not depend on how the samples are batched. ``fisher`` is the diagonal empirical Fisher
@@ -50,7 +61,7 @@ def saliency_scores(
     if score not in ("abs_grad", "fisher"):
         raise ValueError(f"score must be 'abs_grad' or 'fisher', got {score!r}")
     totals: dict[str, Tensor] = {}
-    for grads in batch_gradients(net, batches, loss_fn):
+    for grads in batch_gradients(net, batches, loss_fn, names):
         for name, grad in grads.items():
             term = grad if score == "abs_grad" else grad.pow(2)
             totals[name] = totals[name] + term if name in totals else term
@@ -112,14 +123,15 @@ def saliency_mask(
     return top_fraction_mask(saliency_scores(net, forget_batches, score, loss_fn), fraction, scope)
 
 
-def diagonal_fisher(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-    """SSD's importance of every weight: the squared gradient of each batch's *mean* cross-entropy, averaged over batches.
+def diagonal_fisher(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], names: Collection[str] | None = None) -> dict[str, Tensor]:
+    """SSD's importance of every weight (of the parameters ``names`` where given): the squared gradient of each batch's
+    *mean* cross-entropy, averaged over batches.
 
     Means, not sums, so the importance on a small forget set and on the whole training set are on
     one scale and can be compared weight by weight.
     """
     batches = list(batches)
-    scores = saliency_scores(net, batches, "fisher", lambda logits, y: F.cross_entropy(logits, y))
+    scores = saliency_scores(net, batches, "fisher", lambda logits, y: F.cross_entropy(logits, y), names)
     return {name: s / len(batches) for name, s in scores.items()}
 
 
@@ -141,7 +153,7 @@ def specificity(forget: dict[str, Tensor], retain: dict[str, Tensor]) -> dict[st
     ``forget`` and ``retain`` are importances on one scale (:func:`diagonal_fisher` of each). Raw
     forget saliency also ranks weights every class relies on (a stroke detector shared by 4, 7 and 9);
     resetting those damages the retain classes for nothing. A weight no retain sample uses is
-    maximally specific: its ratio is taken against the smallest positive retain importance.
+    maximally specific: its ratio is taken against the smallest positive retain importance among the weights given.
     """
     floor = min((v[v > 0].min() for v in retain.values() if (v > 0).any()), default=torch.tensor(1e-30))
     return {name: f / retain[name].clamp_min(floor) for name, f in forget.items()}

@@ -335,17 +335,21 @@ class SpecificReset:
     def reset_scores(self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> tuple[dict[str, Tensor], Activations | None]:
         """Per weight, how much it serves the ``forget`` samples: ``specificity`` ranks by their diagonal Fisher over the
         ``retain`` samples', both in batches of ``fisher_batch_size``; ``abs_grad`` by the forget loss's saliency alone.
+        Of the :meth:`ranked_weights` alone, unless the units are ranked by their weights' scores: a weight that is never
+        ranked costs no gradient (in SeedMLP the first layer's weight gradient is most of each backward pass).
 
         Where the units are ranked by ``selectivity`` and the Fisher passes both sets through the network anyway, also
         the activations :meth:`unit_scores` reads, recorded on those passes (``None`` otherwise).
         """
+        by_weights = self.unit_score == "weights" and self.reset_unit_fraction  # such units need the first layer's scores
+        names = None if by_weights else self.ranked_weights()
         if self.reset_score != "specificity":
-            return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad"), None
+            return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad", names=names), None
         layers = self.unit_layers if self.unit_score == "selectivity" and self.reset_unit_fraction else 0
         fishers, activations = [], []
         for xy in (forget, retain):
             with recording_units(self.net, layers) as recorded:
-                fishers.append(diagonal_fisher(self.net, batches(*xy, self.fisher_batch_size)))
+                fishers.append(diagonal_fisher(self.net, batches(*xy, self.fisher_batch_size), names))
             activations.append(recorded)
         return specificity(*fishers), (activations[0], activations[1]) if layers else None
 
@@ -369,6 +373,13 @@ class SpecificReset:
         )
         return [class_selectivity(f, y, r, self.forget_classes) for f, r in zip(forget_units, retain_units)]
 
+    def ranked_weights(self) -> list[str] | None:
+        """The parameters among which ``reset_fraction`` is ranked: the last ``mask_layers`` layers' (those that train;
+        the others are never reset), or every one (``None``) where that is not set."""
+        if self.mask_layers is None:
+            return None
+        return [k for k, m in last_layers_mask(self.net, self.mask_layers).items() if m.all()]
+
     def specific_weights(self) -> dict[str, Tensor]:
         """The weights that serve the forget classes most: the top ``reset_fraction`` by :meth:`reset_scores` (of the last
         ``mask_layers`` layers' weights where that is set, of all weights otherwise) and the top ``reset_unit_fraction`` of
@@ -382,12 +393,9 @@ class SpecificReset:
         forget = datamodule.split_tensors("forget", samples=forget_samples)
         retain = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
         scores, activations = self.reset_scores(forget, retain)
-        ranked = scores
-        if self.mask_layers is not None:  # rank only the layers that train; the others are never reset
-            layers = last_layers_mask(self.net, self.mask_layers)
-            ranked = {k: v for k, v in scores.items() if layers[k].all()}
-        top = top_fraction_mask(ranked, per_class_share(self.reset_fraction, classes))
-        masks = [{k: top[k] if k in top else torch.zeros_like(v, dtype=torch.bool) for k, v in scores.items()}]
+        ranked = self.ranked_weights()
+        top = top_fraction_mask(scores if ranked is None else {k: scores[k] for k in ranked}, per_class_share(self.reset_fraction, classes))
+        masks = [{k: top[k] if k in top else torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}]
         if self.reset_unit_fraction:
             unit_share = per_class_share(self.reset_unit_fraction, classes)
             unit_scores = self.unit_scores(scores, forget, retain, activations)
