@@ -332,17 +332,20 @@ class SpecificReset:
         if not 1 <= self.unit_layers <= layers:
             raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
 
-    def reset_scores(self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor]) -> tuple[dict[str, Tensor], Activations | None]:
+    def reset_scores(
+        self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], ranked: list[str] | None = None
+    ) -> tuple[dict[str, Tensor], Activations | None]:
         """Per weight, how much it serves the ``forget`` samples: ``specificity`` ranks by their diagonal Fisher over the
         ``retain`` samples', both in batches of ``fisher_batch_size``; ``abs_grad`` by the forget loss's saliency alone.
-        Of the :meth:`ranked_weights` alone, unless the units are ranked by their weights' scores: a weight that is never
-        ranked costs no gradient (in SeedMLP the first layer's weight gradient is most of each backward pass).
+        Of the ``ranked`` parameters alone (every one where ``None``), unless the units are ranked by their weights'
+        scores: a weight that is never ranked costs no gradient (in SeedMLP the first layer's weight gradient is most of
+        each backward pass).
 
         Where the units are ranked by ``selectivity`` and the Fisher passes both sets through the network anyway, also
         the activations :meth:`unit_scores` reads, recorded on those passes (``None`` otherwise).
         """
         by_weights = self.unit_score == "weights" and self.reset_unit_fraction  # such units need the first layer's scores
-        names = None if by_weights else self.ranked_weights()
+        names = None if by_weights else ranked
         if self.reset_score != "specificity":
             return saliency_scores(self.net, batches(*forget, SALIENCY_CHUNK), "abs_grad", names=names), None
         layers = self.unit_layers if self.unit_score == "selectivity" and self.reset_unit_fraction else 0
@@ -392,8 +395,8 @@ class SpecificReset:
         forget_samples = None if self.rank_forget_samples is None else self.rank_forget_samples * classes
         forget = datamodule.split_tensors("forget", samples=forget_samples)
         retain = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
-        scores, activations = self.reset_scores(forget, retain)
         ranked = self.ranked_weights()
+        scores, activations = self.reset_scores(forget, retain, ranked)
         top = top_fraction_mask(scores if ranked is None else {k: scores[k] for k in ranked}, per_class_share(self.reset_fraction, classes))
         masks = [{k: top[k] if k in top else torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}]
         if self.reset_unit_fraction:
