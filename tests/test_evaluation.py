@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from unlearning.evaluation import (
     verdict,
 )
 from unlearning.evaluation.attacks import prototype_relearn, quantize_, quantized_recovery
-from unlearning.evaluation.cli import evaluate_main
+from unlearning.evaluation.cli import budget_help, evaluate_main
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features
@@ -680,6 +680,27 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(case, message, evaluation
     with pytest.raises(UsageError, match=message):
         _evaluate(ckpt, oracle, pretrained, tmp_path / "out", *extra)
     assert not (tmp_path / "out").exists()
+
+
+def test_help_explains_every_budget_flag_in_its_docstrings_words_with_its_default(capsys):
+    """Each budget flag's help is its line of ``Budget``'s docstring: a field added without one, or a docstring line
+    that names no field, fails here instead of printing a bare flag (or crashing ``--help`` on a stray ``%``)."""
+    assert set(budget_help()) == {f.name for f in fields(Budget)}
+    with pytest.raises(SystemExit) as done:
+        evaluate_main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(Budget):
+        assert f"--{f.name.replace('_', '-')}" in text
+    assert (
+        "--relearn-target RELEARN_TARGET the forget-class accuracy (%) on the held-out images that the attacker must reach. (default: 90.0)"
+        in text
+    )
+    assert (
+        "--relearn-sgd-lrs RELEARN_SGD_LRS [RELEARN_SGD_LRS ...] the attacker's learning rates for SGD with momentum 0.9. (default: 0.0003 0.001 0.003)"
+        in text
+    )
+    assert "--mia-attack {threshold,svc} threshold (Song & Mittal's" in text  # reST ``code`` marks dropped
 
 
 def test_out_is_refused_where_a_rerun_would_delete_what_no_evaluation_wrote(evaluation_oracle, evaluation_pretrained, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import tomllib
 
 #: the dependencies whose lower bound CI installs (distribution names as pyproject.toml spells them)
-PURE_PYTHON = ("lightning", "torchmetrics", "jsonargparse", "tensorboard")
+PURE_PYTHON = ("lightning", "torchmetrics", "jsonargparse", "tensorboard", "docstring-parser")
 
 
 def minimum_pins(pyproject: Path) -> list[str]:

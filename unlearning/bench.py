@@ -333,8 +333,15 @@ def bench_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[], exit_on_error=False)
     parser.add_argument("-c", "--config", action="config")
     parser.add_argument("--seeds", type=list[int] | int, default=[0, 1, 2], help="a seed or a list: --seeds 0, --seeds [0,1]")
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--experiments", type=list[Experiment], default=[])
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="the folder of the runs, each cell's rows, results.md, results.json and plots"
+    )
+    parser.add_argument(
+        "--experiments",
+        type=list[Experiment],
+        default=[],
+        help="what runs: each a pretrain config, its oracle and the methods (in the config file)",
+    )
     parser.add_argument(
         "--only", type=list[str] | str | None, default=None, help="run only the experiments with these names: --only forget9, --only [forget9,forget2]"
     )  # fmt: skip

@@ -15,6 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn, get_args
 
+import docstring_parser
+
 from unlearning.errors import UsageError
 from unlearning.evaluation.data import Holdout
 from unlearning.evaluation.inputs import torch_threads
@@ -60,16 +62,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads; the checks are many small steps, which more threads slow down"
     )
-    budget = p.add_argument_group("budget", "what each check may spend (see unlearning.evaluation.suite.Budget)")
+    budget = p.add_argument_group("budget", "what each check may spend (unlearning.evaluation.suite.Budget)")
+    helps = budget_help()
     for f in fields(Budget):
-        flag = f"--{f.name.replace('_', '-')}"
+        default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        flag, words = f"--{f.name.replace('_', '-')}", f"{helps[f.name]} (default: {default})"
         if f.name == "mia_attack":
-            budget.add_argument(flag, default=f.default, choices=get_args(Attack))
+            budget.add_argument(flag, default=f.default, choices=get_args(Attack), help=words)
         elif isinstance(f.default, tuple):  # a grid: one or more values
-            budget.add_argument(flag, type=type(f.default[0]), nargs="+", default=f.default)
+            budget.add_argument(flag, type=type(f.default[0]), nargs="+", default=f.default, help=words)
         else:
-            budget.add_argument(flag, type=type(f.default), default=f.default)
+            budget.add_argument(flag, type=type(f.default), default=f.default, help=words)
     return p
+
+
+def budget_help() -> dict[str, str]:
+    """Each :class:`Budget` field's words from its docstring, as ``--help`` prints them: one place documents a budget.
+
+    ``code`` marks are dropped, and ``%`` is escaped for argparse.
+    """
+    params = docstring_parser.parse(Budget.__doc__ or "").params
+    return {p.arg_name: " ".join(p.description.replace("``", "").split()).replace("%", "%%") for p in params}
 
 
 def default_out(checkpoint: str) -> Path:

@@ -35,19 +35,25 @@ class Budget:
     Args:
         train_samples: at most this many retain and forget training samples (seeded) for RA, UA and the MIA.
         mia_per_side: members and non-members each that the MIA's attack is fitted on.
-        mia_attack: ``threshold`` (Song & Mittal's metric attack, stable) or ``svc`` (SalUn's exact RBF SVM; see :mod:`.mia`).
+        mia_attack: ``threshold`` (Song & Mittal's metric attack, stable) or ``svc`` (SalUn's exact RBF SVM; see ``unlearning.evaluation.mia``).
         probe_per_side: forget-class and other training samples each that the probe of every hidden layer is fitted on.
-        probe_draws: bootstrap resamples of the held-out samples behind each probe ratio's interval (:func:`~.probe.misranked_ratio_interval`).
+        probe_draws: bootstrap resamples of the held-out samples behind each probe ratio's interval (``unlearning.evaluation.probe.misranked_ratio_interval``).
         relearn_samples: forget-class training images the relearn attack trains on, with as many retain
             images beside them so that answering "forget class" everywhere cannot pass.
-        relearn_adam_lrs, relearn_sgd_lrs: the attacker's grid: Adam, and SGD with momentum 0.9, at each
-            of these learning rates; the fewest steps over the grid is the result.
-        relearn_steps, relearn_target: the step cap per cell, and the forget-class test accuracy (%) to reach.
-        recover_steps, recover_lr, recover_batch: the retain-only fine-tuning attack: Adam steps, rate and batch size.
-        reach_starts: starts per kind (noise, real images of other classes).
-        reach_steps: gradient steps per start.
-        linf_eps, linf_step: the L∞ ball's radius and step in pixel units ([0, 1]).
-        l2_eps, l2_step: the L2 ball's radius and step in pixel units.
+        relearn_adam_lrs: the attacker's Adam learning rates; the fewest steps over the whole grid (Adam and SGD)
+            is the result.
+        relearn_sgd_lrs: the attacker's learning rates for SGD with momentum 0.9.
+        relearn_steps: the attacker's step cap for each optimizer and learning rate.
+        relearn_target: the forget-class accuracy (%) on the held-out images that the attacker must reach.
+        recover_steps: Adam steps of the retain-only fine-tuning attack.
+        recover_lr: the retain-only fine-tuning attack's learning rate.
+        recover_batch: the retain-only fine-tuning attack's batch size.
+        reach_starts: starts per kind (noise, real images of other classes) of the reachability attack.
+        reach_steps: the reachability attack's gradient steps per start.
+        linf_eps: the L∞ ball's radius in pixel units ([0, 1]).
+        linf_step: the L∞ attack's step in pixel units.
+        l2_eps: the L2 ball's radius in pixel units.
+        l2_step: the L2 attack's step in pixel units.
         sample_seed: every subsample, start and noise image (the data split's seed is the run's own).
     """
 
