@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
+from unlearning import runs
 from unlearning.bench import Cell, Experiment, bench_parser
 from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, verdict_grid
 from unlearning.checkpoints import read_checkpoint
@@ -119,10 +120,13 @@ def test_a_counted_fit_counts_each_training_samples_matrix_products(tmp_path):
     assert not (tmp_path / "ddp").exists()  # the run folder the CLI claimed is given back
 
 
-def test_bench_counts_flops_beside_the_timed_cost_and_keeps_them(tmp_path):
+def test_bench_counts_flops_beside_the_timed_cost_and_keeps_them(tmp_path, monkeypatch):
     out = tmp_path / "results"
     tiny = ["-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--only", "forget9", "--timing_repeats", "1"]
+    collected = []
+    monkeypatch.setattr(runs, "quiet_collector", lambda real=runs.quiet_collector: collected.append(1) or real())
     rows = {r["method"]: r for r in main(["bench", *tiny, "--out", str(out), "--count_flops", "true"])}
+    assert len(collected) == 4  # the timed fits (pretrained, oracle, two methods); the counted ones are no timing
     assert rows["oracle"]["compute"] == 1 and "compute" not in rows["pretrained"]  # the pretrained model is no method
     sg = rows["selective_gradient"]
     assert sg["compute"] == sg["flops"] / rows["oracle"]["flops"] and 0 < sg["compute"] < 1
@@ -310,7 +314,14 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
         exp["oracle"] += tiny
         exp["methods"] = {m: [*args, "--trainer.max_steps=3", "--trainer.val_check_interval=3"] for m, args in exp["methods"].items()}
         exp["evidence"] = exp["name"] in ("forget4", "replace1to7")  # the suite on one digit and one pair: it takes seconds a cell
-    config |= {"seeds": [0], "out": str(tmp_path / "results"), "docs": str(tmp_path / "results.md"), "timing_repeats": 1}
+    # FLOPs are counted as test_bench_counts_flops_beside_the_timed_cost_and_keeps_them checks: here they would refit every method
+    config |= {
+        "seeds": [0],
+        "out": str(tmp_path / "results"),
+        "docs": str(tmp_path / "results.md"),
+        "timing_repeats": 1,
+        "count_flops": False,
+    }
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
     rows = main(["bench", "-c", str(tmp_path / "grid.yaml")])
     assert {r["experiment"] for r in rows} == {e["name"] for e in config["experiments"]} and len(rows) == 10 * 8 + 4 * 5

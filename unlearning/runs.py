@@ -131,7 +131,8 @@ def fit_and_test(
     ``count_flops``: count the fit's floating-point operations (``torch.utils.flop_counter``: the matrix products and
     convolutions of every forward and backward pass, the saliency rankings and validations included), a cost no machine's
     speed or load moves. The counter intercepts every operation, so such a fit is several times slower and its
-    ``fit_seconds`` is no timing; it counts this process's operations alone, so a fit on several processes is refused.
+    ``fit_seconds`` is no timing (nor is the collector kept out of it); it counts this process's operations alone, so a
+    fit on several processes is refused.
     """
     args = [
         "-c",
@@ -159,8 +160,8 @@ def fit_and_test(
     cli.datamodule.setup("fit")  # reading MNIST into memory is data loading, not fitting
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)
-    counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
-    with quiet_collector(), counter:
+    counter = FlopCounterMode(display=False) if count_flops else None
+    with counter if counter is not None else quiet_collector():  # a counted fit is no timing: no full collection for it
         timer.mark("begin")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         timer.mark("return")
@@ -171,5 +172,5 @@ def fit_and_test(
         loop = cli.trainer.test if score == "test" else cli.trainer.validate
         (results,) = loop(cli.model, datamodule=cli.datamodule, verbose=False)[:1]
         scores = {k: float(v) for k, v in results.items()}
-    flops = counter.get_total_flops() if isinstance(counter, FlopCounterMode) else None
+    flops = counter.get_total_flops() if counter is not None else None
     return RunResult(checkpoint, Path(cli.trainer.log_dir), fit_seconds, scores, timer.phases(), flops)
