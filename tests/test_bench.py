@@ -1,6 +1,7 @@
 """``unlearning bench`` end to end on a two-method grid: tables, JSON, plots, and reuse of finished runs."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -13,12 +14,13 @@ from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
+from unlearning.evaluation import Thresholds
 from unlearning.runs import fit_and_test, quiet_collector
 from unlearning.speed import compare, interleaved_fit
 
 
 @pytest.mark.slow
-def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
+def test_bench_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "results"
     rows = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
     forget9 = {r["method"]: r for r in rows if r["experiment"] == "forget9"}
@@ -68,6 +70,19 @@ def test_bench_writes_results_and_reuses_finished_runs(tmp_path):
     assert again_sg["fit_seconds"] == timing_round["selective_gradient"]  # a resumed fit timed part of a run: only the round counts
     assert [r["fit_seconds"] for r in again if r is not again_sg] == [
         r["fit_seconds"] for r in rows if r is not forget9["selective_gradient"]
+    ]
+
+    # a cell judged under other limits (an older calibration) is judged again from its evidence file, nothing refitted
+    cell = next(out.glob("cells/forget9-seed0-*.json"))
+    stale = json.loads(cell.read_text())
+    stale["thresholds"]["proto_margin"] = 48.0
+    stale["rows"] = [r | {"verdict": "hides"} if r["method"] == "oracle" else r for r in stale["rows"]]
+    cell.write_text(json.dumps(stale))
+    monkeypatch.setattr("unlearning.evaluation.run.judge", lambda *a, **k: pytest.fail("evaluated again, not judged again"))
+    judged = main(["bench", "-c", str(ROOT / "tests" / "conf" / "bench_tiny.yaml"), "--out", str(out)])
+    assert sorted(out.glob("runs/**/*.ckpt")) == checkpoints and json.loads(cell.read_text())["thresholds"] == asdict(Thresholds())
+    assert [(r["method"], r["verdict"]) for r in judged if r["experiment"] == "forget9" and r["seed"] == 0] == [
+        (r["method"], r["verdict"]) for r in rows if r["experiment"] == "forget9" and r["seed"] == 0
     ]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import types
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from unlearning.errors import UsageError
 from unlearning.evaluation import (
     Thresholds,
     accuracy_check,
+    calibrate,
     evaluate_against,
     linear_probe,
     member_threshold,
@@ -160,7 +163,7 @@ def test_oracle_gap_is_salun_avg_gap():
         ({"relearn_steps": 90}, "forgets"),
         ({"relearn_steps": None}, "forgets"),
         ({"recovered_acc": 40.0}, "hides"),
-        ({"proto_acc": 95.0}, "hides"),  # the features still set the class apart: a prototype row finds it
+        ({"proto_acc": 100.0}, "hides"),  # the features still set the class apart: a prototype row finds it
         ({"quant4_acc": 60.0}, "hides"),  # rounding the weights undoes the change
         ({"quant8_acc": 60.0, "quant4_acc": 60.0}, "hides"),
         ({"ta": 90.0}, "damages"),
@@ -203,7 +206,7 @@ def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
         "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
-        "proto_margin": 48.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
+        "proto_margin": 59.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
 
 
@@ -589,7 +592,13 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
     assert summary["pretrained"]["reach"] == 1.0 and summary["oracle"]["avg_gap"] == 0.0
     assert summary["head_mask"]["mia"] == 1.0  # a class pushed to -1e4 gives its samples no probability: every one looks unseen
     monkeypatch.setattr("unlearning.evaluation.run.judge", lambda *a, **k: pytest.fail("evaluated again despite the cache"))
-    assert evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json") == summary
+    cached = functools.partial(evaluate_against, checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json")
+    assert cached(budget=budget) == summary
+    # other limits judge the stored metrics again, without evaluating: one that asks more than the oracle's own retain
+    # accuracy calls the oracle `damages` and leaves every other number where it was
+    strict = cached(budget=budget, thresholds=Thresholds(utility_margin=-1.0))
+    assert strict["oracle"] == summary["oracle"] | {"verdict": "damages"} and strict["head_mask"] == summary["head_mask"]
+    assert cached(budget=budget) == summary
 
     class Judged(Exception):
         pass
@@ -599,11 +608,13 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
 
     monkeypatch.setattr("unlearning.evaluation.run.judge", judge)
     with pytest.raises(Judged, match="val"):  # a cache of test-set evidence does not stand for the validation split's
-        evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json", holdout="val")
+        cached(budget=budget, holdout="val")
+    with pytest.raises(Judged, match="test"):  # nor one of another budget (here the default's)
+        cached()
     stat = evaluation_head_mask.stat()
     os.utime(evaluation_head_mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a run written again at the same path
     with pytest.raises(Judged, match="test"):
-        evaluate_against(checkpoints, oracle="oracle", pretrained="pretrained", cache=tmp_path / "evidence.json")
+        cached(budget=budget)
 
 
 def test_holdout_val_reads_the_validation_split_and_says_so(evaluation_oracle, evaluation_pretrained, tmp_path):
@@ -735,3 +746,55 @@ def test_evaluate_writes_beside_the_runs_in_a_folder_of_its_own_each_time(evalua
     runs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("lightning_logs/evaluate/*/version_*"))
     assert runs == ["lightning_logs/evaluate/oracle_forget9/version_0", "lightning_logs/evaluate/oracle_forget9/version_1"]
     assert all((tmp_path / run / "report.json").is_file() and list((tmp_path / run).glob("events.out.tfevents.*")) for run in runs)
+
+
+def _oracle_cells(folder: Path, experiment: str, seeds: dict[int, str]) -> Path:
+    (folder / "cells").mkdir(parents=True)
+    for seed, checkpoint in seeds.items():
+        rows = [{"experiment": experiment, "method": m, "seed": seed, "checkpoint": f"{checkpoint}-{m}"} for m in ("oracle", "pretrained")]
+        (folder / "cells" / f"{experiment}-seed{seed}.json").write_text(json.dumps({"rows": rows}))
+    return folder
+
+
+def test_oracle_calibration_pools_each_experiments_seeds_over_bench_folders(tmp_path, monkeypatch):
+    """Seeds 0-2 from one bench and 3-5 from another judge each other as one experiment; where two folders hold the
+    same seed the later one's oracle stands; a folder without cells is refused by name."""
+    first = _oracle_cells(tmp_path / "a", "forget9", {0: "a0", 1: "a1"})
+    second = _oracle_cells(tmp_path / "b", "forget9", {1: "b1", 3: "b3"})
+    monkeypatch.setattr(calibrate, "load", lambda name, path: _Loaded(str(path)))
+    monkeypatch.setattr(calibrate, "load_eval_data", lambda *args: args[-1])  # the seed whose split it would be
+    monkeypatch.setattr(
+        calibrate, "evaluate_net", lambda net, labels, data, budget: types.SimpleNamespace(metrics={"net": net, "split": data})
+    )
+    metrics = calibrate.oracle_metrics([first, second], Budget())
+    assert metrics == {"forget9": {s: {"oracle": {"net": f"{c}-oracle", "split": s}} for s, c in [(0, "a0"), (1, "b1"), (3, "b3")]}}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no bench cells in .*empty"):
+        calibrate.oracle_metrics([first, tmp_path / "empty"], Budget())
+
+
+class _Loaded:
+    """A loaded oracle as ``oracle_metrics`` reads it: its network stands in as the checkpoint's path."""
+
+    def __init__(self, path: str):
+        self.net, self.unit_labels = path, None
+
+    def classes(self) -> dict:
+        return {"forget_classes": [9]}
+
+
+def test_the_oracle_summary_names_the_pair_behind_each_extreme():
+    base = {"verdict": "forgets", "reach_above": 0.0, "ta_below": 0.1, "class_below": 1.0, "relearn": 4, "oracle_relearn": 4,
+            "forget_acc_above": 0.0, "quant_above": 0.0, "proto_above": 10.0, "probe_ratio": 0.9}  # fmt: skip
+    rows = [
+        base | {"experiment": "forget1", "seed": 2, "oracle_seed": 4, "proto_above": 53.0, "verdict": "hides"},
+        base | {"experiment": "forget0", "seed": 0, "oracle_seed": 2, "probe_ratio": 0.28, "relearn": 2},
+        base | {"experiment": "replace9to7", "seed": 0, "oracle_seed": 1, "reach_above": 87.5, "relearn": None},
+    ]
+    summary = calibrate.oracle_summary(rows)
+    assert "3 oracle pairs over 3 experiments; 2 get `forgets`." in summary
+    t = Thresholds()
+    assert f"| probe_ratio (lowest probe ratio) | {t.probe_ratio:g} | 0.28 | forget0 0/2 | {0.28 - t.probe_ratio:+.2f} |" in summary
+    assert f"| reach_margin (most starts above) | {t.reach_margin:g} | 87.50 | replace9to7 0/1 | {t.reach_margin - 87.5:+.2f} |" in summary
+    assert f"| proto_margin (prototype accuracy above) | {t.proto_margin:g} | 53.00 | forget1 2/4 |" in summary
+    assert "| relearn_ratio (fewest steps over the other's) | 0.25 | 0.50 | forget0 0/2 | +0.25 |" in summary

@@ -52,7 +52,7 @@ from unlearning.bench_report import (
 )
 from unlearning.checkpoints import net_state_dict
 from unlearning.errors import CellsFailed, HeadlineChanged, UsageError
-from unlearning.evaluation import evaluate_against
+from unlearning.evaluation import Thresholds, evaluate_against
 from unlearning.evaluation.data import HELD_OUT_NAME, Holdout
 from unlearning.evaluation.inputs import check_threads, torch_threads
 from unlearning.files import atomic_file
@@ -235,8 +235,15 @@ def cell_file(out: Path, cell: Cell) -> Path:
     return out / "cells" / f"{cell.name}.json"
 
 
+def finished(path: Path) -> bool:
+    """Whether a cell's file exists and its verdicts were judged under today's thresholds. A recalibrated limit is not part
+    of the cell's key (nothing is fitted again), but it runs the cell again: its fits and timings are reused, and its
+    evidence is judged again from the metrics the evidence file keeps (:func:`~unlearning.evaluation.run.evaluate_against`)."""
+    return path.exists() and json.loads(path.read_text()).get("thresholds") == asdict(Thresholds())
+
+
 def run_cell(cell: Cell, out: Path, cwd: str | None = None, bar: tqdm | None = None) -> Path:
-    """Run one cell (unless its file exists) and write its rows to :func:`cell_file`; what every launcher calls.
+    """Run one cell (unless it is :func:`finished`) and write its rows to :func:`cell_file`; what every launcher calls.
 
     Its fits live under ``<out>/runs/<experiment>/seed<seed>-<key>/<stage>/``. A lock on the cell makes a second bench
     that wants the same cell wait for the first and then read its file, so two benches sharing a results folder lose
@@ -248,13 +255,13 @@ def run_cell(cell: Cell, out: Path, cwd: str | None = None, bar: tqdm | None = N
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
-        if target.exists():
+        if finished(target):
             return target
         bar = bar if bar is not None else tqdm(disable=True)
         start = time.perf_counter()
         with torch_threads(cell.threads), quiet_lightning():
             rows = cell_rows(cell, out / "runs" / cell.experiment.name / f"seed{cell.seed}-{cell.key}", bar)
-        write_json(target, {"cell": asdict(cell), "seconds": time.perf_counter() - start, "rows": rows})
+        write_json(target, {"cell": asdict(cell), "thresholds": asdict(Thresholds()), "seconds": time.perf_counter() - start, "rows": rows})
     return target
 
 
@@ -308,10 +315,10 @@ def fits_per_cell(cell: Cell) -> int:
 def run_grid(
     cells: list[Cell], out: Path, launcher: Launcher = "serial", jobs: int = 2, slurm: Slurm | None = None
 ) -> list[dict[str, Any]]:
-    """Every cell's rows, in the cells' order, each cell run by ``launcher`` unless its file exists; the rows are read back from
+    """Every cell's rows, in the cells' order, each cell run by ``launcher`` unless it is :func:`finished`; the rows are read back from
     the cell files alone, so every launcher gives the same tables. Cells that fail are reported in one line each (with their
     log), after the others have finished; then :class:`CellsFailed` is raised."""
-    todo = [cell for cell in cells if not cell_file(out, cell).exists()]
+    todo = [cell for cell in cells if not finished(cell_file(out, cell))]
     earlier = {cell.name for cell in cells} - {cell.name for cell in todo}
     if launcher == "serial":
         with tqdm(total=sum(map(fits_per_cell, todo)), desc="bench", unit="run") as bar:

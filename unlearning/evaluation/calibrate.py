@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -117,16 +118,21 @@ def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_di
     return metrics
 
 
-def oracle_metrics(results: Path, budget: Budget, data_dir: str = "data") -> dict[str, dict[int, dict[str, dict]]]:
-    """Per experiment of a bench's cells (``configs/bench_all_classes.yaml``: every digit, four replacement pairs), each seed's
-    oracle's metrics on its own seed's split: the oracles of one experiment then judge each other (:func:`judge_cases`)."""
+def oracle_metrics(results: Sequence[Path], budget: Budget, data_dir: str = "data") -> dict[str, dict[int, dict[str, dict]]]:
+    """Per experiment of the benches' cells in ``results`` (``configs/bench_all_classes.yaml``: every digit and four
+    replacement pairs, seeds 0-2; ``configs/bench_fresh_seeds.yaml`` the same on seeds 3-5; ``configs/bench_pairs.yaml``
+    ten more pairs), each seed's oracle's metrics on its own seed's split: the oracles of one experiment, from whichever
+    folder, then judge each other (:func:`judge_cases`). Where two folders hold the same experiment and seed, the later
+    folder's oracle stands."""
     found: dict[str, dict[int, Path]] = {}
-    for path in sorted(results.glob("cells/*.json")):
-        for row in json.loads(path.read_text())["rows"]:
-            if row["method"] == "oracle":
-                found.setdefault(row["experiment"], {})[row["seed"]] = Path(row["checkpoint"])
-    if not found:
-        raise UsageError(f"no bench cells in {results}: run `unlearning bench -c configs/bench_all_classes.yaml` first")
+    for folder in results:
+        cells = sorted(folder.glob("cells/*.json"))
+        if not cells:
+            raise UsageError(f"no bench cells in {folder}: run `unlearning bench -c configs/bench_all_classes.yaml` first")
+        for path in cells:
+            for row in json.loads(path.read_text())["rows"]:
+                if row["method"] == "oracle":
+                    found.setdefault(row["experiment"], {})[row["seed"]] = Path(row["checkpoint"])
     metrics: dict[str, dict[int, dict[str, dict]]] = {}
     for experiment, by_seed in found.items():
         for seed, checkpoint in sorted(by_seed.items()):
@@ -138,29 +144,32 @@ def oracle_metrics(results: Path, budget: Budget, data_dir: str = "data") -> dic
 
 
 def oracle_summary(rows: list[dict]) -> str:
-    """What the oracles judged against each other ask of each threshold: the extreme value seen, beside the limit."""
+    """What the oracles judged against each other ask of each threshold: the extreme value seen and the pair that
+    showed it, beside the limit."""
     t = Thresholds()
-    relearn = [r["relearn"] / r["oracle_relearn"] for r in rows if r["relearn"] is not None and r["oracle_relearn"]]
-    # (threshold, limit, extreme seen, room: how far inside the limit the extreme sits)
-    seen = [
-        ("probe_ratio (lowest probe ratio)", t.probe_ratio, lowest := min(r["probe_ratio"] for r in rows), lowest - t.probe_ratio),
-        ("reach_margin (most starts above)", t.reach_margin, most := max(r["reach_above"] or 0 for r in rows), t.reach_margin - most),
-        ("utility_margin (TA below)", t.utility_margin, below := max(r["ta_below"] for r in rows), t.utility_margin - below),
-        ("class_margin (one class below)", t.class_margin, one := max(r["class_below"] or 0 for r in rows), t.class_margin - one),
-        ("relearn_ratio (fewest steps over the other's)", t.relearn_ratio, min(relearn), min(relearn) - t.relearn_ratio),
-        ("acc_margin (forget accuracy above)", t.acc_margin, above := max(r["forget_acc_above"] for r in rows), t.acc_margin - above),
-        ("acc_margin (after quantisation, above)", t.acc_margin, quant := max(r["quant_above"] or 0 for r in rows), t.acc_margin - quant),
+    # (threshold, limit, what each pair shows, +1 where the limit caps it from above, -1 from below)
+    reads = [
+        ("probe_ratio (lowest probe ratio)", t.probe_ratio, lambda r: r["probe_ratio"], -1),
+        ("reach_margin (most starts above)", t.reach_margin, lambda r: r["reach_above"] or 0, 1),
+        ("utility_margin (TA below)", t.utility_margin, lambda r: r["ta_below"], 1),
+        ("class_margin (one class below)", t.class_margin, lambda r: r["class_below"] or 0, 1),
         (
-            "proto_margin (prototype accuracy above)",
-            t.proto_margin,
-            proto := max(r["proto_above"] or 0 for r in rows),
-            t.proto_margin - proto,
+            "relearn_ratio (fewest steps over the other's)",
+            t.relearn_ratio,
+            lambda r: r["relearn"] / r["oracle_relearn"] if r["relearn"] is not None and r["oracle_relearn"] else None,
+            -1,
         ),
+        ("acc_margin (forget accuracy above)", t.acc_margin, lambda r: r["forget_acc_above"], 1),
+        ("acc_margin (after quantisation, above)", t.acc_margin, lambda r: r["quant_above"] or 0, 1),
+        ("proto_margin (prototype accuracy above)", t.proto_margin, lambda r: r["proto_above"] or 0, 1),
     ]
     forgets = sum(r["verdict"] == "forgets" for r in rows)
     lines = [f"{len(rows)} oracle pairs over {len({r['experiment'] for r in rows})} experiments; {forgets} get `forgets`.", ""]
-    lines += ["| threshold | limit | extreme, oracle against oracle | room |", "|---|---|---|---|"]
-    lines += [f"| {name} | {limit:g} | {value:.2f} | {room:+.2f} |" for name, limit, value, room in seen]
+    lines += ["| threshold | limit | extreme, oracle against oracle | pair (seed/oracle) | room |", "|---|---|---|---|---|"]
+    for name, limit, read, sign in reads:
+        value, row = max(((v, r) for r in rows if (v := read(r)) is not None), key=lambda item: sign * item[0])
+        pair = f"{row['experiment']} {row['seed']}/{row['oracle_seed']}"
+        lines.append(f"| {name} | {limit:g} | {value:.2f} | {pair} | {sign * (limit - value):+.2f} |")
     return "\n".join(lines)
 
 
@@ -224,12 +233,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--docs", type=Path, help="a page whose calibration section gets the table (docs/evidence.md)")
     parser.add_argument(
-        "--oracles", type=Path, help="instead: judge the oracles of every experiment in this bench results folder against each other"
+        "--oracles",
+        type=Path,
+        nargs="+",
+        help="instead: judge the oracles of every experiment in these bench results folders against each other (seeds pooled)",
     )
     args = parser.parse_args(argv)
-    if args.oracles is not None:
-        return main_oracles(args)
     try:
+        if args.oracles is not None:
+            return main_oracles(args)
         with torch_threads(1):
             metrics = calibration_metrics(args.results, args.seeds, Budget(), args.data_dir)
     except UsageError as err:
@@ -258,9 +270,13 @@ def main_oracles(args: argparse.Namespace) -> list[dict]:
     table = format_rows(rows, label="experiment")
     summary = oracle_summary(rows)
     print(table, summary, sep="\n\n")
-    if args.docs is not None:
+    if args.docs is not None:  # the pairs that do not forget, and the extremes; the whole table is the command's output
+        misses = [r for r in rows if r["verdict"] != "forgets"]
         text = (
-            f"```\n{table}\n```\n\n{summary}\n\n(`python -m unlearning.evaluation.calibrate --oracles {args.oracles} --docs {args.docs}`)"
+            f"{summary}\n\n"
+            + (f"The pairs not called `forgets`:\n\n```\n{format_rows(misses, label='experiment')}\n```\n\n" if misses else "")
+            + f"(`python -m unlearning.evaluation.calibrate --oracles {' '.join(map(str, args.oracles))} --docs {args.docs}`"
+            + ", which prints every pair)"
         )
         replace_section(args.docs, "oracle calibration", text)
     return rows

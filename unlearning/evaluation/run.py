@@ -144,36 +144,49 @@ def evaluate_against(
     after 8- or 4-bit weight rounding), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
-    A ``cache`` file written for the same checkpoint files (paths, sizes and modification times: a run
-    trained again at the same path is evaluated again) and ``holdout`` is read back instead of evaluating again.
+    A ``cache`` file keeps every network's metrics beside the summary. It is read back for the same checkpoint files
+    (paths, sizes and modification times: a run trained again at the same path is evaluated again), ``holdout`` and
+    budget; the verdicts are then judged again from its metrics under the thresholds given now, so a recalibrated limit
+    reaches every cached run without evaluating any network again.
     Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
     """
     paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
-    if cache is not None and Path(cache).exists():
-        stored = json.loads(Path(cache).read_text())
-        if stored["checkpoints"] == paths and stored.get("files") == _stamps(paths) and stored.get("holdout") == holdout:
-            return stored["summary"]
+    budget, thresholds = settings.get("budget") or Budget(), settings.get("thresholds") or Thresholds()
+    # as JSON reads it back (tuples become lists)
+    key = json.loads(json.dumps({"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "budget": asdict(budget)}))
+    stored = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).exists() else {}
+    if "metrics" in stored and all(stored.get(k) == v for k, v in key.items()):
+        return _summary(stored["metrics"], stored["probe_ratio"], oracle, thresholds)
     with torch_threads(threads):
         report, _ = judge(paths, oracle, pretrained, seed=seed, holdout=holdout, **settings)
-    summary = {}
-    for name in paths:
-        metrics, reach = report["metrics"][name], [report["metrics"][name][k] for k in reach_keys(report["metrics"][name])]
-        telling = most_telling_layer(metrics, report["metrics"][oracle])
-        summary[name] = {
-            "verdict": report["verdict"][name]["verdict"],
-            "mia": metrics["mia"] / 100,
-            "avg_gap": report["gap"][name]["avg"] / 100,
-            "relearn_steps": metrics.get("relearn_steps"),
-            "probe_layer": telling and telling[0],
-            "probe_auc": telling and metrics[f"probe_auc_layer{telling[0]}"],
-            "probe_ratio": telling and telling[1],
-            "probe_ratio_interval": (telling and report["probe_ratio"][name][str(telling[0])][1:]) if name != oracle else None,
-            "recovered": metrics["recovered_acc"] / 100 if "recovered_acc" in metrics else None,
-            "reach": max(reach) / 100 if reach else None,
-            "proto": metrics["proto_acc"] / 100 if "proto_acc" in metrics else None,
-            "quant": max(metrics[k] for k in quant) / 100 if (quant := quant_keys(metrics)) else None,
-        }
+    summary = _summary(report["metrics"], report["probe_ratio"], oracle, thresholds)
     if cache is not None:
-        stored = {"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "summary": summary}
+        stored = key | {"metrics": report["metrics"], "probe_ratio": report["probe_ratio"], "summary": summary}
         Path(cache).write_text(json.dumps(stored, indent=1))
+    return summary
+
+
+def _summary(
+    metrics: Mapping[str, dict], probe: Mapping[str, dict[str, list[float]]], oracle: str, thresholds: Thresholds
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_against`'s numbers per network, from :func:`judge`'s metrics and probe ratios (with their
+    intervals), judged under ``thresholds``."""
+    summary = {}
+    for name, own in metrics.items():
+        reach, quant = [own[k] for k in reach_keys(own)], quant_keys(own)
+        telling = most_telling_layer(own, metrics[oracle])
+        summary[name] = {
+            "verdict": verdict(own, metrics[oracle], thresholds)["verdict"],
+            "mia": own["mia"] / 100,
+            "avg_gap": oracle_gap(own, metrics[oracle])["avg"] / 100,
+            "relearn_steps": own.get("relearn_steps"),
+            "probe_layer": telling and telling[0],
+            "probe_auc": telling and own[f"probe_auc_layer{telling[0]}"],
+            "probe_ratio": telling and telling[1],
+            "probe_ratio_interval": (telling and probe[name][str(telling[0])][1:]) if name != oracle else None,
+            "recovered": own["recovered_acc"] / 100 if "recovered_acc" in own else None,
+            "reach": max(reach) / 100 if reach else None,
+            "proto": own["proto_acc"] / 100 if "proto_acc" in own else None,
+            "quant": max(own[k] for k in quant) / 100 if quant else None,
+        }
     return summary
