@@ -144,7 +144,7 @@ def evaluate_against(
     after 8- or 4-bit weight rounding), rates as fractions like test accuracies.
 
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
-    A ``cache`` file keeps every network's metrics beside the summary. It is read back for the same checkpoint files
+    A ``cache`` file keeps every network's metrics and probe intervals. It is read back for the same checkpoint files
     (paths, sizes and modification times: a run trained again at the same path is evaluated again), ``holdout`` and
     budget; the verdicts are then judged again from its metrics under the thresholds given now, so a recalibrated limit
     reaches every cached run without evaluating any network again.
@@ -161,7 +161,7 @@ def evaluate_against(
         report, _ = judge(paths, oracle, pretrained, seed=seed, holdout=holdout, **settings)
     summary = _summary(report["metrics"], report["probe_ratio"], oracle, thresholds)
     if cache is not None:
-        stored = key | {"metrics": report["metrics"], "probe_ratio": report["probe_ratio"], "summary": summary}
+        stored = key | {"metrics": report["metrics"], "probe_ratio": report["probe_ratio"]}  # no verdicts: they follow the limits
         Path(cache).write_text(json.dumps(stored, indent=1))
     return summary
 
