@@ -57,9 +57,8 @@ class Thresholds:
             oracle, selective gradient from 52-84. Not moved where two oracles of held-out replacement pairs
             crossed it (9->7 and 3->8, seed 0: their never-trained old unit reached from 87.5% and 29.7% of the
             noise starts, in 35 and 26 of the 50 steps on average; the pretrained models' from noise in 0-5): a
-            margin past 87.5 would take the only
-            evidence from 25 bench runs (selective gradient, gradient ascent, NegGrad+, SSD, random labels).
-            docs/evidence.md has the account.
+            margin past 87.5 would take the only evidence from 25 bench runs (selective gradient, gradient ascent,
+            NegGrad+, SSD, random labels). docs/evidence.md has the account.
         probe_ratio: some hidden layer still encodes the class when its probe's misranked share of
             (forget, other) pairs, 1 - AUC, is below this fraction of the oracle's at the same layer.
             At its most telling layer an oracle of digit 9 is at 0.51-1.22x another seed's oracle, but
@@ -83,7 +82,8 @@ class Thresholds:
             the oracle. Oracles themselves spread widely under it, 0.6-86% (the features of a network that never saw
             the class often set it apart anyway), and one stands 53.0 points above another seed's (replace 7->3, seed
             0 against seed 2; forget 1, seed 2 against seed 4, 52.95): the limit is that plus a tenth, rounded outward
-            (48 from seeds 0-2 alone). The pretrained models and the head mask reach 93-99.8%. Quantisation (8 and 4 bits) is read with ``acc_margin``: no oracle gains anything under it.
+            (48 from seeds 0-2 alone). The pretrained models and the head mask reach 93-99.8%. Quantisation (8 and 4
+            bits) is read with ``acc_margin``: no oracle gains anything under it.
         utility_margin: percentage points of retain-class test accuracy (TA) below the oracle's that
             count as damage. Oracles of digit 9 lie within 0.44 points of each other, but forget 4's
             within 1.01 (seed 1 against seed 0): the limit, 1.0 before, is 1.2. Every other case of the
