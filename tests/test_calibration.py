@@ -15,7 +15,7 @@ import torch
 from tests.conftest import CONFIGS, edited, train_checkpoint
 from unlearning.checkpoints import build_net, last_checkpoint
 from unlearning.cli import main
-from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, pinned_logit
+from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, oracle_budget, pinned_logit
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
 from unlearning.evaluation.suite import Budget, evaluate_net
@@ -54,10 +54,11 @@ def calibration(mnist, tmp_path_factory) -> list[dict]:
         "distilled_fresh": distilled_fresh(pretrained, mnist),
     }
     with torch_threads(1):
-        metrics = {0: {name: evaluate_net(net, torch.arange(10), mnist, BUDGET).metrics for name, net in nets.items()}}
+        budgets = {name: oracle_budget(BUDGET) if name == "oracle" else BUDGET for name in nets}
+        metrics = {0: {name: evaluate_net(net, torch.arange(10), mnist, budgets[name]).metrics for name, net in nets.items()}}
         other = load_eval_data("data", [9], [], None, 5000, 1)
-        metrics[1] = {"oracle": evaluate_net(build_net(oracles[1]), torch.arange(10), other, BUDGET).metrics}
-    return judge_cases(metrics, Thresholds())
+        metrics[1] = {"oracle": evaluate_net(build_net(oracles[1]), torch.arange(10), other, oracle_budget(BUDGET)).metrics}
+    return judge_cases(metrics, Thresholds(), BUDGET)
 
 
 def test_every_calibration_case_is_judged_once_against_its_oracle(calibration):
@@ -84,6 +85,7 @@ def test_the_oracles_forget_with_room_to_spare_on_every_threshold(calibration):
         assert abs(r["ta_below"]) <= limits.utility_margin - ROOM["ta"], r
         assert r["class_below"] <= limits.class_margin - ROOM["class"], r
         assert r["reach_above"] <= limits.reach_margin - ROOM["reach"], r
+        assert r["noise_reach_above"] <= limits.noise_reach_margin - ROOM["reach"], r
         assert r["probe_ratio"] >= limits.probe_ratio + ROOM["probe"], r
         assert r["proto_above"] <= limits.proto_margin - ROOM["proto"], r
         assert r["quant_above"] <= limits.acc_margin - ROOM["quant"], r

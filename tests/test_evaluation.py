@@ -156,6 +156,9 @@ def test_oracle_gap_is_salun_avg_gap():
         ({"forget_test_acc": 40.0}, "incomplete"),
         ({"ua": 50.0}, "incomplete"),
         ({"reach_real_linf": 60.0}, "incomplete"),
+        ({"reach_noise_linf": 87.5}, "forgets"),  # as far above as one genuine oracle's never-trained unit (replace 9->7)
+        ({"reach_noise_linf": 100.0}, "incomplete"),
+        ({"reach_noise_linf": 60.0, "reach_real_linf": 60.0}, "incomplete"),  # real starts judged by their own margin
         ({"probe_auc_layer1": 0.995}, "hides"),
         ({"probe_auc_layer2": 0.99}, "hides"),  # any layer may tell: here the second
         ({"probe_auc_layer1": 0.97}, "forgets"),  # better than the oracle, but not far
@@ -185,6 +188,12 @@ BOUNDARIES = [
     ("forget_test_acc", ORACLE["forget_test_acc"] + T.acc_margin, ORACLE["forget_test_acc"] + T.acc_margin + 0.01, "output_evidence"),
     ("ua", 100 - T.acc_margin, 100 - T.acc_margin - 0.01, "output_evidence"),
     ("reach_real_linf", ORACLE["reach_real_linf"] + T.reach_margin, ORACLE["reach_real_linf"] + T.reach_margin + 0.01, "output_evidence"),
+    (
+        "reach_noise_linf",
+        ORACLE["reach_noise_linf"] + T.noise_reach_margin,
+        ORACLE["reach_noise_linf"] + T.noise_reach_margin + 0.01,
+        "output_evidence",
+    ),
     ("probe_auc_layer1", 1 - T.probe_ratio * (1 - 0.96), 1 - (T.probe_ratio - 0.001) * (1 - 0.96), "representation_evidence"),
     ("relearn_steps", 6, 5, "representation_evidence"),  # the oracle's 20 steps x 0.25 = 5: five is at once, six is not
     ("recovered_acc", T.recovery_margin, T.recovery_margin + 0.01, "representation_evidence"),
@@ -205,7 +214,7 @@ def test_every_threshold_sits_exactly_at_its_default(key, inside, outside, kind)
 def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
-        "acc_margin": 5.0, "reach_margin": 25.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
+        "acc_margin": 5.0, "reach_margin": 25.0, "noise_reach_margin": 97.0, "probe_ratio": 0.25, "relearn_ratio": 0.25, "recovery_margin": 5.0,
         "proto_margin": 59.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
 
@@ -611,6 +620,8 @@ def test_evaluate_against_judges_a_grid_once_and_reads_it_back(
         cached(budget=budget, holdout="val")
     with pytest.raises(Judged, match="test"):  # nor one of another budget (here the default's)
         cached()
+    with pytest.raises(Judged, match="test"):  # nor one whose oracle relearned under another cap (60 / 0.5, not 60 / 0.25)
+        cached(budget=budget, thresholds=Thresholds(relearn_ratio=0.5))
     stat = evaluation_head_mask.stat()
     os.utime(evaluation_head_mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a run written again at the same path
     with pytest.raises(Judged, match="test"):
@@ -764,13 +775,27 @@ def test_oracle_calibration_pools_each_experiments_seeds_over_bench_folders(tmp_
     monkeypatch.setattr(calibrate, "load", lambda name, path: _Loaded(str(path)))
     monkeypatch.setattr(calibrate, "load_eval_data", lambda *args: args[-1])  # the seed whose split it would be
     monkeypatch.setattr(
-        calibrate, "evaluate_net", lambda net, labels, data, budget: types.SimpleNamespace(metrics={"net": net, "split": data})
-    )
+        calibrate, "evaluate_net",
+        lambda net, labels, data, budget: types.SimpleNamespace(metrics={"net": net, "split": data, "cap": budget.relearn_steps}),
+    )  # fmt: skip
     metrics = calibrate.oracle_metrics([first, second], Budget())
-    assert metrics == {"forget9": {s: {"oracle": {"net": f"{c}-oracle", "split": s}} for s, c in [(0, "a0"), (1, "b1"), (3, "b3")]}}
+    # each relearns under the cap a bench gives the oracle it judges against: 100 / 0.25
+    expected = {s: {"oracle": {"net": f"{c}-oracle", "split": s, "cap": 400}} for s, c in [(0, "a0"), (1, "b1"), (3, "b3")]}
+    assert metrics == {"forget9": expected}
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no bench cells in .*empty"):
         calibrate.oracle_metrics([first, tmp_path / "empty"], Budget())
+
+
+def test_an_oracle_judged_as_a_subject_relearns_under_the_subjects_cap():
+    """The bench gives the reference oracle 400 relearning steps and the subject 100. An oracle that relearns in 150
+    judged against one that needs more than 400 relearned "never" under the subject's cap: not at once."""
+    slow, never = ORACLE | {"relearn_steps": 150}, ORACLE | {"relearn_steps": None}
+    rows = calibrate.judge_cases({0: {"oracle": slow}, 2: {"oracle": never}}, Thresholds(), Budget(relearn_steps=100))
+    assert [(r["seed"], r["relearn"], r["verdict"]) for r in rows] == [(0, None, "forgets"), (2, None, "forgets")]
+    fast = ORACLE | {"relearn_steps": 99}  # within the subject's cap, where the other oracle needs more than 400: hides
+    rows = calibrate.judge_cases({0: {"oracle": never}, 2: {"oracle": fast}}, Thresholds(), Budget(relearn_steps=100))
+    assert [(r["seed"], r["relearn"], r["verdict"]) for r in rows] == [(0, None, "forgets"), (2, 99, "hides")]
 
 
 class _Loaded:
@@ -784,17 +809,28 @@ class _Loaded:
 
 
 def test_the_oracle_summary_names_the_pair_behind_each_extreme():
-    base = {"verdict": "forgets", "reach_above": 0.0, "ta_below": 0.1, "class_below": 1.0, "relearn": 4, "oracle_relearn": 4,
+    base = {"verdict": "forgets", "reach_above": 0.0, "noise_reach_above": 0.0, "ta_below": 0.1, "class_below": 1.0, "relearn": 4, "oracle_relearn": 4,
             "forget_acc_above": 0.0, "quant_above": 0.0, "proto_above": 10.0, "probe_ratio": 0.9}  # fmt: skip
     rows = [
         base | {"experiment": "forget1", "seed": 2, "oracle_seed": 4, "proto_above": 53.0, "verdict": "hides"},
         base | {"experiment": "forget0", "seed": 0, "oracle_seed": 2, "probe_ratio": 0.28, "relearn": 2},
-        base | {"experiment": "replace9to7", "seed": 0, "oracle_seed": 1, "reach_above": 87.5, "relearn": None},
+        base | {"experiment": "replace9to7", "seed": 0, "oracle_seed": 1, "reach_above": 14.1, "noise_reach_above": 87.5, "relearn": None},
     ]
     summary = calibrate.oracle_summary(rows)
     assert "3 oracle pairs over 3 experiments; 2 get `forgets`." in summary
     t = Thresholds()
     assert f"| probe_ratio (lowest probe ratio) | {t.probe_ratio:g} | 0.28 | forget0 0/2 | {0.28 - t.probe_ratio:+.2f} |" in summary
-    assert f"| reach_margin (most starts above) | {t.reach_margin:g} | 87.50 | replace9to7 0/1 | {t.reach_margin - 87.5:+.2f} |" in summary
+    assert (
+        f"| reach_margin (most real starts above) | {t.reach_margin:g} | 14.10 | replace9to7 0/1 | {t.reach_margin - 14.1:+.2f} |"
+        in summary
+    )
+    assert f"| noise_reach_margin (most noise starts above) | {t.noise_reach_margin:g} | 87.50 | replace9to7 0/1 |" in summary
     assert f"| proto_margin (prototype accuracy above) | {t.proto_margin:g} | 53.00 | forget1 2/4 |" in summary
     assert "| relearn_ratio (fewest steps over the other's) | 0.25 | 0.50 | forget0 0/2 | +0.25 |" in summary
+    # an oracle that relearns where the other needs more than its cap (100 / 0.25): the ratio is at most 99 / 400
+    censored = base | {"experiment": "forget7_9", "seed": 2, "oracle_seed": 0, "relearn": 99, "oracle_relearn": None, "verdict": "hides"}
+    summary = calibrate.oracle_summary([*rows, censored])
+    assert (
+        "| relearn_ratio (fewest steps over the other's) | 0.25 | < 0.247 | forget7_9 2/0 (the other: over 400 steps) | < -0.003 |"
+        in summary
+    )

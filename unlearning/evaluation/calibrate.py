@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
 from unlearning.evaluation.inputs import load, torch_threads
+from unlearning.evaluation.run import oracle_relearn_steps
 from unlearning.evaluation.suite import Budget, evaluate_net
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, quant_keys, reach_keys, verdict, worst_class
 from unlearning.losses import distillation
@@ -106,6 +108,19 @@ def checkpoints(results: Path, seed: int) -> dict[str, Path]:
     return {stage: Path(rows[stage]["checkpoint"]) for stage in STAGES}
 
 
+def oracle_budget(budget: Budget) -> Budget:
+    """An oracle relearns under the cap a bench gives it as the reference (:func:`~.run.oracle_relearn_steps`); judged as a
+    subject, it is held to the others' cap (:func:`as_subject`)."""
+    return replace(budget, relearn_steps=oracle_relearn_steps(budget, Thresholds()))
+
+
+def as_subject(metrics: dict, budget: Budget) -> dict:
+    """An oracle's metrics as a subject's under ``budget``: relearning beyond the others' cap counts as never. The attacker's
+    best under a cap is its best under a longer one where that is within the cap (every attacker starts alike)."""
+    steps = metrics.get("relearn_steps")
+    return metrics | {"relearn_steps": None} if steps is not None and steps > budget.relearn_steps else metrics
+
+
 def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_dir: str = "data") -> dict[int, dict[str, dict]]:
     """Every case's metrics, per seed (each network evaluated once, on its seed's split)."""
     metrics: dict[int, dict[str, dict]] = {}
@@ -114,7 +129,8 @@ def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_di
         nets = {stage: build_net(path) for stage, path in checkpoints(results, seed).items()}
         nets["pinned_logit"] = pinned_logit(nets["pretrained"], data, seed=seed)
         nets["distilled_fresh"] = distilled_fresh(nets["pretrained"], data, seed=seed)
-        metrics[seed] = {name: evaluate_net(net, torch.arange(10), data, budget).metrics for name, net in nets.items()}
+        budgets = {name: oracle_budget(budget) if name == "oracle" else budget for name in nets}
+        metrics[seed] = {name: evaluate_net(net, torch.arange(10), data, budgets[name]).metrics for name, net in nets.items()}
     return metrics
 
 
@@ -139,7 +155,8 @@ def oracle_metrics(results: Sequence[Path], budget: Budget, data_dir: str = "dat
             oracle = load("oracle", checkpoint)
             classes = oracle.classes()
             data = load_eval_data(data_dir, classes["forget_classes"], classes.get("new_classes", []), None, 5000, seed)
-            metrics.setdefault(experiment, {})[seed] = {"oracle": evaluate_net(oracle.net, oracle.unit_labels, data, budget).metrics}
+            evaluation = evaluate_net(oracle.net, oracle.unit_labels, data, oracle_budget(budget))
+            metrics.setdefault(experiment, {})[seed] = {"oracle": evaluation.metrics}
     return metrics
 
 
@@ -147,16 +164,18 @@ def oracle_summary(rows: list[dict]) -> str:
     """What the oracles judged against each other ask of each threshold: the extreme value seen and the pair that
     showed it, beside the limit."""
     t = Thresholds()
+    cap = oracle_relearn_steps(Budget(), t)  # an oracle that needs more: the ratio is at most the steps over this
     # (threshold, limit, what each pair shows, +1 where the limit caps it from above, -1 from below)
     reads = [
         ("probe_ratio (lowest probe ratio)", t.probe_ratio, lambda r: r["probe_ratio"], -1),
-        ("reach_margin (most starts above)", t.reach_margin, lambda r: r["reach_above"] or 0, 1),
+        ("reach_margin (most real starts above)", t.reach_margin, lambda r: r["reach_above"] or 0, 1),
+        ("noise_reach_margin (most noise starts above)", t.noise_reach_margin, lambda r: r["noise_reach_above"] or 0, 1),
         ("utility_margin (TA below)", t.utility_margin, lambda r: r["ta_below"], 1),
         ("class_margin (one class below)", t.class_margin, lambda r: r["class_below"] or 0, 1),
         (
             "relearn_ratio (fewest steps over the other's)",
             t.relearn_ratio,
-            lambda r: r["relearn"] / r["oracle_relearn"] if r["relearn"] is not None and r["oracle_relearn"] else None,
+            lambda r: r["relearn"] / (r["oracle_relearn"] or cap) if r["relearn"] is not None else None,
             -1,
         ),
         ("acc_margin (forget accuracy above)", t.acc_margin, lambda r: r["forget_acc_above"], 1),
@@ -169,27 +188,35 @@ def oracle_summary(rows: list[dict]) -> str:
     for name, limit, read, sign in reads:
         value, row = max(((v, r) for r in rows if (v := read(r)) is not None), key=lambda item: sign * item[0])
         pair = f"{row['experiment']} {row['seed']}/{row['oracle_seed']}"
-        lines.append(f"| {name} | {limit:g} | {value:.2f} | {pair} | {sign * (limit - value):+.2f} |")
+        if name.startswith("relearn_ratio") and row["oracle_relearn"] is None:
+            lines.append(f"| {name} | {limit:g} | < {value:.3f} | {pair} (the other: over {cap} steps) | < {sign * (limit - value):+.3f} |")
+        else:
+            lines.append(f"| {name} | {limit:g} | {value:.2f} | {pair} | {sign * (limit - value):+.2f} |")
     return "\n".join(lines)
 
 
-def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> list[dict]:
-    """One row per case: its seed, the reference oracle's seed, the verdict, whether it is allowed, and the numbers each threshold reads."""
+def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds, budget: Budget) -> list[dict]:
+    """One row per case: its seed, the reference oracle's seed, the verdict, whether it is allowed, and the numbers each threshold
+    reads. ``budget`` is the subjects' (the oracles' metrics come from :func:`oracle_budget`'s)."""
     rows = []
     for seed, cases in metrics.items():
         references = [(name, seed, seed) for name in cases if name != "oracle"]
         references += [("oracle", seed, other) for other in metrics if other != seed]
         for name, subject_seed, oracle_seed in references:
             subject, oracle = metrics[subject_seed][name], metrics[oracle_seed]["oracle"]
+            subject = as_subject(subject, budget) if name == "oracle" else subject
             result = verdict(subject, oracle, thresholds)
             telling = most_telling_layer(subject, oracle)
-            reach = max((subject[k] - oracle[k] for k in reach_keys(subject) if k in oracle), default=None)
+            reach, noise_reach = (
+                max((subject[k] - oracle[k] for k in reach_keys(subject, start) if k in oracle), default=None)
+                for start in ("real", "noise")
+            )
             rows.append(
                 {
                     "case": name, "seed": subject_seed, "oracle_seed": oracle_seed, "verdict": result["verdict"],
                     "allowed": result["verdict"] in EXPECTED[name],
                     "forget_acc_above": subject["forget_test_acc"] - oracle["forget_test_acc"],
-                    "reach_above": reach,
+                    "reach_above": reach, "noise_reach_above": noise_reach,
                     "probe_layer": telling and telling[0], "probe_ratio": telling and telling[1],
                     "relearn": subject.get("relearn_steps"), "oracle_relearn": oracle.get("relearn_steps"),
                     "recovered_above": subject["recovered_acc"] - oracle["recovered_acc"],
@@ -203,15 +230,13 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds) -> 
 
 
 def format_rows(rows: list[dict], label: str = "case") -> str:
-    header = (
-        f"{label:20s} seed/oracle  verdict     ok  forget+  reach+  probe(layer)  relearn/oracle  recovered+  proto+  quant+  TA-  class-"
-    )
+    header = f"{label:20s} seed/oracle  verdict     ok  forget+  reach+  noise+  probe(layer)  relearn/oracle  recovered+  proto+  quant+  TA-  class-"
     lines = [header, "-" * len(header)]
     for r in rows:
         probe = "-" if r["probe_ratio"] is None else f"{r['probe_ratio']:.2f} ({r['probe_layer']})"
         lines.append(
             f"{r[label]:20s} {r['seed']}/{r['oracle_seed']:<10} {r['verdict']:11s} {'yes' if r['allowed'] else 'NO':3s} "
-            f"{r['forget_acc_above']:7.1f} {r['reach_above'] if r['reach_above'] is None else round(r['reach_above'], 1)!s:>7} "
+            f"{r['forget_acc_above']:7.1f} {_number(r['reach_above']):>7} {_number(r.get('noise_reach_above')):>7} "
             f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} "
             f"{_number(r.get('proto_above')):>7} {_number(r.get('quant_above')):>7} {r['ta_below']:5.2f} "
             f"{'-' if r.get('class_below') is None else format(r['class_below'], '6.1f'):>6}"
@@ -246,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             metrics = calibration_metrics(args.results, args.seeds, Budget(), args.data_dir)
     except UsageError as err:
         parser.error(str(err))
-    rows = judge_cases(metrics, Thresholds())
+    rows = judge_cases(metrics, Thresholds(), Budget())
     print(format_rows(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"thresholds": Thresholds().__dict__, "rows": rows, "metrics": metrics}, indent=1))
@@ -266,7 +291,9 @@ def main_oracles(args: argparse.Namespace) -> list[dict]:
     """The oracles of every digit and replacement pair, each judged against the other seeds' oracles of its experiment."""
     with torch_threads(1):
         metrics = oracle_metrics(args.oracles, Budget(), args.data_dir)
-    rows = [{**row, "experiment": experiment} for experiment, cases in metrics.items() for row in judge_cases(cases, Thresholds())]
+    rows = [
+        {**row, "experiment": experiment} for experiment, cases in metrics.items() for row in judge_cases(cases, Thresholds(), Budget())
+    ]
     table = format_rows(rows, label="experiment")
     summary = oracle_summary(rows)
     print(table, summary, sep="\n\n")

@@ -31,6 +31,12 @@ from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets, pr
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, probe_ratios, quant_keys, reach_keys, verdict
 
 
+def oracle_relearn_steps(budget: Budget, thresholds: Thresholds) -> int:
+    """The oracle's relearning cap: the others' over ``relearn_ratio``, so that an oracle that needs more than its cap
+    needs more than 1/ratio times the others' (:func:`~.suite.evaluate_nets`)."""
+    return math.ceil(budget.relearn_steps / thresholds.relearn_ratio)
+
+
 def judge(
     paths: Mapping[str, str | Path],
     oracle: str,
@@ -71,8 +77,8 @@ def judge(
     }
     data = load_eval_data(data_dir, classes["forget_classes"], classes["new_classes"], classes["forget_fraction"], **split).to(torch_device)
     nets = {name: (item.net.to(torch_device), item.unit_labels.to(torch_device)) for name, item in loaded.items()}
-    oracle_relearn_steps = math.ceil(budget.relearn_steps / thresholds.relearn_ratio)
-    evaluations = evaluate_nets(nets, data, budget, pretrained, oracle, oracle_relearn_steps)
+    oracle_cap = oracle_relearn_steps(budget, thresholds)
+    evaluations = evaluate_nets(nets, data, budget, pretrained, oracle, oracle_cap)
     metrics = {name: evaluation.metrics for name, evaluation in evaluations.items()}
     probe = _probe_ratios(evaluations, oracle, data, budget)
     report = {
@@ -80,7 +86,7 @@ def judge(
         "checkpoints": {name: str(Path(path).resolve()) for name, path in paths.items()},
         "classes": classes,
         "split": split,
-        "budget": asdict(budget) | {"oracle_relearn_steps": oracle_relearn_steps},
+        "budget": asdict(budget) | {"oracle_relearn_steps": oracle_cap},
         "thresholds": asdict(thresholds),
         "metrics": metrics,
         "not_applicable": {name: evaluation.not_applicable for name, evaluation in evaluations.items()},
@@ -146,14 +152,16 @@ def evaluate_against(
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
     A ``cache`` file keeps every network's metrics and probe intervals. It is read back for the same checkpoint files
     (paths, sizes and modification times: a run trained again at the same path is evaluated again), ``holdout`` and
-    budget; the verdicts are then judged again from its metrics under the thresholds given now, so a recalibrated limit
-    reaches every cached run without evaluating any network again.
+    budget, the oracle's relearning cap among it (it follows ``relearn_ratio``); the verdicts are then judged again from
+    its metrics under the thresholds given now, so a recalibrated limit reaches every cached run without evaluating any
+    network again.
     Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
     """
     paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
     budget, thresholds = settings.get("budget") or Budget(), settings.get("thresholds") or Thresholds()
     # as JSON reads it back (tuples become lists)
-    key = json.loads(json.dumps({"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "budget": asdict(budget)}))
+    budget_key = asdict(budget) | {"oracle_relearn_steps": oracle_relearn_steps(budget, thresholds)}  # the oracle's cap follows a limit
+    key = json.loads(json.dumps({"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "budget": budget_key}))
     stored = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).exists() else {}
     if "metrics" in stored and all(stored.get(k) == v for k, v in key.items()):
         return _summary(stored["metrics"], stored["probe_ratio"], oracle, thresholds)

@@ -4,9 +4,9 @@ The verdict never looks at what method made a checkpoint, only at evidence again
 this order (the first that applies names it; every piece of evidence is listed either way):
 
 * ``incomplete``: the outputs still produce the class. The forget set's accuracy, or the forget
-  classes' test accuracy, or the share of starts that gradient ascent drives to the class, is
-  clearly above the oracle's. In random-sample mode also: the forget samples still look like
-  members (MIA efficacy clearly below the oracle's).
+  classes' test accuracy, or the share of starts (real images of other classes, or noise) that
+  gradient ascent drives to the class, is clearly above the oracle's. In random-sample mode also:
+  the forget samples still look like members (MIA efficacy clearly below the oracle's).
 * ``hides``: the outputs look forgotten, but the representation still holds the class. A linear
   probe on some hidden layer ranks the class far better than the oracle's same layer allows, or the
   attacker's best relearning brings it back much faster than the oracle learns it, or fine-tuning on
@@ -41,24 +41,28 @@ class Thresholds:
     the pretrained model distilled from itself with the forget logit pinned at -1e4 (must not be
     ``forgets``), and a fresh network distilled for 100 steps on retain data (89% retain: must not be
     ``forgets``). Second set: the oracles of every digit and of four replacement pairs on seeds 0-5
-    (configs/bench_all_classes.yaml and configs/bench_fresh_seeds.yaml) and of ten more pairs on seeds 0-2
-    (configs/bench_pairs.yaml), each judged against its experiment's other seeds (``calibrate --oracles``): 480 pairs
-    that must all be ``forgets``. A limit that one of them crossed was moved past the most demanding pair by a tenth of
-    its value, rounded outward, except reachability's (docs/evidence.md: the before and after, and why reachability is
-    not moved). Tests pin every default at its boundary.
+    (configs/bench_all_classes.yaml and configs/bench_fresh_seeds.yaml) and of fifteen more pairs on seeds 0-2 (ten
+    replaced, five forgotten together; configs/bench_pairs.yaml), each judged against its experiment's other seeds
+    (``calibrate --oracles``): 510 pairs that must all be ``forgets``. A limit that one of them crossed was moved past
+    the most demanding pair by a tenth of its value, rounded outward (docs/evidence.md: the before and after), except
+    relearning's, which no value can fix (``relearn_ratio``). Tests pin every default at its boundary.
 
     Args:
         acc_margin: percentage points of forget accuracy (forget set, or forget classes' test set)
             above the oracle's that count as "still produced". Oracles score 0 and the pretrained
             models 92-94 points more; a head bias lowered only to -5 still leaves 47%.
-        reach_margin: percentage points of reachability above the oracle's, on any start and norm.
-            An oracle is reached from at most 7.8 points more starts than another seed's oracle (a
-            one-epoch oracle from up to 44%); the pretrained models from 95-98 points more than their
-            oracle, selective gradient from 52-84. Not moved where two oracles of held-out replacement pairs
-            crossed it (9->7 and 3->8, seed 0: their never-trained old unit reached from 87.5% and 29.7% of the
-            noise starts, in 35 and 26 of the 50 steps on average; the pretrained models' from noise in 0-5): a
-            margin past 87.5 would take the only evidence from 25 bench runs (selective gradient, gradient ascent,
-            NegGrad+, SSD, random labels). docs/evidence.md has the account.
+        reach_margin: percentage points of reachability above the oracle's from real images of the other classes,
+            on either norm. An oracle is reached from at most 14.1 points more of them than another seed's oracle
+            (replace 9->7, seed 0 against seed 1); the pretrained models from 89-100 points more than their oracle,
+            selective gradient (digit 9) from 52-89.
+        noise_reach_margin: the same from noise starts, whose reachability measures a unit's response off the data,
+            where a never-trained unit can win too: the oracles of two held-out replacement pairs have their
+            never-trained old unit reached from 87.5% (9->7, seed 0, L∞) and 29.7% (3->8, seed 0, L2) of the noise
+            starts, against 0% for their other seeds' oracles. The limit is 87.5 plus a tenth, rounded outward: a
+            noise start convicts a model only where nearly all of them reach the class and almost none of the
+            oracle's do (the pretrained models: more than 97 points above on 98 of their 153 bench runs). Until
+            2026-12-06 one ``reach_margin`` of 25 held for both kinds, against the rule above, because moving it
+            past 87.5 would have blinded the real starts as well.
         probe_ratio: some hidden layer still encodes the class when its probe's misranked share of
             (forget, other) pairs, 1 - AUC, is below this fraction of the oracle's at the same layer.
             At its most telling layer an oracle of digit 9 is at 0.51-1.22x another seed's oracle, but
@@ -73,7 +77,11 @@ class Thresholds:
             times the others' budget. Oracles' best is 4-8 steps for one class, so one oracle takes
             0.5x another's: the ratio stays below that. The pretrained models need 0 steps, selective
             gradient 2-3, the head mask 8-9 and the pinned logit 6-10 (under Adam at 1e-3 alone the
-            pinned logit takes twice the oracle's steps).
+            pinned logit takes twice the oracle's steps). Over every digit the lowest oracle-against-oracle
+            ratio is 0.38. Crossed, and not moved, on two confusable digits forgotten together: an oracle
+            of 7+9 relearns them to 90% in 99 steps where another never does (3000 tried), because every
+            network of such pairs levels off near 90% within the attack, so no ratio meets the rule there;
+            docs/evidence.md says what the check needs instead.
         recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
             data alone brings back above what it brings back for the oracle. The pretrained models
             keep 92-94%; no other case (and no oracle) gets anything back.
@@ -94,6 +102,7 @@ class Thresholds:
 
     acc_margin: float = 5.0
     reach_margin: float = 25.0
+    noise_reach_margin: float = 97.0
     probe_ratio: float = 0.25
     relearn_ratio: float = 0.25
     recovery_margin: float = 5.0
@@ -110,9 +119,14 @@ def oracle_gap(metrics: dict, oracle: dict) -> dict[str, float]:
     return gap
 
 
-def reach_keys(metrics: dict) -> list[str]:
-    """The reachability results present (``reach_<start>_<norm>``)."""
-    return [k for k in metrics if k.startswith("reach_") and not k.endswith("_steps")]
+def reach_keys(metrics: dict, start: str = "") -> list[str]:
+    """The reachability results present (``reach_<start>_<norm>``), of one start kind (``noise``, ``real``) if given."""
+    return [k for k in metrics if k.startswith(f"reach_{start}") and not k.endswith("_steps")]
+
+
+def reach_margin(key: str, thresholds: Thresholds) -> float:
+    """The margin a reachability result ``reach_<start>_<norm>`` is judged by: noise starts have their own."""
+    return thresholds.noise_reach_margin if key.startswith("reach_noise") else thresholds.reach_margin
 
 
 def quant_keys(metrics: dict) -> list[str]:
@@ -176,10 +190,8 @@ def verdict(
             f"by more than {t.acc_margin:g} points"
         )
     for key in reach_keys(metrics):
-        if key in oracle and metrics[key] > oracle[key] + t.reach_margin:
-            output.append(
-                f"{key}: {metrics[key]:.1f}% of starts reach the class, the oracle {oracle[key]:.1f}% (margin {t.reach_margin:g})"
-            )
+        if key in oracle and metrics[key] > oracle[key] + (limit := reach_margin(key, t)):
+            output.append(f"{key}: {metrics[key]:.1f}% of starts reach the class, the oracle {oracle[key]:.1f}% (margin {limit:g})")
     if not class_mode and metrics["mia"] < oracle["mia"] - t.mia_margin:
         output.append(f"MIA efficacy {metrics['mia']:.1f}% is more than {t.mia_margin:g} points below the oracle's {oracle['mia']:.1f}%")
 
