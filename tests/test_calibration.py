@@ -18,7 +18,8 @@ from unlearning.cli import main
 from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, oracle_budget, pinned_logit
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.suite import Budget, evaluate_net
+from unlearning.evaluation.run import oracle_relearn_steps
+from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import Thresholds
 
 pytestmark = pytest.mark.slow
@@ -54,8 +55,15 @@ def calibration(mnist, tmp_path_factory) -> list[dict]:
         "distilled_fresh": distilled_fresh(pretrained, mnist),
     }
     with torch_threads(1):
-        budgets = {name: oracle_budget(BUDGET) if name == "oracle" else BUDGET for name in nets}
-        metrics = {0: {name: evaluate_net(net, torch.arange(10), mnist, budgets[name]).metrics for name, net in nets.items()}}
+        evaluations = evaluate_nets(
+            {name: (net, torch.arange(10)) for name, net in nets.items()},
+            mnist,
+            BUDGET,
+            "pretrained",
+            "oracle",
+            oracle_relearn_steps(BUDGET, Thresholds()),
+        )
+        metrics = {0: {name: evaluation.metrics for name, evaluation in evaluations.items()}}
         other = load_eval_data("data", [9], [], None, 5000, 1)
         metrics[1] = {"oracle": evaluate_net(build_net(oracles[1]), torch.arange(10), other, oracle_budget(BUDGET)).metrics}
     return judge_cases(metrics, Thresholds(), BUDGET)

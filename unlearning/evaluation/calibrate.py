@@ -34,7 +34,7 @@ from unlearning.errors import UsageError
 from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
 from unlearning.evaluation.inputs import load, torch_threads
 from unlearning.evaluation.run import oracle_relearn_steps
-from unlearning.evaluation.suite import Budget, evaluate_net
+from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
 from unlearning.evaluation.verdict import Thresholds, most_telling_layer, quant_keys, reach_keys, verdict, worst_class
 from unlearning.losses import distillation
 from unlearning.pages import replace_section
@@ -129,8 +129,15 @@ def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_di
         nets = {stage: build_net(path) for stage, path in checkpoints(results, seed).items()}
         nets["pinned_logit"] = pinned_logit(nets["pretrained"], data, seed=seed)
         nets["distilled_fresh"] = distilled_fresh(nets["pretrained"], data, seed=seed)
-        budgets = {name: oracle_budget(budget) if name == "oracle" else budget for name in nets}
-        metrics[seed] = {name: evaluate_net(net, torch.arange(10), data, budgets[name]).metrics for name, net in nets.items()}
+        evaluations = evaluate_nets(
+            {name: (net, torch.arange(10)) for name, net in nets.items()},
+            data,
+            budget,
+            "pretrained",
+            "oracle",
+            oracle_relearn_steps(budget, Thresholds()),
+        )
+        metrics[seed] = {name: evaluation.metrics for name, evaluation in evaluations.items()}
     return metrics
 
 
