@@ -15,11 +15,10 @@ import torch
 from tests.conftest import CONFIGS, edited, train_checkpoint
 from unlearning.checkpoints import build_net, last_checkpoint
 from unlearning.cli import main
-from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, oracle_budget, pinned_logit
+from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, pinned_logit
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.run import oracle_relearn_steps
-from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
+from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets, oracle_budget
 from unlearning.evaluation.verdict import Thresholds
 
 pytestmark = pytest.mark.slow
@@ -61,7 +60,6 @@ def calibration(mnist, tmp_path_factory) -> list[dict]:
             BUDGET,
             "pretrained",
             "oracle",
-            oracle_relearn_steps(BUDGET, Thresholds()),
         )
         metrics = {0: {name: evaluation.metrics for name, evaluation in evaluations.items()}}
         other = load_eval_data("data", [9], [], None, 5000, 1)

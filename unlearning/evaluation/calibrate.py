@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,9 +32,8 @@ from unlearning.checkpoints import build_net
 from unlearning.errors import UsageError
 from unlearning.evaluation.data import EvalData, load_eval_data, seeded_batches
 from unlearning.evaluation.inputs import load, torch_threads
-from unlearning.evaluation.run import oracle_relearn_steps
-from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, quant_keys, reach_keys, verdict, worst_class
+from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets, oracle_budget
+from unlearning.evaluation.verdict import Thresholds, most_telling_layer, quant_keys, reach_keys, relearning, verdict, worst_class
 from unlearning.losses import distillation
 from unlearning.pages import replace_section
 
@@ -108,17 +106,12 @@ def checkpoints(results: Path, seed: int) -> dict[str, Path]:
     return {stage: Path(rows[stage]["checkpoint"]) for stage in STAGES}
 
 
-def oracle_budget(budget: Budget) -> Budget:
-    """An oracle relearns under the cap a bench gives it as the reference (:func:`~.run.oracle_relearn_steps`); judged as a
-    subject, it is held to the others' cap (:func:`as_subject`)."""
-    return replace(budget, relearn_steps=oracle_relearn_steps(budget, Thresholds()))
-
-
 def as_subject(metrics: dict, budget: Budget) -> dict:
-    """An oracle's metrics as a subject's under ``budget``: relearning beyond the others' cap counts as never. The attacker's
-    best under a cap is its best under a longer one where that is within the cap (every attacker starts alike)."""
-    steps = metrics.get("relearn_steps")
-    return metrics | {"relearn_steps": None} if steps is not None and steps > budget.relearn_steps else metrics
+    """An oracle's metrics as a subject's under ``budget``: its relearning curves cut at the others' cap. A curve under a
+    cap is the first steps of the curve under a longer one (every attacker starts alike)."""
+    if "relearn_curves" not in metrics:
+        return metrics
+    return metrics | {"relearn_curves": {cell: curve[: budget.relearn_steps + 1] for cell, curve in metrics["relearn_curves"].items()}}
 
 
 def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_dir: str = "data") -> dict[int, dict[str, dict]]:
@@ -135,7 +128,6 @@ def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_di
             budget,
             "pretrained",
             "oracle",
-            oracle_relearn_steps(budget, Thresholds()),
         )
         metrics[seed] = {name: evaluation.metrics for name, evaluation in evaluations.items()}
     return metrics
@@ -171,7 +163,6 @@ def oracle_summary(rows: list[dict]) -> str:
     """What the oracles judged against each other ask of each threshold: the extreme value seen and the pair that
     showed it, beside the limit."""
     t = Thresholds()
-    cap = oracle_relearn_steps(Budget(), t)  # an oracle that needs more: the ratio is at most the steps over this
     # (threshold, limit, what each pair shows, +1 where the limit caps it from above, -1 from below)
     reads = [
         ("probe_ratio (lowest probe ratio)", t.probe_ratio, lambda r: r["probe_ratio"], -1),
@@ -180,9 +171,9 @@ def oracle_summary(rows: list[dict]) -> str:
         ("utility_margin (TA below)", t.utility_margin, lambda r: r["ta_below"], 1),
         ("class_margin (one class below)", t.class_margin, lambda r: r["class_below"] or 0, 1),
         (
-            "relearn_ratio (fewest steps over the other's)",
+            "relearn_ratio (steps over the other's)",
             t.relearn_ratio,
-            lambda r: r["relearn"] / (r["oracle_relearn"] or cap) if r["relearn"] is not None else None,
+            lambda r: r["relearn"] / r["oracle_relearn"] if r["relearn"] is not None and r["oracle_relearn"] else None,
             -1,
         ),
         ("acc_margin (forget accuracy above)", t.acc_margin, lambda r: r["forget_acc_above"], 1),
@@ -195,16 +186,13 @@ def oracle_summary(rows: list[dict]) -> str:
     for name, limit, read, sign in reads:
         value, row = max(((v, r) for r in rows if (v := read(r)) is not None), key=lambda item: sign * item[0])
         pair = f"{row['experiment']} {row['seed']}/{row['oracle_seed']}"
-        if name.startswith("relearn_ratio") and row["oracle_relearn"] is None:
-            lines.append(f"| {name} | {limit:g} | < {value:.3f} | {pair} (the other: over {cap} steps) | < {sign * (limit - value):+.3f} |")
-        else:
-            lines.append(f"| {name} | {limit:g} | {value:.2f} | {pair} | {sign * (limit - value):+.2f} |")
+        lines.append(f"| {name} | {limit:g} | {value:.3f} | {pair} | {sign * (limit - value):+.3f} |")
     return "\n".join(lines)
 
 
 def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds, budget: Budget) -> list[dict]:
     """One row per case: its seed, the reference oracle's seed, the verdict, whether it is allowed, and the numbers each threshold
-    reads. ``budget`` is the subjects' (the oracles' metrics come from :func:`oracle_budget`'s)."""
+    reads. ``budget`` is the subjects' (the oracles' metrics come from :func:`~.suite.oracle_budget`'s)."""
     rows = []
     for seed, cases in metrics.items():
         references = [(name, seed, seed) for name in cases if name != "oracle"]
@@ -213,6 +201,7 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds, bud
             subject, oracle = metrics[subject_seed][name], metrics[oracle_seed]["oracle"]
             subject = as_subject(subject, budget) if name == "oracle" else subject
             result = verdict(subject, oracle, thresholds)
+            steps, oracle_steps = relearning(subject, oracle) or (None, None)
             telling = most_telling_layer(subject, oracle)
             reach, noise_reach = (
                 max((subject[k] - oracle[k] for k in reach_keys(subject, start) if k in oracle), default=None)
@@ -225,7 +214,7 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds, bud
                     "forget_acc_above": subject["forget_test_acc"] - oracle["forget_test_acc"],
                     "reach_above": reach, "noise_reach_above": noise_reach,
                     "probe_layer": telling and telling[0], "probe_ratio": telling and telling[1],
-                    "relearn": subject.get("relearn_steps"), "oracle_relearn": oracle.get("relearn_steps"),
+                    "relearn": steps, "oracle_relearn": oracle_steps,
                     "recovered_above": subject["recovered_acc"] - oracle["recovered_acc"],
                     "proto_above": subject["proto_acc"] - oracle["proto_acc"] if "proto_acc" in subject and "proto_acc" in oracle else None,
                     "quant_above": max((subject[k] - oracle[k] for k in quant_keys(subject) if k in oracle), default=None),
@@ -244,7 +233,7 @@ def format_rows(rows: list[dict], label: str = "case") -> str:
         lines.append(
             f"{r[label]:20s} {r['seed']}/{r['oracle_seed']:<10} {r['verdict']:11s} {'yes' if r['allowed'] else 'NO':3s} "
             f"{r['forget_acc_above']:7.1f} {_number(r['reach_above']):>7} {_number(r.get('noise_reach_above')):>7} "
-            f"{probe:>13} {r['relearn']!s:>7}/{r['oracle_relearn']!s:<7} {r['recovered_above']:10.1f} "
+            f"{probe:>13} {_number(r['relearn']):>7}/{_number(r['oracle_relearn']):<7} {r['recovered_above']:10.1f} "
             f"{_number(r.get('proto_above')):>7} {_number(r.get('quant_above')):>7} {r['ta_below']:5.2f} "
             f"{'-' if r.get('class_below') is None else format(r['class_below'], '6.1f'):>6}"
         )

@@ -44,7 +44,8 @@ def table_rows(budget: Budget, layers: int = 0) -> list[tuple[str, str]]:
             (f"probe_ratio_layer{i}", f"probe: misranked share × the oracle's, hidden layer {i} ({INTERVAL_LEVEL:.0%} of resamples)")
             for i in range(1, layers + 1)
         ),
-        ("relearn_steps", f"relearn: attacker's best, steps to {budget.relearn_target:g}% forget-class test accuracy"),
+        ("relearn_targets", "relearn: the oracle's targets, forget-class test accuracy"),
+        ("relearn_steps", "relearn: attacker's best, mean steps to the oracle's targets"),
         *(
             (f"relearn/{attacker_name(name, lr)}", f"relearn: {name}{' (momentum 0.9)' if name == 'sgd' else ''}, lr {lr:g}")
             for name, lr in budget.attackers()
@@ -99,6 +100,8 @@ def _row_value(report: dict, name: str, key: str):
         return report["verdict"][name]["verdict"]
     if key.startswith("gap_"):
         return report["gap"][name][key.removeprefix("gap_")]
+    if key.startswith("relearn"):
+        return report.get("relearn", {}).get(name, {}).get(key, _ABSENT)
     if key.startswith("probe_ratio_layer"):  # against the oracle, as the gaps are: the oracle has none
         return report["probe_ratio"].get(name, {}).get(key.removeprefix("probe_ratio_layer"), _ABSENT)
     return report["metrics"][name].get(key, _ABSENT)
@@ -167,7 +170,8 @@ def write_outputs(out: Path, report: dict, evaluations: dict[str, NetEvaluation]
         stale.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name in report["checkpoints"]:
-            numbers = {**report["metrics"][name], **{f"gap/{k}": v for k, v in report["gap"][name].items()}}
+            numbers = {**report["metrics"][name], **report.get("relearn", {}).get(name, {})}
+            numbers |= {f"gap/{k}": v for k, v in report["gap"][name].items()}
             for layer, values in report["probe_ratio"].get(name, {}).items():
                 numbers |= {f"probe_ratio_layer{layer}/{part}": v for part, v in zip(("ratio", "low", "high"), values)}
             for key, value in numbers.items():

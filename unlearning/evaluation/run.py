@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,14 +26,19 @@ from unlearning.evaluation.inputs import (
     torch_threads,
 )
 from unlearning.evaluation.probe import bootstrap_weights, misranked_ratio_interval, resampled_aucs
+from unlearning.evaluation.relearn import mean_steps
 from unlearning.evaluation.suite import Budget, NetEvaluation, evaluate_nets, probe_held_out
-from unlearning.evaluation.verdict import Thresholds, most_telling_layer, oracle_gap, probe_ratios, quant_keys, reach_keys, verdict
-
-
-def oracle_relearn_steps(budget: Budget, thresholds: Thresholds) -> int:
-    """The oracle's relearning cap: the others' over ``relearn_ratio``, so that an oracle that needs more than its cap
-    needs more than 1/ratio times the others' (:func:`~.suite.evaluate_nets`)."""
-    return math.ceil(budget.relearn_steps / thresholds.relearn_ratio)
+from unlearning.evaluation.verdict import (
+    Thresholds,
+    most_telling_layer,
+    oracle_gap,
+    probe_ratios,
+    quant_keys,
+    reach_keys,
+    relearning,
+    targets_text,
+    verdict,
+)
 
 
 def judge(
@@ -77,8 +81,7 @@ def judge(
     }
     data = load_eval_data(data_dir, classes["forget_classes"], classes["new_classes"], classes["forget_fraction"], **split).to(torch_device)
     nets = {name: (item.net.to(torch_device), item.unit_labels.to(torch_device)) for name, item in loaded.items()}
-    oracle_cap = oracle_relearn_steps(budget, thresholds)
-    evaluations = evaluate_nets(nets, data, budget, pretrained, oracle, oracle_cap)
+    evaluations = evaluate_nets(nets, data, budget, pretrained, oracle)
     metrics = {name: evaluation.metrics for name, evaluation in evaluations.items()}
     probe = _probe_ratios(evaluations, oracle, data, budget)
     report = {
@@ -86,12 +89,13 @@ def judge(
         "checkpoints": {name: str(Path(path).resolve()) for name, path in paths.items()},
         "classes": classes,
         "split": split,
-        "budget": asdict(budget) | {"oracle_relearn_steps": oracle_cap},
+        "budget": asdict(budget),
         "thresholds": asdict(thresholds),
         "metrics": metrics,
         "not_applicable": {name: evaluation.not_applicable for name, evaluation in evaluations.items()},
         "gap": {name: oracle_gap(metrics[name], metrics[oracle]) for name in paths},
         "probe_ratio": probe,
+        "relearn": {name: relearn_steps_table(metrics[name], metrics[oracle]) for name in paths if "relearn_curves" in metrics[name]},
         "verdict": {
             name: verdict(
                 metrics[name], metrics[oracle], thresholds, {int(layer): ends for layer, (_, *ends) in probe.get(name, {}).items()}
@@ -100,6 +104,14 @@ def judge(
         },
     }
     return report, evaluations
+
+
+def relearn_steps_table(metrics: dict, oracle: dict) -> dict[str, str | float | None]:
+    """The report's relearning rows of one network: ``relearn_targets`` (the oracle's, as text), ``relearn_steps``, the
+    attacker's best mean steps to them (what the verdict reads), and ``relearn/<cell>``, each cell's of the grid alone."""
+    targets, curves = oracle["relearn_targets"], metrics["relearn_curves"]
+    cells = {f"relearn/{cell}": mean_steps({cell: curve}, targets) for cell, curve in curves.items()}
+    return {"relearn_targets": targets_text(targets), "relearn_steps": mean_steps(curves, targets)} | cells
 
 
 def _probe_ratios(
@@ -152,16 +164,14 @@ def evaluate_against(
     ``checkpoints`` holds the oracle and pretrained entries too; ``settings`` go to :func:`judge`.
     A ``cache`` file keeps every network's metrics and probe intervals. It is read back for the same checkpoint files
     (paths, sizes and modification times: a run trained again at the same path is evaluated again), ``holdout`` and
-    budget, the oracle's relearning cap among it (it follows ``relearn_ratio``); the verdicts are then judged again from
-    its metrics under the thresholds given now, so a recalibrated limit reaches every cached run without evaluating any
-    network again.
+    budget; the verdicts are then judged again from its metrics under the thresholds given now, so a recalibrated limit
+    reaches every cached run without evaluating any network again.
     Runs on ``threads`` CPU threads, restored afterwards (see :func:`~.inputs.torch_threads`).
     """
     paths = {name: str(Path(path).resolve()) for name, path in checkpoints.items()}
     budget, thresholds = settings.get("budget") or Budget(), settings.get("thresholds") or Thresholds()
     # as JSON reads it back (tuples become lists)
-    budget_key = asdict(budget) | {"oracle_relearn_steps": oracle_relearn_steps(budget, thresholds)}  # the oracle's cap follows a limit
-    key = json.loads(json.dumps({"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "budget": budget_key}))
+    key = json.loads(json.dumps({"checkpoints": paths, "files": _stamps(paths), "holdout": holdout, "budget": asdict(budget)}))
     stored = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).exists() else {}
     if "metrics" in stored and all(stored.get(k) == v for k, v in key.items()):
         return _summary(stored["metrics"], stored["probe_ratio"], oracle, thresholds)
@@ -187,7 +197,7 @@ def _summary(
             "verdict": verdict(own, metrics[oracle], thresholds)["verdict"],
             "mia": own["mia"] / 100,
             "avg_gap": oracle_gap(own, metrics[oracle])["avg"] / 100,
-            "relearn_steps": own.get("relearn_steps"),
+            "relearn_steps": (relearning(own, metrics[oracle]) or (None,))[0],
             "probe_layer": telling and telling[0],
             "probe_auc": telling and own[f"probe_auc_layer{telling[0]}"],
             "probe_ratio": telling and telling[1],

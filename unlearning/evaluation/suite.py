@@ -8,6 +8,7 @@ forgotten class any more (a replacement that reused its unit).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from unlearning.evaluation.mia import Attack, mia_check, mia_features
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
 from unlearning.evaluation.probe import fit_probe, probe_metrics
 from unlearning.evaluation.reachability import Norm, reach_class
-from unlearning.evaluation.relearn import OptimizerName, relearn_attack, retain_finetune_recovery
+from unlearning.evaluation.relearn import OptimizerName, relearn_attack, relearn_targets, retain_finetune_recovery
 
 REACH_STARTS = ("noise", "real")
 REACH_NORMS: tuple[Norm, ...] = ("linf", "l2")
@@ -44,7 +45,11 @@ class Budget:
             is the result.
         relearn_sgd_lrs: the attacker's learning rates for SGD with momentum 0.9.
         relearn_steps: the attacker's step cap for each optimizer and learning rate.
-        relearn_target: the forget-class accuracy (%) on the held-out images that the attacker must reach.
+        relearn_oracle_steps: the same cap for the oracle, longer: its curves set the targets, so they must show where it
+            levels off.
+        relearn_target: the forget-class accuracy (%) on the held-out images that the attacker is timed to.
+        relearn_headrooms: where the oracle learns the class back to less than relearn_target plus the smallest of these,
+            points under the oracle's best that the attacker is timed to instead, one target each.
         recover_steps: Adam steps of the retain-only fine-tuning attack.
         recover_lr: the retain-only fine-tuning attack's learning rate.
         recover_batch: the retain-only fine-tuning attack's batch size.
@@ -66,7 +71,9 @@ class Budget:
     relearn_adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     relearn_sgd_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     relearn_steps: int = 100
+    relearn_oracle_steps: int = 400
     relearn_target: float = 90.0
+    relearn_headrooms: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
     recover_steps: int = 100
     recover_lr: float = 1e-3
     recover_batch: int = 128
@@ -86,6 +93,10 @@ class Budget:
                 continue
             if any(v <= 0 for v in (value if isinstance(value, tuple) else (value,))):
                 raise UsageError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
+        if self.relearn_oracle_steps < self.relearn_steps:
+            raise UsageError(
+                f"--relearn-oracle-steps ({self.relearn_oracle_steps}) must be at least --relearn-steps ({self.relearn_steps})"
+            )
 
     def attackers(self) -> list[tuple[OptimizerName, float]]:
         """The relearning grid: ``(optimizer, lr)`` cells."""
@@ -195,7 +206,9 @@ def _probe_scores(
     }
 
 
-def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, int | None]:
+def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, Any]:
+    """``relearn_curves``, per cell of the attacker's grid, until the accuracy passes every target this network could set as
+    an oracle; ``relearn_targets``, those targets (:func:`~.relearn.relearn_targets`)."""
     n = budget.relearn_samples
     retain = data.splits["retain"]
     rows = torch.cat([
@@ -203,10 +216,11 @@ def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor
         retain[choose(len(retain), n, budget.sample_seed + 3).to(retain.device)],
     ])  # fmt: skip
     held_out = data.test_mask(data.forget_classes)
-    return relearn_attack(
+    curves = relearn_attack(
         net, data.train_x[rows], data.train_y[rows], data.test_x[held_out], data.test_y[held_out], unit_labels,
-        budget.attackers(), budget.relearn_target, budget.relearn_steps,
+        budget.attackers(), budget.relearn_target + min(budget.relearn_headrooms), budget.relearn_steps,
     )  # fmt: skip
+    return {"relearn_curves": curves, "relearn_targets": relearn_targets(curves, budget.relearn_target, budget.relearn_headrooms)}
 
 
 def _gradient_free_attacks(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor, budget: Budget) -> dict[str, float]:
@@ -250,26 +264,23 @@ def _reach_starts(kind: str, data: EvalData, budget: Budget) -> Tensor:
 
 
 def evaluate_nets(
-    nets: dict[str, tuple[nn.Module, Tensor]],
-    data: EvalData,
-    budget: Budget,
-    pretrained: str,
-    oracle: str | None = None,
-    oracle_relearn_steps: int | None = None,
+    nets: dict[str, tuple[nn.Module, Tensor]], data: EvalData, budget: Budget, pretrained: str, oracle: str | None = None
 ) -> dict[str, NetEvaluation]:
     """``evaluate_net`` for each named network, plus check 7 against the ``pretrained`` one's TA.
 
-    The ``oracle`` may relearn for ``oracle_relearn_steps`` instead of ``budget.relearn_steps``. A
-    verdict asks whether a network relearns within a fraction of the oracle's steps; an oracle cut
-    off at the networks' own cap would leave that unknown for every network that relearns at all
-    (an oracle that forgot two classes often needs more than 100 steps), so the oracle's cap is the
-    networks' cap over that fraction.
+    The ``oracle`` relearns for ``budget.relearn_oracle_steps`` instead of ``budget.relearn_steps``: its curves set every
+    network's relearning targets (:func:`~.relearn.relearn_targets`), so they must run on to where it levels off.
     """
     budgets = {name: budget for name in nets}
-    if oracle is not None and oracle_relearn_steps is not None:
-        budgets[oracle] = replace(budget, relearn_steps=oracle_relearn_steps)
+    if oracle is not None:
+        budgets[oracle] = oracle_budget(budget)
     results = {name: evaluate_net(net, unit_labels, data, budgets[name]) for name, (net, unit_labels) in nets.items()}
     pretrained_ta = results[pretrained].metrics["ta"]
     for result in results.values():
         result.metrics.update(notebook_metrics(100.0 - result.metrics["ua"], result.metrics["ta"], pretrained_ta))
     return results
+
+
+def oracle_budget(budget: Budget) -> Budget:
+    """``budget`` as the oracle spends it: the oracle's relearning cap in place of the others'."""
+    return replace(budget, relearn_steps=budget.relearn_oracle_steps)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from unlearning.evaluation.probe import INTERVAL_LEVEL
+from unlearning.evaluation.relearn import mean_steps
 
 GAP_METRICS = ("ua", "ra", "ta", "mia")
 #: the verdict's lists of evidence, in the order they decide it
@@ -44,8 +45,8 @@ class Thresholds:
     (configs/bench_all_classes.yaml and configs/bench_fresh_seeds.yaml) and of fifteen more pairs on seeds 0-2 (ten
     replaced, five forgotten together; configs/bench_pairs.yaml), each judged against its experiment's other seeds
     (``calibrate --oracles``): 510 pairs that must all be ``forgets``. A limit that one of them crossed was moved past
-    the most demanding pair by a tenth of its value, rounded outward (docs/evidence.md: the before and after), except
-    relearning's, which no value can fix (``relearn_ratio``). Tests pin every default at its boundary.
+    the most demanding pair by a tenth of its value, rounded outward (docs/evidence.md: the before and after). Tests pin
+    every default at its boundary.
 
     Args:
         acc_margin: percentage points of forget accuracy (forget set, or forget classes' test set)
@@ -71,17 +72,14 @@ class Thresholds:
             models sit at 0.12-0.23x their oracle; selective gradient's 0.20-0.27x (it is called
             ``incomplete`` by its outputs anyway).
         relearn_ratio: the class comes back "at once" when the attacker's best relearning (fewest
-            steps over the optimiser and learning-rate grid) takes at most this fraction of the
-            oracle's best, or succeeds within the budget where the oracle's does not. The oracle's
-            budget is the others' over this ratio, so "does not" means it needs more than 1/ratio
-            times the others' budget. Oracles' best is 4-8 steps for one class, so one oracle takes
-            0.5x another's: the ratio stays below that. The pretrained models need 0 steps, selective
-            gradient 2-3, the head mask 8-9 and the pinned logit 6-10 (under Adam at 1e-3 alone the
-            pinned logit takes twice the oracle's steps). Over every digit the lowest oracle-against-oracle
-            ratio is 0.38. Crossed, and not moved, on two confusable digits forgotten together: an oracle
-            of 7+9 relearns them to 90% in 99 steps where another never does (3000 tried), because every
-            network of such pairs levels off near 90% within the attack, so no ratio meets the rule there;
-            docs/evidence.md says what the check needs instead.
+            steps over the optimiser and learning-rate grid, averaged over the oracle's targets:
+            :func:`~.relearn.relearn_targets`) takes at most this fraction of the oracle's. Oracles of one
+            digit relearn in 4-8 steps, so one takes 0.5x another's; over every digit the lowest is 0.38.
+            Two confusable digits forgotten together are learned back to only 85-91% by every network, so
+            they are timed to targets under the oracle's plateau, where the oracles of 7+9 read down to
+            0.254x each other (seed 2 against seed 0): the limit is that less a tenth, rounded outward
+            (0.25 before, set on digit 9 alone, with a 90% target that one oracle of 7+9 crossed). The
+            pretrained models need 0 steps, selective gradient 2-3 on digit 9 and 0.06-0.17x on [3, 5].
         recovery_margin: percentage points of forget-class test accuracy that fine-tuning on retain
             data alone brings back above what it brings back for the oracle. The pretrained models
             keep 92-94%; no other case (and no oracle) gets anything back.
@@ -104,7 +102,7 @@ class Thresholds:
     reach_margin: float = 25.0
     noise_reach_margin: float = 97.0
     probe_ratio: float = 0.25
-    relearn_ratio: float = 0.25
+    relearn_ratio: float = 0.22
     recovery_margin: float = 5.0
     proto_margin: float = 59.0
     utility_margin: float = 1.2
@@ -144,6 +142,22 @@ def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
     return ratios
 
 
+def relearning(metrics: dict, oracle: dict) -> tuple[float | None, float | None] | None:
+    """``(steps, oracle_steps)``: the attacker's best mean steps to the oracle's relearning targets, of the network behind
+    ``metrics`` and of the oracle (:func:`~.relearn.mean_steps`; ``None``: no target reached); ``None`` where either was
+    not attacked."""
+    if "relearn_curves" not in metrics or "relearn_curves" not in oracle:
+        return None
+    targets = oracle["relearn_targets"]
+    return mean_steps(metrics["relearn_curves"], targets), mean_steps(oracle["relearn_curves"], targets)
+
+
+def targets_text(targets: Sequence[float]) -> str:
+    """``90%``, or ``80.6-88.6%``: the relearning targets, as reports quote them."""
+    low, high = min(targets), max(targets)
+    return f"{high:g}%" if low == high else f"{low:.1f}-{high:.1f}%"
+
+
 def worst_class(metrics: dict, oracle: dict) -> tuple[int, float] | None:
     """``(class, points)``: the retain class whose test accuracy falls furthest below the oracle's same class; ``None``
     where the metrics hold no per-class accuracies (random-sample mode, or numbers from before they were kept)."""
@@ -157,6 +171,11 @@ def most_telling_layer(metrics: dict, oracle: dict) -> tuple[int, float] | None:
     """``(layer, ratio)`` of the hidden layer whose probe finds the class best relative to the oracle's; ``None`` without probes."""
     ratios = probe_ratios(metrics, oracle)
     return min(ratios.items(), key=lambda item: (item[1], item[0])) if ratios else None
+
+
+def _targets(targets: Sequence[float]) -> str:
+    text = targets_text(targets)
+    return text if len(set(targets)) == 1 else f"each of {len(targets)} targets, {text} (under the oracle's best),"
 
 
 def _spread(probe_intervals: Mapping[int, Sequence[float]] | None, layer: int) -> str:
@@ -203,11 +222,11 @@ def verdict(
                 f"a linear probe on hidden layer {layer} misranks {1 - metrics[key]:.4f} of pairs, {ratio:.2f}x the oracle's "
                 f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x{_spread(probe_intervals, layer)})"
             )
-    steps, oracle_steps = metrics.get("relearn_steps"), oracle.get("relearn_steps")
+    steps, oracle_steps = relearning(metrics, oracle) or (None, None)
     if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
         representation.append(
-            f"the attacker's best relearns the class in {steps} steps, the oracle's needs "
-            f"{'more than its budget' if oracle_steps is None else oracle_steps} (limit {t.relearn_ratio:g}x)"
+            f"the attacker's best relearns the class to {_targets(oracle['relearn_targets'])} in {steps:.4g} steps on average, "
+            f"the oracle's in {'more than its budget' if oracle_steps is None else format(oracle_steps, '.4g')} (limit {t.relearn_ratio:g}x)"
         )
     proto, oracle_proto = metrics.get("proto_acc"), oracle.get("proto_acc")
     if proto is not None and oracle_proto is not None and proto > oracle_proto + t.proto_margin:
