@@ -32,7 +32,6 @@ from unlearning.evaluation import (
     notebook_metrics,
     oracle_gap,
     reach_class,
-    relearn_steps,
     verdict,
 )
 from unlearning.evaluation.attacks import prototype_relearn, quantize_, quantized_recovery
@@ -396,6 +395,11 @@ def relearn_set(mnist):
     rows = torch.cat([mnist.splits["forget"][:100], mnist.splits["retain"][:100]])
     held_out = mnist.test_y == 9
     return mnist.train_x[rows], mnist.train_y[rows], mnist.test_x[held_out], mnist.test_y[held_out], torch.arange(10)
+
+
+def relearn_steps(net: torch.nn.Module, *relearn_set: torch.Tensor, **settings) -> int | None:
+    """Steps until the held-out nines reach 90%: where a relearning curve that stops there ends."""
+    return steps_to(relearn_curve(net, *relearn_set, **settings), 90.0)
 
 
 def test_relearn_is_immediate_for_a_model_that_knows_the_class_and_takes_steps_for_the_oracle(

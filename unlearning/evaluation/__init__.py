@@ -22,7 +22,7 @@ from unlearning.evaluation.accuracy import accuracy_check, notebook_metrics
 from unlearning.evaluation.mia import member_threshold, mia_check, mia_efficacy, mia_features
 from unlearning.evaluation.probe import linear_probe
 from unlearning.evaluation.reachability import reach_class
-from unlearning.evaluation.relearn import mean_steps, relearn_curve, relearn_steps
+from unlearning.evaluation.relearn import mean_steps, relearn_curve
 from unlearning.evaluation.run import evaluate_against, judge
 from unlearning.evaluation.verdict import Thresholds, oracle_gap, verdict
 
@@ -41,6 +41,5 @@ __all__ = [
     "oracle_gap",
     "reach_class",
     "relearn_curve",
-    "relearn_steps",
     "verdict",
 ]

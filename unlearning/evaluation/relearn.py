@@ -88,24 +88,6 @@ def steps_to(curve: Sequence[float], target: float) -> int | None:
     return next((step for step, acc in enumerate(curve) if acc >= target), None)
 
 
-def relearn_steps(
-    net: nn.Module,
-    train_x: Tensor,
-    train_labels: Tensor,
-    eval_x: Tensor,
-    eval_labels: Tensor,
-    unit_labels: Tensor,
-    target_acc: float = 90.0,
-    lr: float = 1e-3,
-    max_steps: int = 100,
-    optimizer: OptimizerName = "adam",
-) -> int | None:
-    """Full-batch steps of ``optimizer`` on a copy of ``net`` until its accuracy on ``eval_x`` reaches ``target_acc`` percent:
-    0 when the net already does, ``None`` when ``max_steps`` do not suffice (see :func:`relearn_curve`)."""
-    curve = relearn_curve(net, train_x, train_labels, eval_x, eval_labels, unit_labels, target_acc, lr, max_steps, optimizer)
-    return steps_to(curve, target_acc)
-
-
 def attacker_name(optimizer: str, lr: float) -> str:
     """``adam_0.001``: one cell of the relearning grid, as reports name it."""
     return f"{optimizer}_{lr:g}"

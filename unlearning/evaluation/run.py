@@ -154,7 +154,7 @@ def evaluate_against(
     holdout: Holdout = "test",
     **settings: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best), ``probe_auc`` and
+    """Per checkpoint name: ``verdict``, ``mia``, ``avg_gap``, ``relearn_steps`` (the attacker's best, mean steps to the oracle's targets), ``probe_auc`` and
     ``probe_ratio`` (at the hidden layer whose probe finds the class best relative to the oracle's; see
     :func:`~.verdict.most_telling_layer`) with ``probe_ratio_interval`` (its interval over resamples of the held-out
     samples; ``None`` for the oracle), ``recovered`` (retain-only fine-tuning), ``reach`` (the largest
