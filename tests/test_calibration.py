@@ -15,10 +15,10 @@ import torch
 from tests.conftest import CONFIGS, edited, train_checkpoint
 from unlearning.checkpoints import build_net, last_checkpoint
 from unlearning.cli import main
-from unlearning.evaluation.calibrate import EXPECTED, distilled_fresh, format_rows, judge_cases, pinned_logit
+from unlearning.evaluation.calibrate import EXPECTED, case_metrics, distilled_fresh, format_rows, judge_cases, pinned_logit
 from unlearning.evaluation.data import load_eval_data
 from unlearning.evaluation.inputs import torch_threads
-from unlearning.evaluation.suite import Budget, evaluate_net, evaluate_nets, oracle_budget
+from unlearning.evaluation.suite import Budget, evaluate_net, oracle_budget
 from unlearning.evaluation.verdict import Thresholds
 
 pytestmark = pytest.mark.slow
@@ -54,14 +54,7 @@ def calibration(mnist, tmp_path_factory) -> list[dict]:
         "distilled_fresh": distilled_fresh(pretrained, mnist),
     }
     with torch_threads(1):
-        evaluations = evaluate_nets(
-            {name: (net, torch.arange(10)) for name, net in nets.items()},
-            mnist,
-            BUDGET,
-            "pretrained",
-            "oracle",
-        )
-        metrics = {0: {name: evaluation.metrics for name, evaluation in evaluations.items()}}
+        metrics = {0: case_metrics(nets, mnist, BUDGET)}
         other = load_eval_data("data", [9], [], None, 5000, 1)
         metrics[1] = {"oracle": evaluate_net(build_net(oracles[1]), torch.arange(10), other, oracle_budget(BUDGET)).metrics}
     return judge_cases(metrics, Thresholds(), BUDGET)

@@ -291,7 +291,7 @@ def test_mean_steps_takes_the_attackers_best_per_target_and_counts_a_miss_as_the
     assert mean_steps(curves, [90.0, 80.0]) == 2.0  # 90 by adam in 3 steps, 80 by sgd in 1
     assert mean_steps({"sgd": curves["sgd"]}, [90.0, 80.0]) == 3.0  # 90 never: five entries, so (5 + 1) / 2
     assert mean_steps({"sgd": curves["sgd"]}, [90.0]) is None
-    assert relearning(ORACLE, {k: v for k, v in ORACLE.items() if k != "relearn_curves"}) is None  # not attacked: no evidence
+    assert relearning(ORACLE, {k: v for k, v in ORACLE.items() if k != "relearn_curves"}) == (None, None)  # not attacked: no evidence
 
 
 def test_the_most_telling_layer_is_the_one_furthest_below_the_oracle():

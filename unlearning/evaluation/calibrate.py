@@ -122,15 +122,15 @@ def calibration_metrics(results: Path, seeds: list[int], budget: Budget, data_di
         nets = {stage: build_net(path) for stage, path in checkpoints(results, seed).items()}
         nets["pinned_logit"] = pinned_logit(nets["pretrained"], data, seed=seed)
         nets["distilled_fresh"] = distilled_fresh(nets["pretrained"], data, seed=seed)
-        evaluations = evaluate_nets(
-            {name: (net, torch.arange(10)) for name, net in nets.items()},
-            data,
-            budget,
-            "pretrained",
-            "oracle",
-        )
-        metrics[seed] = {name: evaluation.metrics for name, evaluation in evaluations.items()}
+        metrics[seed] = case_metrics(nets, data, budget)
     return metrics
+
+
+def case_metrics(nets: dict[str, nn.Module], data: EvalData, budget: Budget) -> dict[str, dict]:
+    """Each case's metrics on one split, as a bench measures them: the ``oracle`` case relearns under its own cap
+    (:func:`~.suite.evaluate_nets`)."""
+    evaluations = evaluate_nets({name: (net, torch.arange(10)) for name, net in nets.items()}, data, budget, "pretrained", "oracle")
+    return {name: evaluation.metrics for name, evaluation in evaluations.items()}
 
 
 def oracle_metrics(results: Sequence[Path], budget: Budget, data_dir: str = "data") -> dict[str, dict[int, dict[str, dict]]]:
@@ -201,7 +201,7 @@ def judge_cases(metrics: dict[int, dict[str, dict]], thresholds: Thresholds, bud
             subject, oracle = metrics[subject_seed][name], metrics[oracle_seed]["oracle"]
             subject = as_subject(subject, budget) if name == "oracle" else subject
             result = verdict(subject, oracle, thresholds)
-            steps, oracle_steps = relearning(subject, oracle) or (None, None)
+            steps, oracle_steps = relearning(subject, oracle)
             telling = most_telling_layer(subject, oracle)
             reach, noise_reach = (
                 max((subject[k] - oracle[k] for k in reach_keys(subject, start) if k in oracle), default=None)

@@ -118,6 +118,11 @@ def relearn_attack(
     }
 
 
+def relearn_stop(ceiling: float, headrooms: Sequence[float]) -> float:
+    """The accuracy past which the oracle's targets are ``ceiling`` alone (:func:`relearn_targets`): a curve may stop there."""
+    return ceiling + min(headrooms)
+
+
 def relearn_targets(curves: Mapping[str, Sequence[float]], ceiling: float, headrooms: Sequence[float]) -> list[float]:
     """The accuracies a relearning is timed to where ``curves`` are the reference oracle's: ``ceiling`` where the oracle
     learns the class back past ``ceiling`` plus the smallest headroom, else each headroom under the best it reaches.
@@ -126,10 +131,10 @@ def relearn_targets(curves: Mapping[str, Sequence[float]], ceiling: float, headr
     images to about 85-91% by every network, the oracles alike. Steps to 90% then time the plateau's height, not how fast
     the class comes back: one oracle reached it in 99 steps, another never in 3000. Targets under the oracle's own plateau
     are always reached by it, and several of them average out the plateau's jitter. A class learned back further (every
-    single digit) is timed to ``ceiling``, as before; its curves stop there (:func:`relearn_attack`'s ``stop_acc``).
+    single digit) is timed to ``ceiling``, as before; its curves stop at :func:`relearn_stop`.
     """
     best = max(max(curve) for curve in curves.values())
-    return [ceiling] if best >= ceiling + min(headrooms) else [best - headroom for headroom in headrooms]
+    return [ceiling] if best >= relearn_stop(ceiling, headrooms) else [best - headroom for headroom in headrooms]
 
 
 def mean_steps(curves: Mapping[str, Sequence[float]], targets: Sequence[float]) -> float | None:

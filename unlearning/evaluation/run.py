@@ -197,7 +197,7 @@ def _summary(
             "verdict": verdict(own, metrics[oracle], thresholds)["verdict"],
             "mia": own["mia"] / 100,
             "avg_gap": oracle_gap(own, metrics[oracle])["avg"] / 100,
-            "relearn_steps": (relearning(own, metrics[oracle]) or (None,))[0],
+            "relearn_steps": relearning(own, metrics[oracle])[0],
             "probe_layer": telling and telling[0],
             "probe_auc": telling and own[f"probe_auc_layer{telling[0]}"],
             "probe_ratio": telling and telling[1],

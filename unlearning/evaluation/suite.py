@@ -23,7 +23,7 @@ from unlearning.evaluation.mia import Attack, mia_check, mia_features
 from unlearning.evaluation.outputs import label_log_probabilities, layer_features, net_logits, predicted_labels, units_for
 from unlearning.evaluation.probe import fit_probe, probe_metrics
 from unlearning.evaluation.reachability import Norm, reach_class
-from unlearning.evaluation.relearn import OptimizerName, relearn_attack, relearn_targets, retain_finetune_recovery
+from unlearning.evaluation.relearn import OptimizerName, relearn_attack, relearn_stop, relearn_targets, retain_finetune_recovery
 
 REACH_STARTS = ("noise", "real")
 REACH_NORMS: tuple[Norm, ...] = ("linf", "l2")
@@ -218,7 +218,7 @@ def _relearn(net: nn.Module, unit_labels: Tensor, data: EvalData, forget: Tensor
     held_out = data.test_mask(data.forget_classes)
     curves = relearn_attack(
         net, data.train_x[rows], data.train_y[rows], data.test_x[held_out], data.test_y[held_out], unit_labels,
-        budget.attackers(), budget.relearn_target + min(budget.relearn_headrooms), budget.relearn_steps,
+        budget.attackers(), relearn_stop(budget.relearn_target, budget.relearn_headrooms), budget.relearn_steps,
     )  # fmt: skip
     return {"relearn_curves": curves, "relearn_targets": relearn_targets(curves, budget.relearn_target, budget.relearn_headrooms)}
 

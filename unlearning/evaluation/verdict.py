@@ -142,12 +142,12 @@ def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
     return ratios
 
 
-def relearning(metrics: dict, oracle: dict) -> tuple[float | None, float | None] | None:
+def relearning(metrics: dict, oracle: dict) -> tuple[float | None, float | None]:
     """``(steps, oracle_steps)``: the attacker's best mean steps to the oracle's relearning targets, of the network behind
-    ``metrics`` and of the oracle (:func:`~.relearn.mean_steps`; ``None``: no target reached); ``None`` where either was
-    not attacked."""
+    ``metrics`` and of the oracle (:func:`~.relearn.mean_steps`); ``None`` where no target was reached, or either network
+    was not attacked."""
     if "relearn_curves" not in metrics or "relearn_curves" not in oracle:
-        return None
+        return None, None
     targets = oracle["relearn_targets"]
     return mean_steps(metrics["relearn_curves"], targets), mean_steps(oracle["relearn_curves"], targets)
 
@@ -222,7 +222,7 @@ def verdict(
                 f"a linear probe on hidden layer {layer} misranks {1 - metrics[key]:.4f} of pairs, {ratio:.2f}x the oracle's "
                 f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x{_spread(probe_intervals, layer)})"
             )
-    steps, oracle_steps = relearning(metrics, oracle) or (None, None)
+    steps, oracle_steps = relearning(metrics, oracle)
     if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
         representation.append(
             f"the attacker's best relearns the class to {_targets(oracle['relearn_targets'])} in {steps:.4g} steps on average, "
