@@ -232,6 +232,17 @@ def test_the_defaults_are_the_calibrated_ones():
     }  # fmt: skip
 
 
+def test_the_evidence_page_lists_every_default_as_the_code_has_it():
+    """docs/evidence.md's "Defaults:" sentence is what users read the verdict by: each limit there, at its value.
+
+    It once kept ``relearn_ratio`` at 0.23 after the calibration moved the code's to 0.22, and left ``proto_margin`` out.
+    """
+    page = (ROOT / "docs" / "evidence.md").read_text()
+    sentence = " ".join(page.split("Defaults: ", 1)[1].split("Tests pin", 1)[0].split())
+    for name, value in asdict(Thresholds()).items():
+        assert f"`{name}` {value:g}" in sentence, name
+
+
 def test_one_ruined_neighbour_is_damage_even_when_the_retain_average_holds():
     """Per-class utility: the class margin pinned at its default, one case just inside and one just outside."""
     accs = [97.0] * 10
