@@ -227,8 +227,8 @@ def test_every_threshold_sits_exactly_at_its_default(key, inside, outside, kind)
 def test_the_defaults_are_the_calibrated_ones():
     """The thresholds the calibration set was judged with (see Thresholds' docstring); moving one needs a new calibration."""
     assert asdict(Thresholds()) == {
-        "acc_margin": 5.0, "reach_margin": 25.0, "noise_reach_margin": 97.0, "probe_ratio": 0.25, "relearn_ratio": 0.22, "recovery_margin": 5.0,
-        "proto_margin": 59.0, "utility_margin": 1.2, "class_margin": 10.0, "mia_margin": 20.0,
+        "acc_margin": 5.0, "reach_margin": 16.0, "noise_reach_margin": 97.0, "probe_ratio": 0.25, "relearn_ratio": 0.22, "recovery_margin": 5.0,
+        "proto_margin": 59.0, "utility_margin": 1.3, "class_margin": 10.0, "mia_margin": 20.0,
     }  # fmt: skip
 
 
@@ -896,7 +896,7 @@ class _Loaded:
 
 def test_the_oracle_summary_names_the_pair_behind_each_extreme():
     base = {"verdict": "forgets", "reach_above": 0.0, "noise_reach_above": 0.0, "ta_below": 0.1, "class_below": 1.0, "relearn": 4, "oracle_relearn": 4,
-            "forget_acc_above": 0.0, "quant_above": 0.0, "proto_above": 10.0, "probe_ratio": 0.9}  # fmt: skip
+            "forget_acc_above": 0.0, "quant_above": 0.0, "recovered_above": 0.0, "proto_above": 10.0, "probe_ratio": 0.9}  # fmt: skip
     rows = [
         base | {"experiment": "forget1", "seed": 2, "oracle_seed": 4, "proto_above": 53.0, "verdict": "hides"},
         base | {"experiment": "forget0", "seed": 0, "oracle_seed": 2, "probe_ratio": 0.28, "relearn": 2},
@@ -905,13 +905,30 @@ def test_the_oracle_summary_names_the_pair_behind_each_extreme():
     summary = calibrate.oracle_summary(rows)
     assert "3 oracle pairs over 3 experiments; 2 get `forgets`." in summary
     t = Thresholds()
-    assert f"| probe_ratio (lowest probe ratio) | {t.probe_ratio:g} | 0.280 | forget0 0/2 | {0.28 - t.probe_ratio:+.3f} |" in summary
+    assert f"| probe_ratio (lowest probe ratio) | {t.probe_ratio:g} | 0.25 | 0.280 | forget0 0/2 | {0.28 - t.probe_ratio:+.3f} |" in summary
     assert (
-        f"| reach_margin (most real starts above) | {t.reach_margin:g} | 14.100 | replace9to7 0/1 | {t.reach_margin - 14.1:+.3f} |"
+        f"| reach_margin (most real starts above) | {t.reach_margin:g} | 16 | 14.100 | replace9to7 0/1 | {t.reach_margin - 14.1:+.3f} |"
         in summary
     )
-    assert f"| noise_reach_margin (most noise starts above) | {t.noise_reach_margin:g} | 87.500 | replace9to7 0/1 |" in summary
-    assert f"| proto_margin (prototype accuracy above) | {t.proto_margin:g} | 53.000 | forget1 2/4 |" in summary
+    assert f"| noise_reach_margin (most noise starts above) | {t.noise_reach_margin:g} | 97 | 87.500 | replace9to7 0/1 |" in summary
+    assert f"| proto_margin (prototype accuracy above) | {t.proto_margin:g} | 59 | 53.000 | forget1 2/4 |" in summary
+    # where these few pairs ask less than the limit, the table says the rule would set another
     assert (
-        f"| relearn_ratio (steps over the other's) | {t.relearn_ratio:g} | 0.500 | forget0 0/2 | +{0.5 - t.relearn_ratio:.3f} |" in summary
+        f"| relearn_ratio (steps over the other's) | {t.relearn_ratio:g} | 0.45 **(not the limit)** | 0.500 | forget0 0/2 | +{0.5 - t.relearn_ratio:.3f} |"
+        in summary
     )
+    assert f"| acc_margin (forget accuracy above) | {t.acc_margin:g} | – (a floor) | 0.000 |" in summary
+
+
+def test_the_rule_sets_each_limit_a_tenth_past_the_most_demanding_oracle_pair_rounded_outward():
+    """The extremes of the 510 oracle pairs (docs/evidence.md) give today's limits; no oracle difference, no limit."""
+    extremes = {  # threshold: (extreme, +1 capped from above / -1 from below, decimals)
+        "probe_ratio": (0.281, -1, 2), "reach_margin": (14.062, 1, 0), "noise_reach_margin": (87.5, 1, 0), "utility_margin": (1.148, 1, 1),
+        "class_margin": (8.296, 1, 0), "relearn_ratio": (0.254, -1, 2), "proto_margin": (53.016, 1, 0),
+    }  # fmt: skip
+    assert {name: calibrate.rule_limit(*read) for name, read in extremes.items()} == {
+        name: getattr(Thresholds(), name) for name in extremes
+    }
+    assert calibrate.rule_limit(1.0, 1, 1) == 1.1  # exactly a tenth past is on the limit, not a rounding step beyond
+    assert calibrate.rule_limit(10.0, -1, 0) == 9.0
+    assert calibrate.rule_limit(0.0, 1, 0) is None and calibrate.rule_limit(-0.4, 1, 1) is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,34 +160,60 @@ def oracle_metrics(results: Sequence[Path], budget: Budget, data_dir: str = "dat
     return metrics
 
 
+#: how far past the most demanding oracle pair a limit sits: a tenth of that pair's value
+RULE_MARGIN = 0.1
+
+
+def rule_limit(extreme: float, sign: int, decimals: int) -> float | None:
+    """The limit the calibration's rule gives a threshold: the most demanding oracle pair's value moved a tenth of
+    itself further out and rounded outward to ``decimals`` (``sign`` +1 where the limit caps a reading from above, -1
+    from below). Every threshold that genuine oracles vary on is set so, in both directions: a looser limit lets a
+    network through that the oracles never come near, a tighter one convicts a genuine retraining.
+
+    ``None`` where no oracle pair reads above zero on a limit that caps from above (every oracle scores 0 on forget
+    accuracy, say): the rule gives no limit there, and the threshold is a floor, the smallest difference that counts.
+    """
+    if sign > 0 and extreme <= 0:
+        return None
+    scaled = round(extreme * (1 + sign * RULE_MARGIN) * 10**decimals, 9)  # the rounding spares float noise a step
+    return (math.ceil(scaled) if sign > 0 else math.floor(scaled)) / 10**decimals
+
+
 def oracle_summary(rows: list[dict]) -> str:
     """What the oracles judged against each other ask of each threshold: the extreme value seen and the pair that
-    showed it, beside the limit."""
+    showed it, beside the limit and the limit the rule gives (:func:`rule_limit`)."""
     t = Thresholds()
-    # (threshold, limit, what each pair shows, +1 where the limit caps it from above, -1 from below)
+    # (threshold, limit, what each pair shows, +1 where the limit caps it from above, -1 from below, decimals kept)
     reads = [
-        ("probe_ratio (lowest probe ratio)", t.probe_ratio, lambda r: r["probe_ratio"], -1),
-        ("reach_margin (most real starts above)", t.reach_margin, lambda r: r["reach_above"] or 0, 1),
-        ("noise_reach_margin (most noise starts above)", t.noise_reach_margin, lambda r: r["noise_reach_above"] or 0, 1),
-        ("utility_margin (TA below)", t.utility_margin, lambda r: r["ta_below"], 1),
-        ("class_margin (one class below)", t.class_margin, lambda r: r["class_below"] or 0, 1),
+        ("probe_ratio (lowest probe ratio)", t.probe_ratio, lambda r: r["probe_ratio"], -1, 2),
+        ("reach_margin (most real starts above)", t.reach_margin, lambda r: r["reach_above"] or 0, 1, 0),
+        ("noise_reach_margin (most noise starts above)", t.noise_reach_margin, lambda r: r["noise_reach_above"] or 0, 1, 0),
+        ("utility_margin (TA below)", t.utility_margin, lambda r: r["ta_below"], 1, 1),
+        ("class_margin (one class below)", t.class_margin, lambda r: r["class_below"] or 0, 1, 0),
         (
             "relearn_ratio (steps over the other's)",
             t.relearn_ratio,
             lambda r: r["relearn"] / r["oracle_relearn"] if r["relearn"] is not None and r["oracle_relearn"] else None,
             -1,
+            2,
         ),
-        ("acc_margin (forget accuracy above)", t.acc_margin, lambda r: r["forget_acc_above"], 1),
-        ("acc_margin (after quantisation, above)", t.acc_margin, lambda r: r["quant_above"] or 0, 1),
-        ("proto_margin (prototype accuracy above)", t.proto_margin, lambda r: r["proto_above"] or 0, 1),
+        ("acc_margin (forget accuracy above)", t.acc_margin, lambda r: r["forget_acc_above"], 1, 0),
+        ("acc_margin (after quantisation, above)", t.acc_margin, lambda r: r["quant_above"] or 0, 1, 0),
+        ("recovery_margin (retain-only fine-tuning brings back, above)", t.recovery_margin, lambda r: r["recovered_above"], 1, 0),
+        ("proto_margin (prototype accuracy above)", t.proto_margin, lambda r: r["proto_above"] or 0, 1, 0),
     ]
     forgets = sum(r["verdict"] == "forgets" for r in rows)
     lines = [f"{len(rows)} oracle pairs over {len({r['experiment'] for r in rows})} experiments; {forgets} get `forgets`.", ""]
-    lines += ["| threshold | limit | extreme, oracle against oracle | pair (seed/oracle) | room |", "|---|---|---|---|---|"]
-    for name, limit, read, sign in reads:
+    lines += [
+        "| threshold | limit | by the rule | extreme, oracle against oracle | pair (seed/oracle) | room |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, limit, read, sign, decimals in reads:
         value, row = max(((v, r) for r in rows if (v := read(r)) is not None), key=lambda item: sign * item[0])
         pair = f"{row['experiment']} {row['seed']}/{row['oracle_seed']}"
-        lines.append(f"| {name} | {limit:g} | {value:.3f} | {pair} | {sign * (limit - value):+.3f} |")
+        rule = rule_limit(value, sign, decimals)
+        rule_text = "– (a floor)" if rule is None else f"{rule:g}" + ("" if rule == limit else " **(not the limit)**")
+        lines.append(f"| {name} | {limit:g} | {rule_text} | {value:.3f} | {pair} | {sign * (limit - value):+.3f} |")
     return "\n".join(lines)
 
 

@@ -44,9 +44,11 @@ class Thresholds:
     ``forgets``). Second set: the oracles of every digit and of four replacement pairs on seeds 0-5
     (configs/bench_all_classes.yaml and configs/bench_fresh_seeds.yaml) and of fifteen more pairs on seeds 0-2 (ten
     replaced, five forgotten together; configs/bench_pairs.yaml), each judged against its experiment's other seeds
-    (``calibrate --oracles``): 510 pairs that must all be ``forgets``. A limit that one of them crossed was moved past
-    the most demanding pair by a tenth of its value, rounded outward (docs/evidence.md: the before and after). Tests pin
-    every default at its boundary.
+    (``calibrate --oracles``): 510 pairs that must all be ``forgets``. Every limit that the oracles vary on sits past
+    the most demanding pair by a tenth of its value, rounded outward (:func:`~.calibrate.rule_limit`; until 2026-12-07
+    only a limit an oracle crossed was moved, so two had drifted off the rule: docs/evidence.md has the before and
+    after). The limits no oracle pair differs on (``acc_margin``, ``recovery_margin``: every oracle reads 0) are floors,
+    the smallest difference that counts. Tests pin every default at its boundary.
 
     Args:
         acc_margin: percentage points of forget accuracy (forget set, or forget classes' test set)
@@ -54,8 +56,10 @@ class Thresholds:
             models 92-94 points more; a head bias lowered only to -5 still leaves 47%.
         reach_margin: percentage points of reachability above the oracle's from real images of the other classes,
             on either norm. An oracle is reached from at most 14.1 points more of them than another seed's oracle
-            (replace 9->7, seed 0 against seed 1); the pretrained models from 89-100 points more than their oracle,
-            selective gradient (digit 9) from 52-89.
+            (replace 9->7, seed 0 against seed 1): the limit is that plus a tenth, rounded outward (25 before, which
+            let selective gradient's forget 1 seed 2 pass, reached from 21.9% of the real starts against its oracle's
+            0%). The pretrained models are reached from 89-100 points more than their oracle, selective gradient
+            (digit 9) from 52-89.
         noise_reach_margin: the same from noise starts, whose reachability measures a unit's response off the data,
             where a never-trained unit can win too: the oracles of two held-out replacement pairs have their
             never-trained old unit reached from 87.5% (9->7, seed 0, L∞) and 29.7% (3->8, seed 0, L2) of the noise
@@ -91,21 +95,22 @@ class Thresholds:
             (48 from seeds 0-2 alone). The pretrained models and the head mask reach 93-99.8%. Quantisation (8 and 4
             bits) is read with ``acc_margin``: no oracle gains anything under it.
         utility_margin: percentage points of retain-class test accuracy (TA) below the oracle's that
-            count as damage. Oracles of digit 9 lie within 0.44 points of each other, but forget 4's
-            within 1.01 (seed 1 against seed 0): the limit, 1.0 before, is 1.2. Every other case of the
-            first set is within 0.63 of its oracle; the distilled fresh networks are 8-10 below.
+            count as damage. Oracles of digit 9 lie within 0.44 points of each other, but replace 3->8's
+            within 1.15 (seed 0 against seed 1; forget 4's within 1.01): the limit is that plus a tenth, rounded
+            outward (1.0 on digit 9 alone, 1.2 from forget 4). Every other case of the first set is within 0.63 of its
+            oracle; the distilled fresh networks are 8-10 below.
         mia_margin: random-sample mode only: percentage points of MIA efficacy below the oracle's
             that mean the forget samples still look like training members.
     """
 
     acc_margin: float = 5.0
-    reach_margin: float = 25.0
+    reach_margin: float = 16.0
     noise_reach_margin: float = 97.0
     probe_ratio: float = 0.25
     relearn_ratio: float = 0.22
     recovery_margin: float = 5.0
     proto_margin: float = 59.0
-    utility_margin: float = 1.2
+    utility_margin: float = 1.3
     class_margin: float = 10.0
     mia_margin: float = 20.0
 
