@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import CONFIGS, ROOT
 from unlearning import runs
 from unlearning.bench import Cell, Experiment, bench_parser
-from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, verdict_grid
+from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, sweeps, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
@@ -151,6 +151,17 @@ def test_bench_counts_flops_beside_the_timed_cost_and_keeps_them(tmp_path, monke
     assert "FLOPs × oracle" in (out / "results.md").read_text()
     experiment = Experiment("forget9", ["configs/pretrain.yaml"], ["configs/oracle.yaml"])
     assert Cell(experiment, 0, count_flops=True).key != Cell(experiment, 0).key  # a counted cell never reuses an uncounted one
+
+
+def test_the_frontier_joins_each_swept_setting_to_the_config_it_varies_and_nothing_else():
+    methods = ["selective_gradient", "selective_gradient_m30", "masked_reset_u10", "masked_reset", "masked_reset_u50",
+               "masked_reset_s88", "reset_retrain", "unit_reset_300", "layer_freeze_1", "layer_freeze_2"]  # fmt: skip
+    assert sweeps(methods) == [
+        ["selective_gradient_m30", "selective_gradient"],
+        ["masked_reset_u10", "masked_reset_u50", "masked_reset"],
+        ["masked_reset_s88", "masked_reset"],
+        ["layer_freeze_1", "layer_freeze_2"],
+    ]
 
 
 def test_the_frontier_reads_compute_where_every_method_counted_it_and_time_otherwise():

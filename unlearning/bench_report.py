@@ -180,8 +180,7 @@ def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
 def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """The price of forgetting: per experiment with evidence, each method's frozen share (weights bit-identical to the
     pretrained model's, x) against its cost (y, log), coloured by its worst verdict over the seeds. The cost is
-    :func:`frontier_cost`'s. Where a method's settings sweep (``masked_reset_u20``, ``masked_reset_u40``...), the points
-    of one family are joined by a line."""
+    :func:`frontier_cost`'s. The points of one sweep (:func:`sweeps`) are joined by a line."""
     import matplotlib.pyplot as plt
 
     experiments, methods = _grid_axes(rows)
@@ -198,12 +197,8 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
             if group:
                 worst = order[max(order.index(r["verdict"]) for r in group)]
                 points[method] = (100 * statistics.mean(r["frozen"] for r in group), statistics.mean(r[cost] for r in group), worst)
-        families: dict[str, list[str]] = {}
-        for method in points:
-            families.setdefault(re.sub(r"_[a-z]*\d+$", "", method), []).append(method)
-        for members in families.values():
-            if len(members) > 1:
-                ax.plot(*zip(*sorted(points[m][:2] for m in members)), color="0.75", lw=1, zorder=1)
+        for members in sweeps(list(points)):
+            ax.plot(*zip(*sorted(points[m][:2] for m in members)), color="0.75", lw=1, zorder=1)
         for x, y, worst in points.values():
             ax.scatter(x, y, s=45, color=VERDICT_COLOURS[worst], zorder=2)
         ax.set_yscale("log")
@@ -218,6 +213,18 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sweeps(methods: list[str]) -> list[list[str]]:
+    """The methods that sweep one setting of one method: ``masked_reset_u20`` and ``masked_reset_u40`` sweep ``u`` of
+    ``masked_reset``, which (its config's own value) joins them; ``masked_reset_s88`` sweeps another setting, so it
+    joins the config alone. Only sweeps of two methods or more."""
+    families: dict[tuple[str, str], list[str]] = {}
+    for method in methods:
+        if match := re.fullmatch(r"(.+)_([a-z]*)\d+", method):
+            families.setdefault((match[1], match[2]), []).append(method)
+    lines = [members + ([base] if base in methods else []) for (base, _), members in families.items()]
+    return [line for line in lines if len(line) > 1]
 
 
 def frontier_cost(rows: list[dict[str, Any]]) -> tuple[str, str]:
