@@ -149,8 +149,9 @@ def probe_ratios(metrics: dict, oracle: dict) -> dict[int, float]:
 
 def relearning(metrics: dict, oracle: dict) -> tuple[float | None, float | None]:
     """``(steps, oracle_steps)``: the attacker's best mean steps to the oracle's relearning targets, of the network behind
-    ``metrics`` and of the oracle (:func:`~.relearn.mean_steps`); ``None`` where no target was reached, or either network
-    was not attacked."""
+    ``metrics`` and of the oracle (:func:`~.relearn.mean_steps`); ``steps`` is ``None`` where no target was reached, both
+    where either network was not attacked. The oracle reaches its own targets by construction
+    (:func:`~.relearn.relearn_targets`), so ``oracle_steps`` is a number wherever it was attacked."""
     if "relearn_curves" not in metrics or "relearn_curves" not in oracle:
         return None, None
     targets = oracle["relearn_targets"]
@@ -228,10 +229,10 @@ def verdict(
                 f"{1 - oracle[key]:.4f} (limit {t.probe_ratio:g}x{_spread(probe_intervals, layer)})"
             )
     steps, oracle_steps = relearning(metrics, oracle)
-    if steps is not None and (oracle_steps is None or steps <= t.relearn_ratio * oracle_steps):
+    if steps is not None and steps <= t.relearn_ratio * oracle_steps:
         representation.append(
             f"the attacker's best relearns the class to {_targets(oracle['relearn_targets'])} in {steps:.4g} steps on average, "
-            f"the oracle's in {'more than its budget' if oracle_steps is None else format(oracle_steps, '.4g')} (limit {t.relearn_ratio:g}x)"
+            f"the oracle's in {oracle_steps:.4g} (limit {t.relearn_ratio:g}x)"
         )
     proto, oracle_proto = metrics.get("proto_acc"), oracle.get("proto_acc")
     if proto is not None and oracle_proto is not None and proto > oracle_proto + t.proto_margin:
