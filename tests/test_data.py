@@ -126,8 +126,8 @@ def test_two_processes_unpacking_at_once_both_succeed(data_copy: Path):
     """Both start on a fresh copy: each writes its own temporary file and renames it into place."""
     code = "import sys; from unlearning.data.mnist import prepare_mnist; prepare_mnist(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(data_copy)], cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    assert [rc for rc, _ in results] == [0, 0], results
+    errors = [p.communicate(timeout=120)[1] for p in procs]  # communicate closes the pipes, and waits
+    assert [p.returncode for p in procs] == [0, 0], errors
     raw = data_copy / "MNIST" / "raw"
     assert all(hashlib.md5((raw / f).read_bytes()).hexdigest() == md5 for f, md5 in MNIST_MD5.items())
     assert not [p for p in raw.iterdir() if p.suffix == ".part"]

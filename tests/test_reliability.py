@@ -352,7 +352,7 @@ def test_a_run_folder_in_use_is_refused_and_free_again_once_its_holder_dies(tmp_
         assert _snapshot(tmp_path) == before
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits, and closes its pipe
     resumed = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last", *QUICK)
     assert resumed.trainer.log_dir == str(run_dir) and resumed.trainer.global_step == 30
 
@@ -381,7 +381,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_swept_by_the_next_claim_and
         run = fit(CONFIGS / "pretrain.yaml", tmp_path, "--trainer.max_epochs=1", *QUICK)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits, and closes its pipe
     assert not (root / "version_0").exists()  # dead: swept
     assert (root / "version_1").exists()  # alive (its lock is held): kept
     assert Path(run.trainer.log_dir) == root / "version_2" and not (root / "version_2" / ".incomplete").exists()
