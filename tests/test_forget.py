@@ -22,6 +22,7 @@ from unlearning.saliency import (
     specificity,
     ssd_dampening,
     top_fraction_mask,
+    unchanged_share,
     union,
     unit_activations,
     unit_mask,
@@ -464,6 +465,38 @@ def test_two_process_selective_gradient_uses_one_mask_and_freezes_exactly(pretra
         assert torch.equal(ranks[0][name], mask) and torch.equal(ranks[1][name], mask), name
         assert torch.equal(after[name][~mask], before[name][~mask]), name
     assert changed(before, after)
+
+
+class NetDump(Callback):
+    """Saves each rank's network as the fit ends, so the parent process can compare the ranks."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({k: v.cpu() for k, v in pl_module.net.state_dict().items()}, self.folder / f"net_{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(300)
+def test_two_process_masked_reset_keeps_its_frozen_majority_bit_identical_on_every_rank(pretrained_ckpt, tmp_path):
+    """Under DDP the frozen first-layer rows still get no weight gradient (their layer's forward is swapped for one that
+    computes the other rows' alone) and what the optimiser does to them (here weight decay) is undone on each rank; the
+    ranks reset the same weights to the same values and end equal."""
+    cli = unlearn(
+        UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path, "--trainer.max_steps=3", "--model.init_args.log_figures=false",
+        "--data.init_args.batch_size=128", "--model.init_args.optimizer.init_args.weight_decay=0.01",  # decay moves every weight
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn", run=False,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(NetDump(tmp_path))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    ranks = [torch.load(tmp_path / f"net_{rank}.pt") for rank in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    moving = read_checkpoint(last_checkpoint(cli.trainer))["weight_masks"]
+    before, after = net_state_dict(pretrained_ckpt), ranks[0]
+    assert unchanged_share(before, after) >= 0.6
+    for name, mask in moving.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+        assert (after[name][mask] != before[name][mask]).any(), name  # and what may move, moved
 
 
 class RankDependentReset(ResetRetrain):
