@@ -188,6 +188,7 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
             r"focal_gamma must be a number >= 0 \(0: plain cross-entropy\), got -1",
         ),
         ("unit_reset", "pretrained", ["--model.init_args.focal_gamma=inf"], r"^model.init_args.focal_gamma: expected float, got inf"),
+        ("unit_reset", "pretrained", ["--model.init_args.label_smoothing=1"], r"label_smoothing must be in \[0, 1\) \(0: none\), got 1.0"),
         ("masked_reset", "pretrained", ["--model.init_args.unit_layers=5"], r"unit_layers must lie in \[1, 4\] for SeedMLP, got 5"),
         ("reset_retrain", "none", [], r"ResetRetrain starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),

@@ -77,3 +77,17 @@ def test_focal_cross_entropy_keeps_the_scale_of_cross_entropy_where_every_sample
     assert math.isclose(focal_cross_entropy(logits, y, 2.0).item(), math.log(10), rel_tol=1e-6)
     confident = torch.full((2, 3), -100.0).index_fill(1, torch.tensor([0]), 100.0)  # p_true 1: every weight 0
     assert focal_cross_entropy(confident, torch.tensor([0, 0]), 1.0).item() == 0.0
+
+
+def test_label_smoothing_spreads_over_the_trained_classes_alone_and_matches_torch_over_all_of_them():
+    logits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 3, 5, 8, 1])
+    every = torch.arange(10)
+    assert torch.allclose(focal_cross_entropy(logits, y, 0.0, 0.1, every), F.cross_entropy(logits, y, label_smoothing=0.1))
+    # over the nine units a forget-9 run trains, the forgotten unit's logit is only ever pushed down
+    trained = torch.arange(9)
+    logits.requires_grad_(True)
+    focal_cross_entropy(logits, y, 0.0, 0.2, trained).backward()
+    assert (logits.grad[:, 9] > 0).all()
+    log_p = F.log_softmax(logits.detach(), dim=1)
+    expected = (0.8 * -log_p[torch.arange(6), y] - 0.2 * log_p[:, :9].mean(dim=1)).mean()
+    assert torch.isclose(focal_cross_entropy(logits.detach(), y, 0.0, 0.2, trained), expected)

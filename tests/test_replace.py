@@ -198,6 +198,9 @@ def test_reuse_mode_reads_the_old_unit_as_the_new_class_in_predictions_and_metri
 
     own = ReplaceTask(FirstTen(), forget_classes=[6], new_classes=[3], log_figures=False)
     assert own.predict_labels(own(x)).tolist() == units.tolist()
+    # label smoothing spreads over the units each mode trains: never the old class's own unit in `own` mode
+    assert own.trained_units.tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    assert task.trained_units.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
 
 
 def test_a_pretrained_model_that_knows_the_new_class_gets_a_clear_warning(pretrained_ckpt, replace_ckpt, tmp_path, recwarn):

@@ -49,19 +49,27 @@ def forget_loss(
     raise ValueError(f"unknown forget objective {objective!r}; choose random_label, bounded_ascent or uniform_kl")
 
 
-def focal_cross_entropy(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
+def focal_cross_entropy(logits: Tensor, y: Tensor, gamma: float, smoothing: float = 0.0, classes: Tensor | None = None) -> Tensor:
     """Cross-entropy with each sample weighted by (1 - p_true)^gamma (Lin et al. 2017), the weights rescaled to sum to
     the batch's size; ``gamma`` 0 is plain cross-entropy.
 
     The weight moves the step towards the samples the model still gets wrong, and the rescaling keeps the loss's scale,
     and with it the optimiser's effective rate, that of cross-entropy. The weights are constants: no gradient flows
-    through them.
+    through them. ``smoothing`` moves that share of each target uniformly onto ``classes`` (label smoothing, Szegedy et
+    al. 2016), the units the task trains: a forgotten class's unit gets none of it.
     """
-    if gamma == 0:
+    if gamma == 0 and not smoothing:
         return F.cross_entropy(logits, y)
     ce = F.cross_entropy(logits, y, reduction="none")
+    loss = ce
+    if smoothing:
+        assert classes is not None, "label smoothing needs the classes it spreads over"
+        uniform = -F.log_softmax(logits, dim=1).index_select(1, classes).mean(dim=1)
+        loss = (1 - smoothing) * ce + smoothing * uniform
+    if gamma == 0:
+        return loss.mean()
     weight = (1 - torch.exp(-ce.detach())).pow(gamma)
-    return (weight * ce).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+    return (weight * loss).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 def distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -69,6 +68,8 @@ class UnlearnTask(BaseTask):
             (:func:`~unlearning.losses.focal_cross_entropy`): each weighs (1 - p_true)^focal_gamma, so the samples the
             model gets wrong (what a reset took away, and what the pretrained model never learned as well as a fresh
             run) weigh more; 0 is plain cross-entropy.
+        label_smoothing: the share of each of those targets spread evenly over the units the run trains (the forgotten
+            class's left out, so smoothing never holds its unit up); 0 is none.
         **kwargs: see :class:`BaseTask` (``weights`` is where the pretrained model comes from; it
             must have been trained on the forget classes, see :func:`check_trained_on`).
     """
@@ -89,16 +90,20 @@ class UnlearnTask(BaseTask):
         retain_weight: float = 1.0,
         ascent_bound: float = 5.0,
         focal_gamma: float = 0.0,
+        label_smoothing: float = 0.0,
         **kwargs: Any,
     ):
         if not 0 <= focal_gamma < math.inf:
             raise UsageError(f"focal_gamma must be a number >= 0 (0: plain cross-entropy), got {focal_gamma}")
+        if not 0 <= label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1) (0: none), got {label_smoothing}")
         self.forget_objective, self.retain_weight, self.ascent_bound = forget_objective, retain_weight, ascent_bound
-        self.focal_gamma = focal_gamma
+        self.focal_gamma, self.label_smoothing = focal_gamma, label_smoothing
         super().__init__(*args, **kwargs)
         if kwargs.get("weights") is not None:
             check_trained_on(kwargs["weights"], self.forget_classes)
         self.constant("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)))
+        self.constant("trained_units", torch.tensor(sorted({*self.remaining_classes.tolist(), *self.new_classes})))
         self.weight_masks: dict[str, Tensor] | None = None
         self.reset_masks: dict[str, Tensor] | None = None  # what prepare_net reset, if anything (kept in the checkpoint)
         self.before: dict[str, float] | None = None  # the pretrained weights' validation metrics (kept in the checkpoint)
@@ -107,8 +112,11 @@ class UnlearnTask(BaseTask):
 
     def configure_losses(self) -> None:
         """``criterion``, the cross-entropy on the samples the model is to classify (retain, and a replacement's new
-        class): focal where ``focal_gamma`` is set."""
-        self.criterion = partial(focal_cross_entropy, gamma=self.focal_gamma)
+        class): focal where ``focal_gamma`` is set, its targets smoothed over ``trained_units`` by ``label_smoothing``."""
+        self.criterion = self.classification_loss
+
+    def classification_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return focal_cross_entropy(logits, y, self.focal_gamma, self.label_smoothing, self.trained_units)
 
     # -- what a method defines ----------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, Tensor]:

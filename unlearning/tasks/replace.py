@@ -160,6 +160,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         if head_mode == "reuse":
             target_unit[self.new_classes] = torch.tensor(self.forget_classes)
         self.constant("target_unit", target_unit)
+        self.constant("trained_units", torch.cat([self.remaining_classes, target_unit[self.new_classes]]).unique())
         old, new = (self.forget_classes, self.new_classes) if head_mode == "reuse" else ((), ())
         self.constant("unit_label", unit_to_label(NUM_CLASSES, old, new))
         if distill_weight:
