@@ -103,7 +103,7 @@ class UnlearnTask(BaseTask):
         if kwargs.get("weights") is not None:
             check_trained_on(kwargs["weights"], self.forget_classes)
         self.constant("remaining_classes", torch.tensor(retain_classes(self.forget_classes, self.new_classes)))
-        self.constant("trained_units", torch.tensor(sorted({*self.remaining_classes.tolist(), *self.new_classes})))
+        self.constant("trained_units", torch.tensor(retain_classes(self.forget_classes, ())))  # the new classes too
         self.weight_masks: dict[str, Tensor] | None = None
         self.reset_masks: dict[str, Tensor] | None = None  # what prepare_net reset, if anything (kept in the checkpoint)
         self.before: dict[str, float] | None = None  # the pretrained weights' validation metrics (kept in the checkpoint)
