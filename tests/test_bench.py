@@ -266,6 +266,7 @@ TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "orac
         ("--seeds=[0,0]", r"--seeds repeats a seed: \[0, 0\]"),
         (f"--experiments=[{TWICE_A}]", r"experiment names repeat: \['a'\]"),
         ("--timing_repeats=0", "--timing_repeats must be at least 1"),
+        ("--draws=0", "--draws must be at least 1, got 0"),
         ("--threads=0", "--threads must be at least 1, got 0"),
         ("--speed_repeats=-1", "--speed_repeats must be 0"),
         ("--headline=README.md", "--headline takes test-set results"),  # the tiny config has no headline; with val it is refused
@@ -360,6 +361,43 @@ def test_the_every_digit_grid_runs_each_digit_and_pair_through_the_cli(tmp_path)
     judged = {r["experiment"] for r in rows if "verdict" in r}
     assert judged == {"forget4", "replace1to7"}
     assert "| forget4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "grid_verdicts.png").is_file()
+
+
+@pytest.mark.slow
+def test_draws_refit_each_method_on_the_seeds_model_and_split_with_their_own_randomness(tmp_path):
+    """``--draws 2``: one pretrained model and oracle a seed, each method fitted twice. The second fit starts from the same
+    weights on the same split under its own seed, moves other weights, and is judged against the same oracle; its rows,
+    tables and headline key name the draw."""
+    quick = ["-c", "tests/conf/tiny.yaml", "--trainer.limit_train_batches=40", "--model.init_args.log_figures=false"]
+    config = {
+        "seeds": [0], "threads": 1, "speed_repeats": 0, "draws": 2,
+        "experiments": [{"name": "forget9", "pretrain": ["configs/pretrain.yaml", *quick], "oracle": ["configs/oracle.yaml", *quick],
+                         "methods": {"selective_gradient": ["configs/unlearn/selective_gradient.yaml", "--trainer.max_steps=5",
+                                                            "--trainer.val_check_interval=5"]}}],
+    }  # fmt: skip
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- headline -->\n<!-- /headline -->\n")
+    rows = main(["bench", "-c", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "results"), "--headline", str(readme)])
+    assert [(r["method"], r["draw"]) for r in rows] == [
+        ("pretrained", 0),
+        ("oracle", 0),
+        ("selective_gradient", 0),
+        ("selective_gradient", 1),
+    ]
+    first, second = (read_checkpoint(r["checkpoint"]) for r in rows[2:])
+    assert [(c["datamodule_hyper_parameters"]["seed"], c["datamodule_hyper_parameters"]["split_seed"]) for c in (first, second)] == [
+        (0, None),
+        (1000, 0),
+    ]
+    assert all(r["frozen"] >= 0.89 for r in rows[2:])  # each keeps its mask of the one pretrained model bit for bit
+    assert not torch.equal(first["state_dict"]["net.head.weight"], second["state_dict"]["net.head.weight"])  # two draws
+    assert all("verdict" in r and r["cost"] > 0 for r in rows)
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "| selective_gradient | 0 (draw 1) |" in table and "(seeds 0, 2 draws each, mean ± std)" in table
+    assert '"forget9/selective_gradient/seed0/draw1"' in readme.read_text() and '"forget9/selective_gradient/seed0"' in readme.read_text()
+    experiment = Experiment(**{k: v for k, v in config["experiments"][0].items()})
+    assert Cell(experiment, 0, draws=2).key != Cell(experiment, 0).key == Cell(experiment, 0, draws=1).key
 
 
 def test_the_verdict_grid_reads_each_method_against_the_oracle_beside_the_pretrained_start_and_another_seeds_oracle():

@@ -244,6 +244,23 @@ def test_positions_saved_per_stream_before_budgets_were_one_epoch_still_resume()
     assert _labels(itertools.islice(iter(resumed), 4)) == straight[6:]  # 2 batches into epoch 1 of 4-batch epochs
 
 
+def test_the_split_follows_split_seed_and_the_shuffles_follow_seed():
+    """Another draw of a method (another seed on one split) keeps a pretrained model's retain, forget and validation
+    samples, and changes its batches; without ``split_seed`` the seed fixes both, as before."""
+    from unlearning.data.mnist import MNISTDataModule
+
+    own, draw, other = (MNISTDataModule(seed=seed, split_seed=split) for seed, split in ((0, None), (1000, 0), (1000, None)))
+    for dm in (own, draw, other):
+        dm.setup()
+    assert all(torch.equal(own.split_index[s], draw.split_index[s]) for s in own.split_index)
+    assert not torch.equal(own.split_index["val"], other.split_index["val"])
+
+    def first_batch(dm):
+        return next(iter(dm.loader("retain", train=True)))[1]
+
+    assert not torch.equal(first_batch(own), first_batch(draw))
+
+
 def _on_device(device: torch.device, world_size: int = 1, rank: int = 0):
     """A datamodule attached to a stand-in trainer whose strategy runs on ``device``."""
     from types import SimpleNamespace

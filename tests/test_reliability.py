@@ -309,6 +309,7 @@ def test_an_explicit_resume_of_another_configuration_is_refused_naming_what_diff
     for overrides, differs in (
         (["-c", str(CONFIGS / "pretrain.yaml"), "--seed_everything=1"], r"stage 'oracle' \(the checkpoint's\) vs 'pretrain'.*seed 0"),
         (["-c", str(CONFIGS / "oracle.yaml"), "--seed_everything=1"], r"seed 0 \(the checkpoint's\) vs 1"),
+        (["-c", str(CONFIGS / "oracle.yaml"), "--data.init_args.split_seed=3"], r"split seed 0 \(the checkpoint's\) vs 3"),
         (
             ["-c", str(CONFIGS / "oracle.yaml"), "--model.init_args.optimizer.init_args.lr=0.1"],
             r"model\.init_args\.optimizer.*0\.001.*0\.1",

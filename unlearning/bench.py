@@ -3,7 +3,8 @@
 For each experiment and seed it pretrains, retrains the oracle, runs every method from the
 pretrained weights, scores them on the test set (``--holdout val``: on the validation split, for
 tuning), and (for class experiments) runs the evidence suite on the same held-out samples against
-that seed's oracle and pretrained model. The oracle and every method are timed
+that seed's oracle and pretrained model (``--draws N``: each method N times, each fit its own draw of the method's
+randomness on the seed's model, split and oracle). The oracle and every method are timed
 ``--timing_repeats`` times (the cost takes the best of each); with ``--count_flops`` each is fitted once more under
 torch's FLOP counter, for a cost in operations beside the one in seconds. A finished run leaves ``result.json`` in its
 folder and is not run again; a run that died leaves ``last.ckpt`` and is resumed from it. It writes
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import InitVar, asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -186,6 +187,21 @@ def config_settings(path: Path) -> Any:
         return text
 
 
+#: what draw ``d`` of a seed's methods adds to the seed, times ``d``, for its ``seed_everything``
+DRAW_SEED_STRIDE = 1000
+
+
+def draw_overrides(seed: int, draw: int) -> list[str]:
+    """What draw ``draw`` of a method adds to its fit: its own randomness (batches, ranked images, a reset's fresh draw)
+    on the seed's split, from the seed's pretrained model, judged against the seed's oracle. Draw 0 is the seed's own fit."""
+    return [] if draw == 0 else [f"--seed_everything={seed + DRAW_SEED_STRIDE * draw}", f"--data.init_args.split_seed={seed}"]
+
+
+def stage_name(method: str, draw: int) -> str:
+    """A method's fit in a cell: its name for draw 0 (the folder it always had), ``<method>.draw<d>`` for the others."""
+    return method if draw == 0 else f"{method}.draw{draw}"
+
+
 @dataclass
 class Cell:
     """One experiment on one seed, scored on one holdout: its fits, their timings and its evidence.
@@ -201,11 +217,16 @@ class Cell:
     threads: int = 1
     allow_modules: list[str] = field(default_factory=list)
     count_flops: bool = False
+    draws: int = 1  # fits of each method, each its own draw of the method's randomness (:func:`draw_overrides`)
+
+    #: fields added after cells were first kept, at the value that is the cell as it was before them
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"count_flops": False, "draws": 1}
 
     @property
     def key(self) -> str:
-        """A hash of the cell's fields and of the settings in every config file its entries name (``count_flops`` only where
-        set: a cell that counts none is the cell it was before the option existed, and its finished runs are reused).
+        """A hash of the cell's fields and of the settings in every config file its entries name (:data:`LATER_FIELDS` only
+        where set otherwise: a cell that counts no FLOPs and draws once is the cell it was before either option existed,
+        and its finished runs are reused).
 
         A file counts by what it sets, not how it is written: a comment, a blank line or the order of a mapping's keys
         refits nothing (:func:`config_settings`).
@@ -214,7 +235,7 @@ class Cell:
         files = {
             arg: config_settings(Path(arg)) for args in entries for arg in args if arg.endswith((".yaml", ".yml")) and Path(arg).is_file()
         }
-        fields = {k: v for k, v in asdict(self).items() if k != "count_flops" or v}
+        fields = {k: v for k, v in asdict(self).items() if k not in self.LATER_FIELDS or v != self.LATER_FIELDS[k]}
         return hashlib.sha256(json.dumps([fields, files], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
@@ -274,17 +295,23 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
         "oracle": _run(exp.oracle, where / "oracle", seed, holdout, bar),
     }
     timed_runs = {"oracle": exp.oracle}
-    for method, args in exp.methods.items():
-        start = stages[exp.after.get(method, "pretrained")]["checkpoint"]
-        timed_runs[method] = [*args, f"--model.init_args.weights={start}"]
-        stages[method] = _run(timed_runs[method], where / method, seed, holdout, bar)
+    method_of = {"pretrained": ("pretrained", 0), "oracle": ("oracle", 0)}  # stage -> (method, draw)
+    for draw in range(cell.draws):
+        for method, args in exp.methods.items():
+            stage, upstream = stage_name(method, draw), exp.after.get(method)
+            start = stages[stage_name(upstream, draw) if upstream else "pretrained"]["checkpoint"]
+            timed_runs[stage] = [*args, f"--model.init_args.weights={start}", *draw_overrides(seed, draw)]
+            stages[stage] = _run(timed_runs[stage], where / stage, seed, holdout, bar)
+            method_of[stage] = method, draw
     seconds = {"pretrained": stages["pretrained"]["fit_seconds"]}
     seconds |= _best_fit_seconds(timed_runs, stages, where, seed, cell.timing_repeats, bar)
     flops = _fit_flops(timed_runs, where, seed, bar) if cell.count_flops else {}
-    for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
-        seconds[method] += seconds[upstream]
-        if flops:
-            flops[method] += flops[upstream]
+    for draw in range(cell.draws):
+        for method, upstream in exp.after.items():  # listed in order, so an upstream's own chain is summed first
+            stage, upstream_stage = stage_name(method, draw), stage_name(upstream, draw)
+            seconds[stage] += seconds[upstream_stage]
+            if flops:
+                flops[stage] += flops[upstream_stage]
     pretrained = net_state_dict(stages["pretrained"]["checkpoint"])
     frozen = {name: unchanged_share(pretrained, net_state_dict(r["checkpoint"])) for name, r in stages.items()}
     evidence = {}
@@ -297,18 +324,19 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
         )  # fmt: skip
     return [
         {
-            "experiment": exp.name, "method": method, "seed": seed, "phases": None if result["resumed"] else result.get("phases"),
-            "reused": result.get("reused", False), "checkpoint": result["checkpoint"],
-            "fit_seconds": seconds[method], "cost": seconds[method] / seconds["oracle"], "frozen": frozen[method],
-            **({"flops": flops[method], "compute": flops[method] / flops["oracle"]} if method in flops else {}),
-            **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(method, {}),
+            "experiment": exp.name, "method": method_of[stage][0], "seed": seed, "draw": method_of[stage][1],
+            "phases": None if result["resumed"] else result.get("phases"), "reused": result.get("reused", False),
+            "checkpoint": result["checkpoint"],
+            "fit_seconds": seconds[stage], "cost": seconds[stage] / seconds["oracle"], "frozen": frozen[stage],
+            **({"flops": flops[stage], "compute": flops[stage] / flops["oracle"]} if stage in flops else {}),
+            **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(stage, {}),
         }
-        for method, result in stages.items()
+        for stage, result in stages.items()
     ]  # fmt: skip
 
 
 def fits_per_cell(cell: Cell) -> int:
-    methods = len(cell.experiment.methods)
+    methods = len(cell.experiment.methods) * cell.draws
     return 2 + methods + (cell.timing_repeats - 1 + cell.count_flops) * (1 + methods)
 
 
@@ -340,6 +368,11 @@ def bench_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="unlearning bench", description=__doc__.splitlines()[0], default_config_files=[], exit_on_error=False)
     parser.add_argument("-c", "--config", action="config")
     parser.add_argument("--seeds", type=list[int] | int, default=[0, 1, 2], help="a seed or a list: --seeds 0, --seeds [0,1]")
+    parser.add_argument(
+        "--draws", type=int, default=1,
+        help="fits of each method per seed: the seed's pretrained model, oracle and split, each fit its own seed_everything "
+        f"(draw d: seed + {DRAW_SEED_STRIDE}·d), to tell how often a method forgets one model from how it does across models",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=Path("results"), help="the folder of the runs, each cell's rows, results.md, results.json and plots"
     )
@@ -431,6 +464,8 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds repeats a seed: {args.seeds}")
     check_threads(args.threads)
+    if args.draws < 1:
+        raise UsageError(f"--draws must be at least 1, got {args.draws}")
     if args.timing_repeats < 1:
         raise UsageError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
     if args.speed_repeats < 0:
@@ -447,7 +482,7 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"--out {out}: cannot make the results folder there ({err.strerror}); give another --out") from None
     start = time.perf_counter()
     cells = [
-        Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module, args.count_flops)
+        Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module, args.count_flops, args.draws)
         for e in experiments
         for seed in args.seeds
     ]

@@ -33,6 +33,16 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
+def draws(rows: list[dict[str, Any]]) -> int:
+    """How many fits of each method a seed had (``unlearning bench --draws``); rows kept before draws existed have one."""
+    return 1 + max((r.get("draw", 0) for r in rows), default=0)
+
+
+def run_label(row: dict[str, Any]) -> str:
+    """A row's seed, and its draw where it is not the seed's own fit: ``2``, ``2 (draw 1)``."""
+    return f"{row['seed']}" + (f" (draw {row['draw']})" if row.get("draw") else "")
+
+
 def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, str, float, int]] = COLUMNS, level: str = "###") -> str:
     """Mean ± std over seeds per experiment and method; columns that an experiment lacks are left out."""
     lines = []
@@ -41,7 +51,8 @@ def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, 
         seeds = sorted({r["seed"] for r in mine})
         columns = [c for c in columns_wanted if any(r.get(c[0]) is not None for r in mine)]
         has_verdict = any("verdict" in r for r in mine)
-        lines += [f"{level} {exp} (seeds {', '.join(map(str, seeds))}, mean ± std)", ""]
+        each = f", {draws(mine)} draws each" if draws(mine) > 1 else ""
+        lines += [f"{level} {exp} (seeds {', '.join(map(str, seeds))}{each}, mean ± std)", ""]
         header = ["method", *[c[1] for c in columns]] + (["verdict"] if has_verdict else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in dict.fromkeys(r["method"] for r in mine):
@@ -100,6 +111,14 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
         "seed's oracle read against every other seed's oracle of the row (the lowest gap, and how many of those pairs lie",
         "within half a point), what a per-run target on the retain gap demands of retraining itself. The last row counts, per",
         "column, the runs (or pairs) within half a point and the runs that get `forgets`.",
+        *(
+            [
+                f"Each seed's methods ran {draws(rows)} times (draws: their own randomness on the seed's model, oracle and split);",
+                "a method's counts are over seeds and draws.",
+            ]
+            if draws(rows) > 1
+            else []
+        ),
         "",
         "| experiment | pretrained | another seed's oracle | " + " | ".join(methods) + " |",
         "|" + "---|" * (len(methods) + 3),
@@ -170,7 +189,8 @@ def verdict_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_yticks(range(len(experiments)), experiments, fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
     ax.legend(handles, order, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="worst verdict", title_fontsize=8)
-    ax.set_title("verdict by class and method (label: seeds that forget)", fontsize=9)
+    runs = "seeds" if draws(rows) == 1 else f"runs ({draws(rows)} draws a seed)"
+    ax.set_title(f"verdict by class and method (label: {runs} that forget)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -307,9 +327,9 @@ def per_seed_tables(rows: list[dict[str, Any]]) -> str:
             "| method | seed | " + " | ".join(h for _, h in columns) + " |",
             "|" + "---|" * (len(columns) + 2),
         ]
-        for r in sorted(mine, key=lambda r: r["seed"]):
+        for r in sorted(mine, key=lambda r: (r["seed"], r.get("draw", 0))):
             cells = [_seed_cell(k, r) for k, _ in columns]
-            lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r['method']} | {run_label(r)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -383,8 +403,13 @@ VERDICTS_MARK = "<!-- verdicts: {} -->"
 
 
 def headline_verdicts(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """``experiment/method/seed<k>`` -> that run's verdict, for every row that has one."""
-    return {f"{r['experiment']}/{r['method']}/seed{r['seed']}": r["verdict"] for r in rows if "verdict" in r}
+    """``experiment/method/seed<k>`` (``.../seed<k>/draw<d>`` for a draw after the seed's own) -> that run's verdict, for
+    every row that has one."""
+    return {
+        f"{r['experiment']}/{r['method']}/seed{r['seed']}" + (f"/draw{r['draw']}" if r.get("draw") else ""): r["verdict"]
+        for r in rows
+        if "verdict" in r
+    }
 
 
 def changed_verdicts(section: str | None, verdicts: dict[str, str]) -> list[str]:

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
+from unlearning.data.splits import recorded_split_seed
 from unlearning.errors import UsageError
 from unlearning.files import atomic_file
 
@@ -162,7 +163,7 @@ RECORDED = ("stage", "net", "forget_classes", "new_classes", "forget_fraction")
 
 def recorded_differences(checkpoint: dict[str, Any], config: dict[str, Any], with_seed: bool = False) -> list[str]:
     """How the run a checkpoint records differs from a command's (dumped) config: its task class, the :data:`RECORDED`
-    settings and, ``with_seed``, the split's seed. A checkpoint that records no configuration has nothing to compare."""
+    settings and, ``with_seed``, the run's seed and the split's. A checkpoint that records no configuration has nothing to compare."""
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
         return []
@@ -171,7 +172,9 @@ def recorded_differences(checkpoint: dict[str, Any], config: dict[str, Any], wit
     pairs = [("task", hparams.get("_class_path"), model.get("class_path"))]
     pairs += [(key, hparams[key], stated.get(key)) for key in RECORDED if key in hparams]
     if with_seed:
-        pairs.append(("seed", (checkpoint.get("datamodule_hyper_parameters") or {}).get("seed"), config.get("seed_everything")))
+        recorded, split_seed = checkpoint.get("datamodule_hyper_parameters") or {}, stated.get("split_seed")
+        pairs.append(("seed", recorded.get("seed"), config.get("seed_everything")))
+        pairs.append(("split seed", recorded_split_seed(recorded), config.get("seed_everything") if split_seed is None else split_seed))
     return [
         f"{name} {theirs!r} (the checkpoint's) vs {ours!r} (this command's)"
         for name, theirs, ours in pairs

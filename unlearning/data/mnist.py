@@ -176,9 +176,14 @@ class MNISTDataModule(LightningDataModule):
         new_classes: classes held out of pretraining and learned later (class replacement).
         forget_fraction: forget this random fraction of the non-new training samples instead
             of whole classes (random mode); ``forget_classes`` must then be empty.
-        val_size: training samples held out for validation, all classes, fixed by ``seed``.
+        val_size: training samples held out for validation, all classes, fixed by the split's seed.
         batch_size: samples per stream per batch, per device.
-        seed: fixes the split and the shuffles.
+        seed: fixes the shuffles and the samples a task draws (and the split, unless ``split_seed`` is given); the
+            CLI links it to ``seed_everything``.
+        split_seed: fixes the split alone (retain, forget, new and validation samples); ``None``: ``seed``. Another
+            ``seed_everything`` with the same ``split_seed`` reruns a method with other randomness (its batches, the
+            images it ranks on, a reset's fresh draw) on the data a pretrained model and its oracle were split with:
+            the same model, another draw of the method.
         data_dir: folder with ``MNIST/raw``; the bundled files live in ``data``.
         eval_batch_size: batch size for validation and test.
     """
@@ -193,6 +198,7 @@ class MNISTDataModule(LightningDataModule):
         seed: int = 0,
         data_dir: str = "data",
         eval_batch_size: int = 2000,
+        split_seed: int | None = None,
     ):
         super().__init__()
         check_classes(forget_classes, new_classes)
@@ -202,6 +208,7 @@ class MNISTDataModule(LightningDataModule):
         self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
         self.forget_fraction, self.val_size = forget_fraction, val_size
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.split_seed = seed if split_seed is None else split_seed
         self.data_dir = data_dir
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self.split_index: dict[str, Tensor] = {}
@@ -219,7 +226,9 @@ class MNISTDataModule(LightningDataModule):
             return
         train_x, train_y = load_mnist(self.data_dir, train=True)
         test_x, test_y = load_mnist(self.data_dir, train=False)
-        self.split_index = build_splits(train_y, self.forget_classes, self.new_classes, self.forget_fraction, self.val_size, self.seed)
+        self.split_index = build_splits(
+            train_y, self.forget_classes, self.new_classes, self.forget_fraction, self.val_size, self.split_seed
+        )
         self._tensors = {"train": (train_x, train_y), "test": (test_x, test_y)}
         self.split_index["test"] = torch.arange(len(test_y))
 

@@ -6,7 +6,8 @@ belongs to which split is tested on hand-made label vectors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,6 +15,13 @@ from torch import Tensor
 from unlearning.errors import UsageError
 
 NUM_CLASSES = 10
+
+
+def recorded_split_seed(datamodule_hparams: Mapping[str, Any]) -> int | None:
+    """The seed a run split its data with, from its datamodule's recorded hyperparameters: ``split_seed`` where one was
+    given, else ``seed`` (which then split and shuffled alike); ``None`` where neither is recorded."""
+    split_seed = datamodule_hparams.get("split_seed")
+    return datamodule_hparams.get("seed") if split_seed is None else split_seed
 
 
 def check_classes(forget_classes: Sequence[int], new_classes: Sequence[int], num_classes: int = NUM_CLASSES) -> None:

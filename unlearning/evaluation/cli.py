@@ -48,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
         "--out", help="folder for report.json, summary.md and TensorBoard events (default: a new lightning_logs/evaluate/<run>/version_N)"
     )
     p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw")
-    p.add_argument("--seed", type=int, help="the split's seed; default: the checkpoint run's (seed_everything), else 0")
+    p.add_argument(
+        "--seed", type=int, help="the split's seed; default: the checkpoint run's (its split_seed, else seed_everything), else 0"
+    )
     p.add_argument("--val-size", type=int, help="the split's validation size; default: the checkpoint run's, else 5000")
     p.add_argument(
         "--holdout", default="test", choices=get_args(Holdout),

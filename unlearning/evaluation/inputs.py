@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearning.checkpoints import build_net, read_checkpoint, task_hparams
-from unlearning.data.splits import NUM_CLASSES, check_classes
+from unlearning.data.splits import NUM_CLASSES, check_classes, recorded_split_seed
 from unlearning.errors import UsageError
 from unlearning.metrics import unit_to_label
 
@@ -139,8 +139,8 @@ def check_references(loaded: Mapping[str, Loaded], oracle: str, pretrained: str,
         for name, item in loaded.items():
             if name == pretrained:
                 continue
-            for key in ("seed", "val_size"):
-                ours, theirs = loaded[oracle].datamodule_hparams.get(key), item.datamodule_hparams.get(key)
+            for key, read in (("split seed", recorded_split_seed), ("val_size", lambda hparams: hparams.get("val_size"))):
+                ours, theirs = read(loaded[oracle].datamodule_hparams), read(item.datamodule_hparams)
                 if ours is not None and theirs is not None and ours != theirs:
                     raise UsageError(
                         f"{describe(name, item.path)} split its data with {key}={theirs}, the oracle with {key}={ours}: their forget samples differ"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from unlearning.data.splits import recorded_split_seed
 from unlearning.evaluation.data import EvalData, Holdout, load_eval_data
 from unlearning.evaluation.inputs import (
     check_architectures,
@@ -75,7 +76,7 @@ def judge(
     check_references(loaded, oracle, pretrained, classes)
     recorded = loaded[subject].datamodule_hparams
     split = {
-        "seed": resolve_setting("--seed", seed, recorded.get("seed"), 0),
+        "seed": resolve_setting("--seed", seed, recorded_split_seed(recorded), 0),
         "val_size": resolve_setting("--val-size", val_size, recorded.get("val_size"), 5000),
         "holdout": holdout,
     }
