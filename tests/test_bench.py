@@ -420,6 +420,21 @@ def test_the_verdict_grid_reads_each_method_against_the_oracle_beside_the_pretra
     assert "| forgets 2/2<br>-0.05 pp, 0.20× (0.25× FLOPs), 50% frozen |" in counted and "0.20×, 50% frozen" not in counted
 
 
+def test_the_verdict_grid_counts_every_draw_and_says_so():
+    def row(exp, method, draw, verdict="forgets"):
+        return {"experiment": exp, "method": method, "seed": 0, "draw": draw, "retain_acc": 0.95, "verdict": verdict, "cost": 0.2}
+
+    rows = [row(exp, m, 0) for exp in ("forget1", "forget4") for m in ("oracle", "pretrained")]
+    rows += [
+        row(exp, "reset", draw, "hides" if (exp, draw) == ("forget4", 1) else "forgets")
+        for exp in ("forget1", "forget4")
+        for draw in (0, 1)
+    ]
+    grid = verdict_grid(rows)
+    assert "Each seed's methods ran 2 times" in grid and "forgets 1/2, hides 1/2" in grid and "forgets 3/4" in grid
+    assert "draws" not in verdict_grid([r for r in rows if r["draw"] == 0])
+
+
 def test_the_per_seed_table_names_each_seeds_verdict_and_its_probe_ratio_with_the_interval():
     base = {"experiment": "forget9", "forget_acc": 0.0, "retain_acc": 0.95}
     rows = [

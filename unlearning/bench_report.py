@@ -100,6 +100,10 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
     def retain_gap(row: dict[str, Any]) -> float:
         return 100 * (row["retain_acc"] - oracle[row["experiment"], row["seed"]]["retain_acc"])
 
+    drawn = [
+        f"Each seed's methods ran {draws(rows)} times (draws: their own randomness on the seed's model, oracle and split);",
+        "a method's counts are over seeds and draws.",
+    ]
     lines = [
         "### Verdicts by class and method",
         "",
@@ -111,14 +115,7 @@ def verdict_grid(rows: list[dict[str, Any]], holdout: Holdout = "test") -> str:
         "seed's oracle read against every other seed's oracle of the row (the lowest gap, and how many of those pairs lie",
         "within half a point), what a per-run target on the retain gap demands of retraining itself. The last row counts, per",
         "column, the runs (or pairs) within half a point and the runs that get `forgets`.",
-        *(
-            [
-                f"Each seed's methods ran {draws(rows)} times (draws: their own randomness on the seed's model, oracle and split);",
-                "a method's counts are over seeds and draws.",
-            ]
-            if draws(rows) > 1
-            else []
-        ),
+        *(drawn if draws(rows) > 1 else []),
         "",
         "| experiment | pretrained | another seed's oracle | " + " | ".join(methods) + " |",
         "|" + "---|" * (len(methods) + 3),
