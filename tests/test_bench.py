@@ -396,7 +396,7 @@ def test_draws_refit_each_method_on_the_seeds_model_and_split_with_their_own_ran
     table = (tmp_path / "results" / "results.md").read_text()
     assert "| selective_gradient | 0 (draw 1) |" in table and "(seeds 0, 2 draws each, mean ± std)" in table
     assert '"forget9/selective_gradient/seed0/draw1"' in readme.read_text() and '"forget9/selective_gradient/seed0"' in readme.read_text()
-    experiment = Experiment(**{k: v for k, v in config["experiments"][0].items()})
+    experiment = Experiment(**config["experiments"][0])
     assert Cell(experiment, 0, draws=2).key != Cell(experiment, 0).key == Cell(experiment, 0, draws=1).key
 
 

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
-from unlearning.data.splits import recorded_split_seed
+from unlearning.data.splits import recorded_split_seed, split_seed_of
 from unlearning.errors import UsageError
 from unlearning.files import atomic_file
 
@@ -172,9 +172,9 @@ def recorded_differences(checkpoint: dict[str, Any], config: dict[str, Any], wit
     pairs = [("task", hparams.get("_class_path"), model.get("class_path"))]
     pairs += [(key, hparams[key], stated.get(key)) for key in RECORDED if key in hparams]
     if with_seed:
-        recorded, split_seed = checkpoint.get("datamodule_hyper_parameters") or {}, stated.get("split_seed")
-        pairs.append(("seed", recorded.get("seed"), config.get("seed_everything")))
-        pairs.append(("split seed", recorded_split_seed(recorded), config.get("seed_everything") if split_seed is None else split_seed))
+        recorded, seed = checkpoint.get("datamodule_hyper_parameters") or {}, config.get("seed_everything")
+        pairs.append(("seed", recorded.get("seed"), seed))
+        pairs.append(("split seed", recorded_split_seed(recorded), split_seed_of(seed, stated.get("split_seed"))))
     return [
         f"{name} {theirs!r} (the checkpoint's) vs {ours!r} (this command's)"
         for name, theirs, ours in pairs

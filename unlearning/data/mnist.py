@@ -20,7 +20,7 @@ from torchvision.datasets import MNIST
 
 import unlearning.nvml  # noqa: F401 - before Lightning's first use: see the module
 from unlearning.data.loader import ShardedOrder, StepBudgetStreams, TensorBatchLoader
-from unlearning.data.splits import build_splits, check_classes, choose
+from unlearning.data.splits import build_splits, check_classes, choose, split_seed_of
 from unlearning.errors import UsageError
 from unlearning.files import atomic_file, unwritable_as_usage_error
 
@@ -208,7 +208,7 @@ class MNISTDataModule(LightningDataModule):
         self.forget_classes, self.new_classes = list(forget_classes), list(new_classes)
         self.forget_fraction, self.val_size = forget_fraction, val_size
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
-        self.split_seed = seed if split_seed is None else split_seed
+        self.split_seed = split_seed_of(seed, split_seed)
         self.data_dir = data_dir
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self.split_index: dict[str, Tensor] = {}

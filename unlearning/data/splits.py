@@ -17,11 +17,15 @@ from unlearning.errors import UsageError
 NUM_CLASSES = 10
 
 
+def split_seed_of(seed: int | None, split_seed: int | None) -> int | None:
+    """The seed a run splits its data with: ``split_seed`` where one is given, else ``seed`` (which then splits and
+    shuffles alike)."""
+    return seed if split_seed is None else split_seed
+
+
 def recorded_split_seed(datamodule_hparams: Mapping[str, Any]) -> int | None:
-    """The seed a run split its data with, from its datamodule's recorded hyperparameters: ``split_seed`` where one was
-    given, else ``seed`` (which then split and shuffled alike); ``None`` where neither is recorded."""
-    split_seed = datamodule_hparams.get("split_seed")
-    return datamodule_hparams.get("seed") if split_seed is None else split_seed
+    """:func:`split_seed_of` a run's datamodule's recorded hyperparameters; ``None`` where neither seed is recorded."""
+    return split_seed_of(datamodule_hparams.get("seed"), datamodule_hparams.get("split_seed"))
 
 
 def check_classes(forget_classes: Sequence[int], new_classes: Sequence[int], num_classes: int = NUM_CLASSES) -> None:
