@@ -172,6 +172,12 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         (
             "reset_retrain",
             "pretrained",
+            ["--model.init_args.reset_fraction=null", "--model.init_args.reset_unit_fraction=0"],
+            "ResetRetrain resets nothing with reset_fraction null and reset_unit_fraction 0: set either",
+        ),
+        (
+            "reset_retrain",
+            "pretrained",
             ["--model.init_args.reset_unit_fraction=-0.1"],
             r"reset_unit_fraction must lie in \[0, 1\], got -0.1",
         ),
@@ -329,10 +335,13 @@ def test_reset_retrain_resets_its_fractions_per_forget_class(pretrained_ckpt, tm
     assert sum(m.sum() for m in reset.values()) / sum(m.numel() for m in reset.values()) >= 1 - 0.75**2
 
 
-def selective_reset(state: dict, datamodule, forget_samples: int | None, retain_samples: int) -> dict[str, torch.Tensor]:
+def selective_reset(
+    state: dict, datamodule, forget_samples: int | None, retain_samples: int, weights: float | None = 0.1
+) -> dict[str, torch.Tensor]:
     """What masked_reset.yaml and unit_reset.yaml reset, computed here from the pretrained weights: in each hidden layer
     the 30% of units whose activation sets the forget class (9) furthest from the retain samples, whole rows, and the
-    most specific tenth of the later layers' weights, both ranked on the seeded subsets of that many samples."""
+    most specific tenth (``weights``; ``None``: none) of the later layers' weights, both ranked on the seeded subsets of
+    that many samples."""
     net = SeedMLP()
     net.load_state_dict(state)
     forget_x, forget_y = datamodule.split_tensors("forget", samples=forget_samples)
@@ -342,13 +351,33 @@ def selective_reset(state: dict, datamodule, forget_samples: int | None, retain_
         unit_activations(net, forget_x, 4, batch_size=1000), unit_activations(net, retain_x, 4, batch_size=1000)
     )  # as the Fisher's passes
     units = [unit_mask(net, unit_selectivity(f, r), 0.3, layer) for layer, (f, r) in enumerate(layers)]
+    if weights is None:
+        return union(*units)
     later = [k for k in state if k not in ("features.1.weight", "features.1.bias")]  # the first layer's weights are never ranked
     scores = specificity(
         diagonal_fisher(net, split_batches(datamodule, "forget", size=1000, samples=forget_samples), later),
         diagonal_fisher(net, split_batches(datamodule, "retain", size=1000, samples=retain_samples), later),
     )
-    weights = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in state.items()} | top_fraction_mask(scores, 0.1)
-    return union(weights, *units)
+    scattered = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in state.items()} | top_fraction_mask(scores, weights)
+    return union(scattered, *units)
+
+
+def test_reset_retrain_without_reset_fraction_resets_the_selective_units_alone_and_takes_no_fisher(pretrained_ckpt, tmp_path, monkeypatch):
+    """``reset_fraction: null``: whole units and no scattered weights, and units ranked by their activations need no
+    weight scores, so no Fisher runs (one that did would be compute for nothing)."""
+
+    def no_fisher(*args, **kwargs):
+        raise AssertionError("a Fisher ran for a reset of whole units ranked by their activations")
+
+    monkeypatch.setattr("unlearning.tasks.forget.diagonal_fisher", no_fisher)
+    cli = unlearn(
+        UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path, "--model.init_args.reset_fraction=null",
+        "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1",
+    )  # fmt: skip
+    reset = last_contents(cli)["reset_masks"]
+    expected = selective_reset(net_state_dict(pretrained_ckpt), cli.datamodule, forget_samples=None, retain_samples=5000, weights=None)
+    assert all(torch.equal(reset[name], expected[name]) for name in expected)
+    assert all(torch.equal(mask, mask.all(1, keepdim=True).expand_as(mask)) for name, mask in reset.items() if mask.dim() == 2)  # rows only
 
 
 def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_rest_bit_identical(pretrained_ckpt, tmp_path):

@@ -174,6 +174,17 @@ def test_replacement_by_reset_resets_what_serves_the_old_class_then_trains_every
     }  # no old-class stream: the cross-entropy alone pushes the old unit down
 
 
+def test_replacement_without_reset_fraction_resets_the_old_class_units_alone(replace_ckpt, tmp_path):
+    """``reset_fraction: null`` beside ``reset_unit_fraction``: the most selective half of the first layer's units, whole
+    rows, and no scattered weight (before, the units were silently not reset at all)."""
+    cli = replace(REPLACE / "reset_retrain.yaml", replace_ckpt, tmp_path, "--model.init_args.reset_fraction=null", "--trainer.max_steps=1")
+    reset = read_checkpoint(last(cli))["reset_masks"]
+    units = reset["features.1.weight"].all(1)
+    assert units.sum() == 25 and torch.equal(reset["features.1.weight"], units[:, None].expand(-1, 784))
+    assert torch.equal(reset["features.1.bias"], units)
+    assert not any(mask.any() for name, mask in reset.items() if not name.startswith("features.1."))
+
+
 class FirstTen(nn.Module):
     """A 'network' whose logits are the first ten pixels of its input: metrics with hand-set predictions."""
 
@@ -222,6 +233,7 @@ def test_a_pretrained_model_that_knows_the_new_class_gets_a_clear_warning(pretra
         (['--model.init_args.stream_batch_sizes={"old": 10}'], "stream_batch_sizes takes sizes >= 1 for the streams"),
         (["--model.init_args.mask_layers=6"], r"mask_layers must lie in 1..5 for SeedMLP, got 6"),
         (["--model.init_args.reset_fraction=2"], r"reset_fraction must lie in \(0, 1\], got 2"),
+        (["--model.init_args.train_only_reset=true"], "train_only_reset trains the reset weights alone: set reset_fraction or"),
     ],
 )
 def test_bad_inputs_are_usage_errors_naming_the_problem(override, message, replace_ckpt, tmp_path):

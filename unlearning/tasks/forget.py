@@ -334,6 +334,11 @@ class SpecificReset:
         self.fisher_batch_size = fisher_batch_size
         self.pending_reset: dict[str, Tensor] | None = None
 
+    @property
+    def resets(self) -> bool:
+        """Whether anything is reset: scattered weights (``reset_fraction``), whole units (``reset_unit_fraction``) or both."""
+        return self.reset_fraction is not None or self.reset_unit_fraction > 0
+
     def check_unit_layers(self) -> None:
         """Refuse a ``unit_layers`` the network does not have, when it is built rather than at fit start."""
         layers = max(1, len(parameter_owners(self.net)) - 1)  # the head's units are the classes: never reset as units
@@ -404,8 +409,14 @@ class SpecificReset:
         forget = datamodule.split_tensors("forget", samples=forget_samples)
         retain = datamodule.split_tensors("retain", samples=self.rank_retain_samples)
         ranked = self.ranked_weights()
-        scores, activations = self.reset_scores(forget, retain, ranked)
-        top = top_fraction_mask(scores if ranked is None else {k: scores[k] for k in ranked}, per_class_share(self.reset_fraction, classes))
+        scores: dict[str, Tensor] = {}
+        activations = None
+        if self.reset_fraction is not None or self.unit_score == "weights":  # units ranked by activation need no Fisher
+            scores, activations = self.reset_scores(forget, retain, ranked)
+        top = {}
+        if self.reset_fraction is not None:
+            share = per_class_share(self.reset_fraction, classes)
+            top = top_fraction_mask(scores if ranked is None else {k: scores[k] for k in ranked}, share)
         masks = [{k: top[k] if k in top else torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}]
         if self.reset_unit_fraction:
             unit_share = per_class_share(self.reset_unit_fraction, classes)
@@ -455,7 +466,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
 
     Args:
         reset_fraction: fraction of the ranked weights reset per forget class, in (0, 1] (two classes reset
-            1 - (1 - reset_fraction)²: they share more of the network than one does).
+            1 - (1 - reset_fraction)²: they share more of the network than one does); ``None``: whole units alone.
         reset_unit_fraction: fraction of each of the first ``unit_layers`` layers' units reset per forget class, in [0, 1].
         reset_score: ``specificity`` (forget Fisher over retain Fisher, :func:`~unlearning.saliency.specificity`) or
             ``abs_grad`` (the forget loss's saliency alone, which also resets what the retain classes share).
@@ -481,7 +492,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
     def __init__(
         self,
         *args: Any,
-        reset_fraction: float = 0.15,
+        reset_fraction: float | None = 0.15,
         reset_unit_fraction: float = 0.5,
         reset_score: ResetScore = "specificity",
         unit_score: UnitScore = "weights",
@@ -500,6 +511,8 @@ class ResetRetrain(SpecificReset, UnlearnTask):
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
             rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
+        if not self.resets:
+            raise UsageError(f"{type(self).__name__} resets nothing with reset_fraction null and reset_unit_fraction 0: set either")
         if distill_weight < 0 or distill_temperature <= 0:
             raise UsageError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and {distill_temperature}")
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature

@@ -66,10 +66,11 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, rank_forget_samples,
         fisher_batch_size:
             reset what serves the old class to a fresh initialisation before anything else (the reset of
-            :class:`~unlearning.tasks.forget.ResetRetrain`); ``None`` resets nothing.
+            :class:`~unlearning.tasks.forget.ResetRetrain`); ``reset_fraction`` ``None`` resets whole units alone, and
+            with ``reset_unit_fraction`` 0 nothing.
         train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
-            head rows (the probe writes them); every other weight stays bit-identical. Needs ``reset_fraction``; replaces
-            the saliency mask, and ``reset_fraction`` is then ranked among the last ``mask_layers`` layers.
+            head rows (the probe writes them); every other weight stays bit-identical. Needs a reset; replaces the
+            saliency mask, and ``reset_fraction`` is then ranked among the last ``mask_layers`` layers.
         probe_iterations: L-BFGS iterations of a linear probe that fits the new classes' output units
             on the pretrained features before anything else moves (LP-FT); 0 skips it. See :meth:`probe`.
         probe_samples: shuffled samples of retain ∪ new the probe fits on: plenty for a few linear
@@ -123,13 +124,13 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError(f"probe_norm must be 'free', 'aligned' or 'capped', got {probe_norm!r}")
         if distill_units not in ("all", "retain"):
             raise UsageError(f"distill_units must be 'all' or 'retain', got {distill_units!r}")
-        if train_only_reset and reset_fraction is None:
-            raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction too")
         self.set_reset(
             reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
             rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
         )  # fmt: skip
+        if train_only_reset and not self.resets:
+            raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction or reset_unit_fraction too")
         self.distill_units = distill_units
         self.head_mode, self.saliency_from, self.mask_layers = head_mode, saliency_from, mask_layers
         self.new_weight, self.forget_weight = new_weight, forget_weight
@@ -214,7 +215,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
 
     def prepare_net(self) -> None:
         """Reset what serves the old class (if asked), then probe the new units on the features that are left."""
-        if self.reset_fraction is not None:
+        if self.resets:
             self.apply_reset()
         if self.probe_iterations:
             self.probe()
