@@ -749,7 +749,7 @@ def check_reset(
     forget_samples: int | None,
     batch_size: int,
 ) -> None:
-    """Refuse reset settings that cannot work, before anything runs (``fraction`` ``None``: no reset, the rest still checked)."""
+    """Refuse reset settings that cannot work, before anything runs (``fraction`` ``None``: no scattered weights reset, the rest still checked)."""
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise UsageError(f"reset_fraction must lie in (0, 1], got {fraction}")
     if not 0.0 <= unit_fraction <= 1.0:
