@@ -18,6 +18,7 @@ from unlearning.losses import distillation, focal_cross_entropy
 from unlearning.models import SeedMLP
 from unlearning.saliency import (
     diagonal_fisher,
+    frozen_share,
     reinitialize,
     specificity,
     ssd_dampening,
@@ -196,6 +197,19 @@ def test_ssd_multiplies_the_weights_by_its_dampening_factors(pretrained_ckpt, tm
         ("unit_reset", "pretrained", ["--model.init_args.focal_gamma=inf"], r"^model.init_args.focal_gamma: expected float, got inf"),
         ("unit_reset", "pretrained", ["--model.init_args.label_smoothing=1"], r"label_smoothing must be in \[0, 1\) \(0: none\), got 1.0"),
         ("masked_reset", "pretrained", ["--model.init_args.unit_layers=5"], r"unit_layers must lie in \[1, 4\] for SeedMLP, got 5"),
+        (
+            "reset_retrain",
+            "pretrained",
+            ["--model.init_args.min_frozen=0.5"],
+            "min_frozen keeps weights bit-identical, which only train_only_reset does: set it too, or min_frozen null",
+        ),
+        ("masked_reset", "pretrained", ["--model.init_args.min_frozen=1"], r"min_frozen must lie in \(0, 1\), got 1"),
+        (
+            "masked_reset",
+            "pretrained",
+            ["--model.init_args.mask_layers=5"],
+            r"min_frozen 0.5 cannot hold: the last 5 layers, which train whole, leave 0.0% frozen",
+        ),
         ("reset_retrain", "none", [], r"ResetRetrain starts from trained weights: give --model.init_args.weights"),
         ("selective_gradient", "none", [], r"SelectiveGradient starts from trained weights: give --model.init_args.weights"),
         ("head_mask", "pretrained", ["--data.init_args.forget_classes=[]", "--data.init_args.forget_fraction=0.1"], "hides whole classes"),
@@ -401,6 +415,27 @@ def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_re
         assert (after[name][mask] != before[name][mask]).all(), name  # fresh values, then trained
     frozen = sum(int((~m).sum()) for m in moving.values()) / sum(m.numel() for m in moving.values())
     assert frozen >= 0.6  # a frozen majority: 35 of the 50 first-layer units are most of the network
+
+
+def test_masked_reset_of_two_classes_resets_fewer_first_layer_units_to_keep_a_frozen_majority(pretrained_ckpt, tmp_path):
+    """Two forget classes claim 1 - 0.7² = 51% of each layer's units, which in SeedMLP's first layer (785 weights a unit,
+    43 350 in all) would leave 44% of the network frozen. ``min_frozen: 0.5`` keeps 28 of its units: 22 of those 26 reset,
+    the most selective, and every later layer (which trains whole anyway) resets as many as without it."""
+    pair = ("--data.init_args.forget_classes=[3,5]", "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1")
+    capped = unlearn(UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path / "capped", *pair)
+    free = last_contents(
+        unlearn(UNLEARN / "masked_reset.yaml", pretrained_ckpt, tmp_path / "free", *pair, "--model.init_args.min_frozen=null")
+    )
+    contents = last_contents(capped)
+    rows = {name: c["reset_masks"]["features.1.weight"].all(1) for name, c in (("capped", contents), ("free", free))}
+    assert rows["free"].sum() == 26 and rows["capped"].sum() == 22 and not (rows["capped"] & ~rows["free"]).any()
+    assert all(
+        torch.equal(contents["reset_masks"][k], free["reset_masks"][k]) for k in free["reset_masks"] if not k.startswith("features.1.")
+    )
+    share = {name: frozen_share(c["weight_masks"]) for name, c in (("capped", contents), ("free", free))}
+    assert share == {"capped": pytest.approx(28 * 785 / 43_350), "free": pytest.approx(24 * 785 / 43_350)}
+    before, after = net_state_dict(pretrained_ckpt), net_state_dict(last_checkpoint(capped.trainer))
+    assert unchanged_share(before, after) >= 0.5  # what the bench reads, bit for bit
 
 
 def test_the_old_name_of_reset_retrain_still_runs_with_one_deprecation_notice(pretrained_ckpt, tmp_path):

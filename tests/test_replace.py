@@ -12,6 +12,7 @@ from tests.conftest import CONFIGS, TINY, changed, fit_recording
 from unlearning.checkpoints import build_net, last_checkpoint, net_state_dict, read_checkpoint, task_hparams
 from unlearning.cli import main
 from unlearning.errors import UsageError
+from unlearning.saliency import frozen_share, unchanged_share
 from unlearning.tasks.replace import ReplaceTask
 
 REPLACE = CONFIGS / "replace"
@@ -183,6 +184,20 @@ def test_replacement_without_reset_fraction_resets_the_old_class_units_alone(rep
     assert units.sum() == 25 and torch.equal(reset["features.1.weight"], units[:, None].expand(-1, 784))
     assert torch.equal(reset["features.1.bias"], units)
     assert not any(mask.any() for name, mask in reset.items() if not name.startswith("features.1."))
+
+
+def test_masked_replacement_of_two_old_classes_keeps_a_frozen_majority_with_the_new_row_trained(replace_ckpt, tmp_path):
+    """Two old classes (6 and 8) would reset 26 of the first layer's units and leave 44% of SeedMLP frozen; the config's
+    ``min_frozen: 0.5`` resets 22, and the new class's head row still trains."""
+    old = ("--data.init_args.forget_classes=[6,8]", "--model.init_args.optimizer.init_args.lr=0", "--trainer.max_steps=1")
+    cli = replace(REPLACE / "masked_reset.yaml", replace_ckpt, tmp_path, *old)
+    checkpoint = read_checkpoint(last(cli))
+    moving = checkpoint["weight_masks"]
+    assert checkpoint["reset_masks"]["features.1.weight"].all(1).sum() == 22 and moving["head.weight"][3].all()
+    assert (
+        frozen_share(moving) == pytest.approx(28 * 785 / 43_350)
+        and unchanged_share(net_state_dict(replace_ckpt), net_state_dict(last(cli))) >= 0.5
+    )
 
 
 class FirstTen(nn.Module):

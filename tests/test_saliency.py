@@ -12,6 +12,8 @@ from unlearning.saliency import (
     ExactFreeze,
     class_selectivity,
     diagonal_fisher,
+    frozen_share,
+    last_layers_mask,
     mask_summary,
     per_class_share,
     recording_units,
@@ -22,9 +24,11 @@ from unlearning.saliency import (
     ssd_dampening,
     top_fraction_mask,
     unchanged_share,
+    union,
     unit_activations,
     unit_mask,
     unit_selectivity,
+    units_keeping_frozen,
     weight_unit_scores,
 )
 
@@ -289,6 +293,25 @@ def test_unit_mask_of_a_later_layer_takes_its_rows():
     masks = unit_mask(net, torch.arange(40.0), 0.25, layer=1)
     assert masks["features.3.weight"].all(1).nonzero().flatten().tolist() == list(range(30, 40))
     assert masks["features.3.bias"].sum() == 10 and sum(int(m.sum()) for m in masks.values()) == 10 * 50 + 10
+
+
+def test_units_keeping_frozen_drops_the_least_scored_units_of_the_layers_with_frozen_weights_alone():
+    """SeedMLP (43 350 weights, 785 a first-layer unit) with its later layers training whole: a frozen half needs 28 of
+    the first layer's 50 units kept, so of 26 asked for, its 22 best-scored are reset, while the later layers keep theirs."""
+    net = SeedMLP()
+    scores = [torch.randperm(width, generator=torch.Generator().manual_seed(width)).float() for width in (50, 40, 30, 20)]
+    later = last_layers_mask(net, 4)
+    asked, share = units_keeping_frozen(net, scores, 0.52, later, None)  # no floor: every layer takes its 52%
+    assert share == 0.52 and asked[0]["features.1.weight"].all(1).sum() == 26
+    units, share = units_keeping_frozen(net, scores, 0.52, later, 0.5)
+    first = units[-1]["features.1.weight"].all(1)  # the capped layers come last
+    assert share == 22 / 50 and first.sum() == 22
+    assert torch.equal(first, scores[0] >= 28)  # the top 22 of the ranking (scores 0-49): the least scored dropped first
+    assert [torch.equal(u[k], a[k]) for u, a in zip(units, asked[1:]) for k in a] == [True] * (3 * len(later))  # later layers as asked
+    assert 0.5 <= frozen_share(union(later, *units)) < 0.5 + 785 / 43_350  # the largest reset that keeps the half
+    assert units_keeping_frozen(net, scores, 0.3, later, 0.5)[1] == 0.3  # 15 units leave 64% frozen: nothing to cut
+    with pytest.raises(ValueError, match=r"already leave 0.0% frozen, under min_frozen 0.5"):
+        units_keeping_frozen(net, scores, 0.3, last_layers_mask(net, 5), 0.5)
 
 
 def test_reinitialize_draws_the_layers_own_init_into_the_masked_entries_only():

@@ -245,6 +245,41 @@ def unit_mask(net: nn.Module, unit_score: Tensor, fraction: float, layer: int = 
     return masks
 
 
+def frozen_share(moving: Mapping[str, Tensor]) -> float:
+    """The share of all entries that ``moving`` leaves out: what an exact freeze keeps bit-identical."""
+    total = sum(m.numel() for m in moving.values())
+    return 1.0 - sum(int(m.sum()) for m in moving.values()) / max(total, 1)
+
+
+def units_keeping_frozen(
+    net: nn.Module, unit_scores: Sequence[Tensor], fraction: float, moving: dict[str, Tensor], min_frozen: float | None
+) -> tuple[list[dict[str, Tensor]], float]:
+    """Each layer's top ``fraction`` of units (:func:`unit_mask`, layer ``i`` ranked by ``unit_scores[i]``), and the share
+    of units taken in the layers that hold frozen weights.
+
+    With ``min_frozen`` set, where those units and the weights already ``moving`` would leave less than ``min_frozen`` of
+    all weights out (:func:`frozen_share`), the layers whose reset units would move weights that nothing else moves take
+    the largest share (one for all of them) that keeps it, dropping their least-scored units first; layers that move
+    whole anyway keep ``fraction``. Why: a frozen majority is what a user audits and ships as a small patch, and the
+    per-class share (:func:`per_class_share`) grows with the number of forget classes. ``ValueError`` where even no
+    unit there keeps ``min_frozen``.
+    """
+    masks = [unit_mask(net, score, fraction, layer) for layer, score in enumerate(unit_scores)]
+    if min_frozen is None or frozen_share(union(moving, *masks)) >= min_frozen:
+        return masks, fraction
+    capped = [i for i, m in enumerate(masks) if any(bool((m[k] & ~moving[k]).any()) for k in m)]
+    widths = [len(unit_scores[i]) for i in capped]
+    for share in sorted({j / width for width in widths for j in range(width) if j / width < fraction}, reverse=True):
+        trial = [m for i, m in enumerate(masks) if i not in capped]
+        if share > 0:
+            trial += [unit_mask(net, unit_scores[i], share, i) for i in capped]
+        if frozen_share(union(moving, *trial)) >= min_frozen:
+            return trial, share
+    raise ValueError(
+        f"the weights that move without the units already leave {frozen_share(moving):.1%} frozen, under min_frozen {min_frozen}"
+    )
+
+
 def union(*masks: dict[str, Tensor]) -> dict[str, Tensor]:
     """Entry-wise OR of masks over the same parameters."""
     return {name: torch.stack([m[name] for m in masks]).any(0) for name in masks[0]}

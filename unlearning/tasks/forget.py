@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_deprecation
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info
 from torch import Tensor
 
 from unlearning.checkpoints import LatestCheckpoint, held_out_classes
@@ -29,6 +29,7 @@ from unlearning.saliency import (
     Score,
     class_selectivity,
     diagonal_fisher,
+    frozen_share,
     last_layers_mask,
     mask_summary,
     parameter_owners,
@@ -42,7 +43,7 @@ from unlearning.saliency import (
     top_fraction_mask,
     union,
     unit_activations,
-    unit_mask,
+    units_keeping_frozen,
     weight_unit_scores,
 )
 from unlearning.tasks.base import BaseTask, Batch
@@ -310,6 +311,7 @@ class SpecificReset:
     rank_retain_samples: int
     rank_forget_samples: int | None
     fisher_batch_size: int
+    min_frozen: float | None
 
     def set_reset(
         self,
@@ -323,15 +325,21 @@ class SpecificReset:
         rank_retain_samples: int,
         rank_forget_samples: int | None,
         fisher_batch_size: int,
+        min_frozen: float | None = None,
     ) -> None:
         check_reset(
             reset_fraction, reset_unit_fraction, reset_score, unit_score, rank_retain_samples, rank_forget_samples, fisher_batch_size
         )
+        if min_frozen is not None and not (train_only_reset and 0.0 < min_frozen < 1.0):
+            raise UsageError(
+                f"min_frozen must lie in (0, 1), got {min_frozen}" if train_only_reset
+                else "min_frozen keeps weights bit-identical, which only train_only_reset does: set it too, or min_frozen null"
+            )  # fmt: skip
         self.reset_fraction, self.reset_unit_fraction, self.reset_score = reset_fraction, reset_unit_fraction, reset_score
         self.unit_score, self.unit_layers = unit_score, unit_layers
         self.train_only_reset, self.mask_layers = train_only_reset, mask_layers
         self.rank_retain_samples, self.rank_forget_samples = rank_retain_samples, rank_forget_samples
-        self.fisher_batch_size = fisher_batch_size
+        self.fisher_batch_size, self.min_frozen = fisher_batch_size, min_frozen
         self.pending_reset: dict[str, Tensor] | None = None
 
     @property
@@ -339,11 +347,18 @@ class SpecificReset:
         """Whether anything is reset: scattered weights (``reset_fraction``), whole units (``reset_unit_fraction``) or both."""
         return self.reset_fraction is not None or self.reset_unit_fraction > 0
 
-    def check_unit_layers(self) -> None:
-        """Refuse a ``unit_layers`` the network does not have, when it is built rather than at fit start."""
+    def check_reset_net(self) -> None:
+        """Refuse, when the network is built rather than at fit start, a ``unit_layers`` it does not have and a
+        ``min_frozen`` that the last ``mask_layers`` layers, which train whole, leave no room for."""
         layers = max(1, len(parameter_owners(self.net)) - 1)  # the head's units are the classes: never reset as units
         if not 1 <= self.unit_layers <= layers:
             raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
+        if self.min_frozen is not None and self.mask_layers is not None:
+            left = frozen_share(last_layers_mask(self.net, self.mask_layers, "mask_layers"))
+            if left < self.min_frozen:
+                raise UsageError(
+                    f"min_frozen {self.min_frozen} cannot hold: the last {self.mask_layers} layers, which train whole, leave {left:.1%} frozen"
+                )
 
     def reset_scores(
         self, forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], ranked: list[str] | None = None
@@ -417,22 +432,34 @@ class SpecificReset:
         if self.reset_fraction is not None:
             share = per_class_share(self.reset_fraction, classes)
             top = top_fraction_mask(scores if ranked is None else {k: scores[k] for k in ranked}, share)
-        masks = [{k: top[k] if k in top else torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}]
-        if self.reset_unit_fraction:
-            unit_share = per_class_share(self.reset_unit_fraction, classes)
-            unit_scores = self.unit_scores(scores, forget, retain, activations)
-            masks += [unit_mask(self.net, score, unit_share, layer) for layer, score in enumerate(unit_scores)]
-        return self.broadcast_from_rank_zero(union(*masks))
+        scattered = {k: top[k] if k in top else torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}
+        unit_share = per_class_share(self.reset_unit_fraction, classes) if self.reset_unit_fraction else 0.0
+        unit_scores = self.unit_scores(scores, forget, retain, activations) if unit_share else []
+        try:
+            units, share = units_keeping_frozen(
+                self.net, unit_scores, unit_share, union(scattered, self.trained_beside_reset()), self.min_frozen
+            )
+        except ValueError as err:
+            raise UsageError(f"{type(self).__name__}: {err}") from err
+        if share < unit_share:
+            rank_zero_info(
+                f"min_frozen {self.min_frozen}: the layers with frozen weights reset {share:.0%} of their units, not {unit_share:.0%}"
+            )
+        return self.broadcast_from_rank_zero(union(scattered, *units))
+
+    def trained_beside_reset(self) -> dict[str, Tensor]:
+        """What ``train_only_reset`` trains besides the reset: the last ``mask_layers`` layers, where set."""
+        if self.mask_layers is None:
+            return {k: torch.zeros_like(p, dtype=torch.bool) for k, p in self.net.named_parameters()}
+        return last_layers_mask(self.net, self.mask_layers)
 
     def reset_training_mask(self) -> dict[str, Tensor] | None:
         """With ``train_only_reset``: what may move, the weights :meth:`specific_weights` picks (reset by :meth:`apply_reset`)
-        and the last ``mask_layers`` layers; ``None`` (everything) without it."""
+        and what trains beside it (:meth:`trained_beside_reset`); ``None`` (everything) without it."""
         if not self.train_only_reset:
             return None
         self.pending_reset = self.specific_weights()
-        if self.mask_layers is None:
-            return {k: m.clone() for k, m in self.pending_reset.items()}
-        return union(self.pending_reset, last_layers_mask(self.net, self.mask_layers))
+        return union(self.pending_reset, self.trained_beside_reset())
 
     def apply_reset(self) -> None:
         """Reset the specific weights (those :meth:`reset_training_mask` picked, if it ran) to a fresh initialisation drawn
@@ -484,6 +511,10 @@ class ResetRetrain(SpecificReset, UnlearnTask):
             masked reset, whose frozen weights cannot make up for a unit the ranking misses, needs the whole split
             (docs/methods.md).
         fisher_batch_size: samples per squared gradient in both Fishers.
+        min_frozen: with ``train_only_reset``, the least share of all weights kept bit-identical: where the reset's units
+            would move more (two forget classes reset 1 - (1 - reset_unit_fraction)² of a layer), the layers holding frozen
+            weights reset fewer, their least selective units left out (:func:`~unlearning.saliency.units_keeping_frozen`);
+            ``None``: no floor.
         distill_weight, distill_temperature: the distillation's weight (0: none, no teacher is kept) and softening.
     """
 
@@ -502,6 +533,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         rank_retain_samples: int = 5000,
         rank_forget_samples: int | None = None,
         fisher_batch_size: int = 1000,
+        min_frozen: float | None = None,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         **kwargs: Any,
@@ -510,6 +542,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
             reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
             rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
+            min_frozen=min_frozen,
         )  # fmt: skip
         if not self.resets:
             raise UsageError(f"{type(self).__name__} resets nothing with reset_fraction null and reset_unit_fraction 0: set either")
@@ -521,7 +554,7 @@ class ResetRetrain(SpecificReset, UnlearnTask):
             raise UsageError(f"{type(self).__name__} resets what serves whole classes; set forget_classes")
         if mask_layers is not None:
             last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
-        self.check_unit_layers()
+        self.check_reset_net()
         if distill_weight:
             self.keep_teacher()
 

@@ -64,10 +64,11 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         distill_units: ``all`` distils every logit; ``retain`` only the retain classes' (the old and new
             units are left to their own losses, so the teacher's knowledge of the old class is not distilled back).
         reset_fraction, reset_unit_fraction, reset_score, unit_score, unit_layers, rank_retain_samples, rank_forget_samples,
-        fisher_batch_size:
+        fisher_batch_size, min_frozen:
             reset what serves the old class to a fresh initialisation before anything else (the reset of
             :class:`~unlearning.tasks.forget.ResetRetrain`); ``reset_fraction`` ``None`` resets whole units alone, and
-            with ``reset_unit_fraction`` 0 nothing.
+            with ``reset_unit_fraction`` 0 nothing. ``min_frozen`` (with ``train_only_reset``) is the least share of all
+            weights kept bit-identical, the new classes' head rows counted among what moves.
         train_only_reset: train only the reset weights, the last ``mask_layers`` layers where set, and the new classes'
             head rows (the probe writes them); every other weight stays bit-identical. Needs a reset; replaces the
             saliency mask, and ``reset_fraction`` is then ranked among the last ``mask_layers`` layers.
@@ -106,6 +107,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         rank_retain_samples: int = 5000,
         rank_forget_samples: int | None = None,
         fisher_batch_size: int = 1000,
+        min_frozen: float | None = None,
         probe_iterations: int = 0,
         probe_samples: int = 3000,
         probe_norm: ProbeNorm = "free",
@@ -128,6 +130,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             reset_fraction=reset_fraction, reset_unit_fraction=reset_unit_fraction, reset_score=reset_score, unit_score=unit_score,
             unit_layers=unit_layers, train_only_reset=train_only_reset, mask_layers=mask_layers,
             rank_retain_samples=rank_retain_samples, rank_forget_samples=rank_forget_samples, fisher_batch_size=fisher_batch_size,
+            min_frozen=min_frozen,
         )  # fmt: skip
         if train_only_reset and not self.resets:
             raise UsageError("train_only_reset trains the reset weights alone: set reset_fraction or reset_unit_fraction too")
@@ -144,7 +147,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError(f"head_mode 'reuse' pairs old and new classes one to one; got {self.forget_classes} and {self.new_classes}")
         if mask_layers is not None:
             last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
-        self.check_unit_layers()
+        self.check_reset_net()
         if probe_iterations and not isinstance(getattr(self.net, "head", None), nn.Linear):
             raise UsageError(
                 f"probe_iterations needs a network whose last layer `head` is an nn.Linear; {type(self.net).__name__} has none"
@@ -189,7 +192,7 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
 
     def weight_mask(self) -> dict[str, Tensor] | None:
         if self.train_only_reset:
-            return self.with_new_rows(self.reset_training_mask())
+            return self.reset_training_mask()
         if self.mask_layers is not None:
             return last_layers_mask(self.net, self.mask_layers)
         if self.mask_fraction == 1.0:
@@ -205,6 +208,9 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
         return self.with_new_rows(
             top_fraction_mask({k: sum(score[k] for score in scores) for k in scores[0]}, self.mask_fraction, self.mask_scope)
         )
+
+    def trained_beside_reset(self) -> dict[str, Tensor]:
+        return self.with_new_rows(super().trained_beside_reset())
 
     def with_new_rows(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """``masks`` with the new classes' head rows free to move where the probe writes them."""
