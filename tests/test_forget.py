@@ -413,8 +413,7 @@ def test_masked_reset_trains_what_it_reset_and_the_later_layers_and_keeps_the_re
         assert torch.equal(after[name][~mask], before[name][~mask]), name  # bit for bit, after two Adam steps
     for name, mask in reset.items():
         assert (after[name][mask] != before[name][mask]).all(), name  # fresh values, then trained
-    frozen = sum(int((~m).sum()) for m in moving.values()) / sum(m.numel() for m in moving.values())
-    assert frozen >= 0.6  # a frozen majority: 35 of the 50 first-layer units are most of the network
+    assert frozen_share(moving) >= 0.6  # a frozen majority: 35 of the 50 first-layer units are most of the network
 
 
 def test_masked_reset_of_two_classes_resets_fewer_first_layer_units_to_keep_a_frozen_majority(pretrained_ckpt, tmp_path):

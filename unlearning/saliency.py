@@ -247,8 +247,7 @@ def unit_mask(net: nn.Module, unit_score: Tensor, fraction: float, layer: int = 
 
 def frozen_share(moving: Mapping[str, Tensor]) -> float:
     """The share of all entries that ``moving`` leaves out: what an exact freeze keeps bit-identical."""
-    total = sum(m.numel() for m in moving.values())
-    return 1.0 - sum(int(m.sum()) for m in moving.values()) / max(total, 1)
+    return 1.0 - mask_summary(moving)["all"]
 
 
 def units_keeping_frozen(
@@ -325,7 +324,7 @@ def last_layers_mask(net: nn.Module, layers: int, argument: str = "layers") -> d
     return {name: torch.full_like(p, id(p) in moving, dtype=torch.bool) for name, p in net.named_parameters()}
 
 
-def mask_summary(masks: dict[str, Tensor]) -> dict[str, float]:
+def mask_summary(masks: Mapping[str, Tensor]) -> dict[str, float]:
     """Fraction of weights kept per parameter tensor, and overall under ``"all"``."""
     summary = {name: m.float().mean().item() for name, m in masks.items()}
     summary["all"] = sum(m.sum().item() for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))

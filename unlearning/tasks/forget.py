@@ -348,14 +348,14 @@ class SpecificReset:
         return self.reset_fraction is not None or self.reset_unit_fraction > 0
 
     def check_reset_net(self) -> None:
-        """Refuse, when the network is built rather than at fit start, a ``unit_layers`` it does not have and a
-        ``min_frozen`` that the last ``mask_layers`` layers, which train whole, leave no room for."""
+        """Refuse, when the network is built rather than at fit start, a ``unit_layers`` or ``mask_layers`` it does not
+        have, and a ``min_frozen`` that the last ``mask_layers`` layers, which train whole, leave no room for."""
         layers = max(1, len(parameter_owners(self.net)) - 1)  # the head's units are the classes: never reset as units
         if not 1 <= self.unit_layers <= layers:
             raise UsageError(f"unit_layers must lie in [1, {layers}] for {type(self.net).__name__}, got {self.unit_layers}")
-        if self.min_frozen is not None and self.mask_layers is not None:
-            left = frozen_share(last_layers_mask(self.net, self.mask_layers, "mask_layers"))
-            if left < self.min_frozen:
+        if self.mask_layers is not None:
+            left = frozen_share(last_layers_mask(self.net, self.mask_layers, "mask_layers"))  # which refuses a bad count
+            if self.min_frozen is not None and left < self.min_frozen:
                 raise UsageError(
                     f"min_frozen {self.min_frozen} cannot hold: the last {self.mask_layers} layers, which train whole, leave {left:.1%} frozen"
                 )
@@ -552,8 +552,6 @@ class ResetRetrain(SpecificReset, UnlearnTask):
         super().__init__(*args, **kwargs)
         if not self.forget_classes:
             raise UsageError(f"{type(self).__name__} resets what serves whole classes; set forget_classes")
-        if mask_layers is not None:
-            last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
         self.check_reset_net()
         if distill_weight:
             self.keep_teacher()

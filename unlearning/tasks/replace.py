@@ -145,8 +145,6 @@ class ReplaceTask(SpecificReset, SelectiveGradient):
             raise UsageError("class replacement needs forget_classes (the old classes) and new_classes, and no forget_fraction")
         if head_mode == "reuse" and len(self.forget_classes) != len(self.new_classes):
             raise UsageError(f"head_mode 'reuse' pairs old and new classes one to one; got {self.forget_classes} and {self.new_classes}")
-        if mask_layers is not None:
-            last_layers_mask(self.net, mask_layers, "mask_layers")  # refuse a bad count now, not at fit start
         self.check_reset_net()
         if probe_iterations and not isinstance(getattr(self.net, "head", None), nn.Linear):
             raise UsageError(
