@@ -9,12 +9,13 @@ import yaml
 
 from tests.conftest import CONFIGS, ROOT
 from unlearning import runs
-from unlearning.bench import Cell, Experiment, bench_parser
-from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, sweeps, verdict_grid
+from unlearning.bench import Cell, Experiment, bench_parser, provenance_key
+from unlearning.bench_report import frontier_cost, per_seed_tables, place_labels, provenance_note, sweeps, verdict_grid
 from unlearning.checkpoints import read_checkpoint
 from unlearning.cli import main
 from unlearning.errors import HeadlineChanged, UsageError
 from unlearning.evaluation import Thresholds
+from unlearning.provenance import source_fingerprint
 from unlearning.runs import fit_and_test, quiet_collector
 from unlearning.speed import compare, interleaved_fit
 
@@ -237,6 +238,39 @@ def test_a_cells_key_follows_what_its_configs_set_not_how_they_are_written(tmp_p
     assert key("a: [1\n") != key("a: [2\n")  # a file that does not parse counts by its text
 
 
+def test_a_code_fingerprint_follows_what_the_code_does_not_its_prose_or_layout(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    module = tmp_path / "pkg" / "a.py"
+
+    def fingerprint(source: str) -> str:
+        module.write_text(source)
+        return source_fingerprint(tmp_path)
+
+    plain = fingerprint("def f(x):\n    return x + 1\n")
+    assert fingerprint('"""A module."""\n\n\ndef f(x):  # one more\n    """Why."""\n    return (x + 1)\n') == plain
+    assert fingerprint('def f(x):\n    """Only prose."""\n') == fingerprint("def f(x):\n    pass\n")
+    assert fingerprint("def f(x):\n    return x + 2\n") != plain  # a changed line
+    module.rename(tmp_path / "pkg" / "b.py")
+    assert source_fingerprint(tmp_path) != plain  # a moved module
+
+
+def test_the_report_says_which_fits_other_code_or_another_machine_made():
+    here = {"code": "c0", "machine": "cpu A, torch 2"}
+    rows = [here] * 3
+    assert provenance_note(rows, "c0", "cpu A, torch 2") == " All 3 fits were made by this code (`c0`) on this machine."
+    rows += [{"code": "c1", "machine": "cpu A, torch 2"}, {"code": "c0", "machine": "cpu B, torch 2"}, {"code": None, "machine": None}]
+    assert provenance_note(rows, "c0", "cpu A, torch 2") == (
+        " Of its 6 fits, 1 by other code (`c1`), 1 by this code (`c0`) on cpu B, torch 2, 1 before fits recorded their code and "
+        "machine: `--reuse this_code` (or `this_machine`) refits them in a folder of their own."
+    )
+
+
+def test_a_cell_that_takes_fits_from_any_code_keeps_its_key_and_one_that_names_its_code_has_its_own():
+    experiment = Experiment("forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"])
+    keys = {reuse: Cell(experiment, 0, provenance=provenance_key(reuse)).key for reuse in ("any_code", "this_code", "this_machine")}
+    assert keys["any_code"] == Cell(experiment, 0).key and len(set(keys.values())) == 3
+
+
 def test_an_experiments_args_go_into_every_entry_after_its_config_and_leave_the_cell_as_if_spelled_out():
     folded = Experiment(
         "forget2", ["configs/pretrain.yaml"], ["configs/oracle.yaml"],
@@ -273,6 +307,7 @@ TWICE_A = ", ".join(['{"name": "a", "pretrain": ["configs/pretrain.yaml"], "orac
         ("--only=forget8", r"^--only names no experiment of this grid: \['forget8'\]"),  # one name needs no list brackets
         ("--seedz=1", r"^unknown option or config key 'seedz'; did you mean --seeds\? \(run 'unlearning bench --help' for the options\)$"),
         ("--jobs=two", r"^jobs: expected int, got two \(run 'unlearning bench --help'"),
+        ("--reuse=same_code", r"^reuse: expected Literal\['any_code', 'this_code', 'this_machine'\], got same_code \(run "),
         (  # refused before the pretrain and oracle cells train, not when its own cell runs
             f"--experiments=[{MISSPELT}]",
             r"^experiment a: methods: sg: no config file configs/unlearn/selective_gradiant.yaml \(paths are relative to ",

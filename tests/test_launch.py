@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from unlearning.cli import main
 from unlearning.errors import CellsFailed
+from unlearning.provenance import code_fingerprint, machine_name
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +71,22 @@ def test_a_rerun_runs_no_finished_cell_and_a_changed_config_makes_new_cells(seri
     changed = _bench(out, "--seeds=[0]", "--timing_repeats=2")
     assert len(list(out.glob("cells/*.json"))) == 2 and not any(r["reused"] for r in changed)  # a new cell, none mixed in
     assert _numbers(again) == _numbers(serial)[:3]
+    assert {(r["code"], r["machine"]) for r in again} == {(code_fingerprint(), machine_name())}  # each fit says what made it
+
+
+def test_reuse_this_code_refits_what_other_code_made_in_a_folder_of_its_own(serial, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    _bench(out, "--seeds=[0]")
+    monkeypatch.setattr("unlearning.bench.code_fingerprint", lambda: "0123456789ab")  # as if the package had changed since
+    stale = _bench(out, "--seeds=[0]")  # by default a cell's configs alone decide: the old fits are reused, and said to be
+    assert all(r["reused"] for r in stale)
+    assert f"Of its 3 fits, 3 by other code (`{code_fingerprint()}`): `--reuse this_code`" in (out / "results.md").read_text()
+    old_runs = sorted(p for p in out.glob("runs/**/*") if p.is_file())
+    fresh = _bench(out, "--seeds=[0]", "--reuse=this_code")
+    assert not any(r["reused"] for r in fresh) and {r["code"] for r in fresh} == {"0123456789ab"}
+    assert len(list(out.glob("cells/*.json"))) == 2 and set(old_runs) <= {p for p in out.glob("runs/**/*") if p.is_file()}
+    assert "All 3 fits were made by this code (`0123456789ab`) on this machine." in (out / "results.md").read_text()
+    assert all(r["reused"] for r in _bench(out, "--seeds=[0]", "--reuse=this_code"))  # this code's fits, now there, are reused
 
 
 def test_a_failing_cell_is_one_line_with_its_log_and_the_others_are_kept(tmp_path, capsys):

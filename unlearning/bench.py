@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,9 +29,8 @@ from collections.abc import Iterator
 from dataclasses import InitVar, asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 from tqdm import tqdm
@@ -48,6 +46,7 @@ from unlearning.bench_report import (
     per_seed_tables,
     phase_tables,
     plots,
+    provenance_note,
     verdict_figure,
     verdict_grid,
 )
@@ -59,6 +58,7 @@ from unlearning.evaluation.inputs import check_threads, torch_threads
 from unlearning.files import atomic_file
 from unlearning.launch import Launcher, Slurm, launch
 from unlearning.pages import read_section, replace_section
+from unlearning.provenance import code_fingerprint, machine_name
 from unlearning.runs import fit_and_test
 from unlearning.saliency import unchanged_share
 from unlearning.speed import compare
@@ -125,7 +125,7 @@ def _run(args: list[str], root: Path, seed: int, holdout: Holdout, bar: tqdm) ->
     run = fit_and_test(*args, root=root, seed=seed, score=holdout, ckpt_path=resume)
     result = {
         "checkpoint": str(run.checkpoint), "fit_seconds": run.fit_seconds, "phases": run.phases, "resumed": resume is not None,
-        holdout: run.scores,
+        "code": code_fingerprint(), "machine": machine_name(), holdout: run.scores,
     }  # fmt: skip
     write_json(done, result)
     bar.update()
@@ -197,6 +197,16 @@ def draw_overrides(seed: int, draw: int) -> list[str]:
     return [] if draw == 0 else [f"--seed_everything={seed + DRAW_SEED_STRIDE * draw}", f"--data.init_args.split_seed={seed}"]
 
 
+#: which earlier fits a bench reuses: any its cells' configs match, or only those by this code (and on this machine)
+Reuse = Literal["any_code", "this_code", "this_machine"]
+
+
+def provenance_key(reuse: Reuse) -> str | None:
+    """What of the fits' origin :attr:`Cell.key` holds under ``reuse``: nothing, the code's fingerprint, or that and the
+    machine's name. A fit made elsewhere then lies in another cell's folder and is never mixed in."""
+    return {"any_code": None, "this_code": code_fingerprint(), "this_machine": f"{code_fingerprint()} on {machine_name()}"}[reuse]
+
+
 def stage_name(method: str, draw: int) -> str:
     """A method's fit in a cell: its name for draw 0 (the folder it always had), ``<method>.draw<d>`` for the others."""
     return method if draw == 0 else f"{method}.draw{draw}"
@@ -218,15 +228,16 @@ class Cell:
     allow_modules: list[str] = field(default_factory=list)
     count_flops: bool = False
     draws: int = 1  # fits of each method, each its own draw of the method's randomness (:func:`draw_overrides`)
+    provenance: str | None = None  # :func:`provenance_key`: the code (and machine) its fits must come from, or any
 
     #: fields added after cells were first kept, at the value that is the cell as it was before them
-    LATER_FIELDS: ClassVar[dict[str, Any]] = {"count_flops": False, "draws": 1}
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"count_flops": False, "draws": 1, "provenance": None}
 
     @property
     def key(self) -> str:
         """A hash of the cell's fields and of the settings in every config file its entries name (:data:`LATER_FIELDS` only
-        where set otherwise: a cell that counts no FLOPs and draws once is the cell it was before either option existed,
-        and its finished runs are reused).
+        where set otherwise: a cell that counts no FLOPs, draws once and takes fits from any code is the cell it was
+        before these options existed, and its finished runs are reused).
 
         A file counts by what it sets, not how it is written: a comment, a blank line or the order of a mapping's keys
         refits nothing (:func:`config_settings`).
@@ -326,7 +337,7 @@ def cell_rows(cell: Cell, where: Path, bar: tqdm) -> list[dict[str, Any]]:
         {
             "experiment": exp.name, "method": method_of[stage][0], "seed": seed, "draw": method_of[stage][1],
             "phases": None if result["resumed"] else result.get("phases"), "reused": result.get("reused", False),
-            "checkpoint": result["checkpoint"],
+            "checkpoint": result["checkpoint"], "code": result.get("code"), "machine": result.get("machine"),
             "fit_seconds": seconds[stage], "cost": seconds[stage] / seconds["oracle"], "frozen": frozen[stage],
             **({"flops": flops[stage], "compute": flops[stage] / flops["oracle"]} if stage in flops else {}),
             **{k.removeprefix(f"{holdout}/"): v for k, v in result[holdout].items()}, **evidence.get(stage, {}),
@@ -416,6 +427,12 @@ def bench_parser() -> ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="with --launcher local: cells running at once")
     parser.add_argument("--slurm", type=Slurm, default=Slurm(), help="with --launcher slurm: the job array's resources")
+    parser.add_argument(
+        "--reuse", type=Reuse, default="any_code",
+        help="which fits an earlier bench left in --out are reused: any whose cell's configs match (the report counts those "
+        "made by other code or on another machine); this_code: only those by this package's code (comments and docstrings "
+        "aside); this_machine: and on this CPU model and torch build. The others are refitted, in a folder of their own",
+    )  # fmt: skip
     parser.add_argument("--speed_repeats", type=int, default=3, help="fits with the plain torch loop interleaved; 0 skips the comparison")
     parser.add_argument(
         "--frontier", type=bool, default=False,
@@ -481,8 +498,9 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     except OSError as err:  # a file of that name, or a folder this user cannot write
         raise UsageError(f"--out {out}: cannot make the results folder there ({err.strerror}); give another --out") from None
     start = time.perf_counter()
+    provenance = provenance_key(args.reuse)
     cells = [
-        Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module, args.count_flops, args.draws)
+        Cell(e, seed, args.holdout, args.timing_repeats, args.threads, args.allow_module, args.count_flops, args.draws, provenance)
         for e in experiments
         for seed in args.seeds
     ]
@@ -490,7 +508,7 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
     with torch_threads(args.threads), quiet_lightning():  # restored afterwards: a bench run from Python leaves the caller's settings alone
         speed = compare(repeats=args.speed_repeats) if args.speed_repeats else None
     seconds = time.perf_counter() - start
-    machine = f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), {_cores()} cores, torch {torch.__version__}"
+    machine = f"{machine_name()}, {args.threads} torch thread(s), {_cores()} cores"
     results = {
         "machine": machine, "seconds": seconds, "holdout": args.holdout, "experiments": [asdict(e) for e in experiments],
         "rows": rows, "speed": speed and asdict(speed),
@@ -507,7 +525,10 @@ def bench(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if reused
         else ""
     )
-    produced = f"Produced by `{source}` in {seconds / 60:.1f} min{reuse_note} on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
+    produced = (
+        f"Produced by `{source}` in {seconds / 60:.1f} min{reuse_note} on {machine}; scored on {HELD_OUT_NAME[args.holdout]} data."
+        f"{provenance_note(rows, code_fingerprint(), machine_name())}"
+    )
     grid = verdict_grid(rows, args.holdout)
 
     def beside_docs(figure: Path, kind: str) -> str:

@@ -43,6 +43,26 @@ def run_label(row: dict[str, Any]) -> str:
     return f"{row['seed']}" + (f" (draw {row['draw']})" if row.get("draw") else "")
 
 
+def provenance_note(rows: list[dict[str, Any]], code: str, machine: str) -> str:
+    """Where a bench's fits came from, for its report: a reused fit may have been made by other code or on another
+    machine (floats differ between CPU models), and a reader must see that. ``code`` and ``machine``: this bench's."""
+    other_code = sorted({r["code"] for r in rows if r.get("code") not in (None, code)})
+    other_machine = sorted({r["machine"] for r in rows if r.get("code") == code and r.get("machine") != machine})
+    unrecorded = sum(r.get("code") is None for r in rows)
+    if not other_code and not other_machine and not unrecorded:
+        return f" All {len(rows)} fits were made by this code (`{code}`) on this machine."
+    counts = [
+        f"{sum(r.get('code') in other_code for r in rows)} by other code ({', '.join(f'`{c}`' for c in other_code)})" if other_code else "",
+        f"{sum(r.get('code') == code and r.get('machine') in other_machine for r in rows)} by this code (`{code}`) on "
+        f"{'; '.join(other_machine)}" if other_machine else "",
+        f"{unrecorded} before fits recorded their code and machine" if unrecorded else "",
+    ]  # fmt: skip
+    return (
+        f" Of its {len(rows)} fits, {', '.join(c for c in counts if c)}: `--reuse this_code` (or `this_machine`) refits them"
+        " in a folder of their own."
+    )
+
+
 def markdown_tables(rows: list[dict[str, Any]], columns_wanted: list[tuple[str, str, float, int]] = COLUMNS, level: str = "###") -> str:
     """Mean ± std over seeds per experiment and method; columns that an experiment lacks are left out."""
     lines = []
