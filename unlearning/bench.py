@@ -204,7 +204,9 @@ Reuse = Literal["any_code", "this_code", "this_machine"]
 def provenance_key(reuse: Reuse) -> str | None:
     """What of the fits' origin :attr:`Cell.key` holds under ``reuse``: nothing, the code's fingerprint, or that and the
     machine's name. A fit made elsewhere then lies in another cell's folder and is never mixed in."""
-    return {"any_code": None, "this_code": code_fingerprint(), "this_machine": f"{code_fingerprint()} on {machine_name()}"}[reuse]
+    if reuse == "any_code":
+        return None
+    return code_fingerprint() if reuse == "this_code" else f"{code_fingerprint()} on {machine_name()}"
 
 
 def stage_name(method: str, draw: int) -> str:
